@@ -151,6 +151,7 @@ def ensure_livekit_server() -> Path:
 
 
 def core() -> Path:
+    ensure_apt(("ffmpeg",))  # tests decode the carrier's VP8 key frame with libvpx
     python = ensure_venv()
     ensure_npm()
     ensure_pyodide_wheels()

@@ -1,0 +1,56 @@
+"""avatarplayer: a Python-first client for real-time talking avatars in the browser.
+
+In a page (PyScript / Pyodide) the player joins a LiveKit room, reads the avatar's motion
+packets from its VP8 track, paces them at 25 fps and hands them to a renderer.
+
+The pure core, importable anywhere (CPython or Pyodide, no browser needed):
+
+* :mod:`avatarplayer.motion` – motion packets and VP8 carrier frames
+  (:func:`decode_packet`, :func:`encode_packet`, :func:`wrap_frame`, :func:`unwrap_frame`).
+* :mod:`avatarplayer.jitter` – :class:`JitterBuffer`, 40 ms ticks, 80 ms max delay.
+* :mod:`avatarplayer.stall` – :class:`StallDetector`; :mod:`avatarplayer.turns` – turn tracking.
+* :mod:`avatarplayer.pipeline` – :class:`MotionPipeline`: all of the above, packets in,
+  render-ordered events out; :class:`SessionSummary` its counters.
+"""
+
+from .jitter import JitterBuffer, JitterCounters, PushResult
+from .motion import (
+    Flags,
+    MotionPacket,
+    PacketError,
+    Reason,
+    decode_packet,
+    encode_packet,
+    unwrap_frame,
+    wrap_frame,
+)
+from .pipeline import MotionPipeline, Stalled
+from .stall import StallDetector
+from .summary import SessionSummary
+from .turns import Frame, Transition, TurnEnded, TurnStarted, TurnTracker, new_conversation_id
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Flags",
+    "Frame",
+    "JitterBuffer",
+    "JitterCounters",
+    "MotionPacket",
+    "MotionPipeline",
+    "PacketError",
+    "PushResult",
+    "Reason",
+    "SessionSummary",
+    "StallDetector",
+    "Stalled",
+    "Transition",
+    "TurnEnded",
+    "TurnStarted",
+    "TurnTracker",
+    "decode_packet",
+    "encode_packet",
+    "new_conversation_id",
+    "unwrap_frame",
+    "wrap_frame",
+]

@@ -1,0 +1,205 @@
+"""The player's data path without the browser: packets in, render-ordered events out.
+
+``MotionPipeline`` chains the packet decoder, the jitter buffer, the turn tracker and the stall
+detector. The browser player feeds it packets from the transform worker and calls :meth:`tick`
+every 40 ms; everything it decides is plain Python, tested under CPython and in Pyodide.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .constants import MAX_BUFFER_DELAY_MS, STALL_TIMEOUT_MS
+from .jitter import JitterBuffer
+from .motion import Flags, MotionPacket, PacketError, decode_packet
+from .stall import StallDetector
+from .summary import SessionSummary
+from .turns import Frame, Transition, TurnEnded, TurnStarted, TurnTracker, new_conversation_id
+
+__all__ = ["MotionPipeline", "Stalled", "PipelineEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    """Inside a turn, no frame for the stall timeout: the renderer should blend to idle."""
+
+    conversation_id: str | None
+
+
+PipelineEvent = TurnStarted | Frame | TurnEnded | Transition | Stalled
+
+_Item = tuple[Flags, bytes]
+
+
+class MotionPipeline:
+    """Decoder → jitter buffer → turn tracker → stall detector, with the session's counters."""
+
+    def __init__(
+        self,
+        *,
+        enable_jitter_buffer: bool = True,
+        max_buffer_delay_ms: float = MAX_BUFFER_DELAY_MS,
+        stall_timeout_ms: float = STALL_TIMEOUT_MS,
+        new_conversation_id: Callable[[], str] = new_conversation_id,
+    ) -> None:
+        if not isinstance(enable_jitter_buffer, bool):
+            raise TypeError(f"enable_jitter_buffer must be a bool, got {type(enable_jitter_buffer).__name__}")
+        self._config = (enable_jitter_buffer, max_buffer_delay_ms, stall_timeout_ms, new_conversation_id)
+        JitterBuffer(max_buffer_delay_ms)  # validate the options now, with their names
+        StallDetector(stall_timeout_ms)
+        self.start_session(0.0)
+
+    def start_session(self, now_ms: float) -> None:
+        """Forget everything (a new ``connect``): counters restart from zero."""
+        enabled, delay, stall_ms, new_id = self._config
+        self.buffer: JitterBuffer[_Item] = JitterBuffer(delay, enabled=enabled)
+        self.turns = TurnTracker(new_id)
+        self.stall = StallDetector(stall_ms)
+        self._controls: list[tuple[int | None, MotionPacket]] = []
+        self._session_start_ms = now_ms
+        self._first_frame_ms: float | None = None
+        self._last_render: tuple[str, float] | None = None  # (conversation id, time)
+        self._turn_interval_ms = 0.0
+        self._turn_intervals = 0
+        self.packets_received = 0
+        self.packets_malformed = 0
+        self.packets_idle = 0
+        self.malformed_reasons: Counter[str] = Counter()
+        self.frames_passed_through = 0
+        self.reconnect_count = 0
+        self.renderer_errors = 0
+
+    # ----------------------------------------------------------------------------- input
+
+    def receive_packet(self, data: bytes | bytearray | memoryview, now_ms: float) -> list[PipelineEvent]:
+        """One motion packet arrived. Malformed ones are counted and skipped, never raised."""
+        self.packets_received += 1
+        try:
+            packet = decode_packet(data)
+        except PacketError as exc:
+            self.packets_malformed += 1
+            self.malformed_reasons[exc.reason.value] += 1
+            return []
+        return self.receive(packet, now_ms)
+
+    def receive(self, packet: MotionPacket, now_ms: float) -> list[PipelineEvent]:
+        """One decoded packet arrived. Returns events that are due at once (buffer disabled)."""
+        flags = packet.flags
+        if packet.sequenced:
+            assert packet.seq is not None
+            self.buffer.push(packet.seq, (flags, packet.message), now_ms,
+                             start=Flags.START in flags, end=Flags.END in flags)
+            if Flags.REDUNDANT in flags and Flags.START not in flags:
+                # a START's predecessors belong to the previous turn: never resurrect them
+                for seq, message in packet.recovered():
+                    self.buffer.push(seq, (Flags(0), message), now_ms, recovered=True)
+        else:
+            if Flags.IDLE in flags:
+                self.packets_idle += 1
+            # a control takes effect after every frame that arrived before it has been rendered
+            self._controls.append((self._highest_seq(), packet))
+        if self.buffer.enabled:
+            return self._release_controls(now_ms) if not packet.sequenced else []
+        events: list[PipelineEvent] = []
+        while (item := self.buffer.tick(now_ms)) is not None:
+            events += self._render(item, now_ms)
+        return events + self._release_controls(now_ms)
+
+    def _highest_seq(self) -> int | None:
+        seqs = self.buffer.buffered_seqs
+        return seqs[-1] if seqs else self.buffer.last_rendered
+
+    # ------------------------------------------------------------------------------ clock
+
+    def tick(self, now_ms: float) -> list[PipelineEvent]:
+        """One 40 ms tick: at most one frame (in order), due controls, a stall if one began."""
+        events: list[PipelineEvent] = []
+        if self.buffer.enabled and (item := self.buffer.tick(now_ms)) is not None:
+            events += self._render(item, now_ms)
+        events += self._release_controls(now_ms)
+        if self.stall.check(now_ms):
+            events.append(Stalled(self.turns.conversation_id))
+        return events
+
+    def close(self, now_ms: float, reason: str = "disconnect") -> list[PipelineEvent]:
+        """The connection ended: end the turn, drop what is buffered (counted as flushed)."""
+        events = self._track(self.turns.close(reason), now_ms)
+        self.buffer.reset()
+        self._controls.clear()
+        return events
+
+    # ---------------------------------------------------------------------------- helpers
+
+    def _render(self, item: _Item, now_ms: float) -> list[PipelineEvent]:
+        flags, message = item
+        seq = self.buffer.last_rendered
+        assert seq is not None
+        if self._first_frame_ms is None:
+            self._first_frame_ms = now_ms
+        return self._track(self.turns.frame(seq, flags, message), now_ms)
+
+    def _release_controls(self, now_ms: float) -> list[PipelineEvent]:
+        events: list[PipelineEvent] = []
+        buffered = self.buffer.buffered_seqs
+        while self._controls:
+            after, packet = self._controls[0]
+            if after is not None and buffered and buffered[0] <= after:
+                break
+            self._controls.pop(0)
+            if packet.flags & (Flags.TRANSITION_END | Flags.IDLE):
+                self.buffer.end_stream()
+            events += self._track(self.turns.control(packet.flags, packet.message), now_ms)
+        return events
+
+    def _track(self, events: list, now_ms: float) -> list[PipelineEvent]:
+        for event in events:
+            if isinstance(event, Frame):
+                self.stall.frame(now_ms)
+                if self._last_render is not None and self._last_render[0] == event.conversation_id:
+                    self._turn_interval_ms += now_ms - self._last_render[1]
+                    self._turn_intervals += 1
+                self._last_render = (event.conversation_id, now_ms)
+            elif isinstance(event, TurnEnded):
+                self.stall.turn_ended(now_ms)
+        return events
+
+    # ---------------------------------------------------------------------------- summary
+
+    def summary(self, now_ms: float | None = None) -> SessionSummary:
+        """A snapshot of the counters; ``now_ms`` includes a stall still going on."""
+        c = self.buffer.counters
+        ongoing = self.stall.ongoing_stall_ms(now_ms) if now_ms is not None else 0.0
+        return SessionSummary(
+            packets_received=self.packets_received,
+            packets_malformed=self.packets_malformed,
+            packets_idle=self.packets_idle,
+            frames_received=c.received,
+            frames_rendered=c.rendered,
+            frames_dropped=c.dropped,
+            frames_dropped_late=c.dropped_late,
+            frames_dropped_stale=c.dropped_stale,
+            frames_dropped_overflow=c.dropped_overflow,
+            frames_dropped_duplicate=c.dropped_duplicate,
+            frames_dropped_flushed=c.dropped_flushed,
+            frames_buffered=self.buffer.buffered,
+            frames_skipped=c.skipped,
+            frames_recovered=c.recovered,
+            frames_out_of_order=c.out_of_order,
+            frames_passed_through=self.frames_passed_through,
+            starved_ticks=c.starved_ticks,
+            jitter_buffer_delay=c.delay_ms_total / 1000.0,
+            jitter_buffer_emitted_count=c.rendered,
+            average_fps=1000.0 * self._turn_intervals / self._turn_interval_ms if self._turn_interval_ms else 0.0,
+            stall_count=self.stall.stall_count,
+            stalled_duration_ms=self.stall.stalled_duration_ms + ongoing,
+            reconnect_count=self.reconnect_count,
+            time_to_first_frame_ms=(None if self._first_frame_ms is None
+                                    else self._first_frame_ms - self._session_start_ms),
+            turns=self.turns.turns,
+            renderer_errors=self.renderer_errors,
+            last_rendered_seq=self.buffer.last_rendered,
+            malformed_reasons=MappingProxyType(dict(self.malformed_reasons)),
+        )

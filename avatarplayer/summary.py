@@ -1,0 +1,66 @@
+"""The session summary: a read-only snapshot of what the player did (``player.md``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Mapping
+
+__all__ = ["SessionSummary"]
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """Counters since the last ``connect``. Names follow W3C ``getStats`` where one exists.
+
+    ``frames_dropped`` is the sum of the ``frames_dropped_*`` reasons; at any moment
+    ``frames_received == frames_rendered + frames_dropped + frames_buffered``.
+    """
+
+    packets_received: int = 0
+    packets_malformed: int = 0
+    packets_idle: int = 0
+    frames_received: int = 0
+    frames_rendered: int = 0
+    frames_dropped: int = 0
+    frames_dropped_late: int = 0
+    frames_dropped_stale: int = 0
+    frames_dropped_overflow: int = 0
+    frames_dropped_duplicate: int = 0
+    frames_dropped_flushed: int = 0
+    frames_buffered: int = 0
+    frames_skipped: int = 0
+    frames_recovered: int = 0
+    frames_out_of_order: int = 0
+    frames_passed_through: int = 0
+    starved_ticks: int = 0
+    jitter_buffer_delay: float = 0.0
+    """Seconds, summed over rendered frames (divide by ``jitter_buffer_emitted_count``)."""
+    jitter_buffer_emitted_count: int = 0
+    average_fps: float = 0.0
+    """Rendered frames per second while a turn was playing (gaps between turns excluded)."""
+    stall_count: int = 0
+    stalled_duration_ms: float = 0.0
+    reconnect_count: int = 0
+    time_to_first_frame_ms: float | None = None
+    turns: int = 0
+    renderer_errors: int = 0
+    last_rendered_seq: int | None = None
+    malformed_reasons: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def average_buffer_delay_ms(self) -> float:
+        """Mean time a rendered frame spent in the jitter buffer."""
+        n = self.jitter_buffer_emitted_count
+        return 1000.0 * self.jitter_buffer_delay / n if n else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters under their camelCase names (``framesRendered``, ...), JSON-ready."""
+        out = {_camel(f.name): getattr(self, f.name) for f in fields(self)}
+        out["malformedReasons"] = dict(self.malformed_reasons)
+        return out
