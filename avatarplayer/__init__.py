@@ -1,6 +1,13 @@
 """avatarplayer: a Python-first client for real-time talking avatars in the browser.
 
-In a page (PyScript / Pyodide) the player joins a LiveKit room, reads the avatar's motion
+In a page (PyScript / Pyodide)::
+
+    from avatarplayer import AvatarPlayer, LiveKitProvider
+
+    player = AvatarPlayer(LiveKitProvider(), renderer)   # renderer.yield_frames_data(frames, cid)
+    await player.connect(url=server_url, token=token)
+
+the player joins a LiveKit room, reads the avatar's motion
 packets from its VP8 track, paces them at 25 fps and hands them to a renderer.
 
 The pure core, importable anywhere (CPython or Pyodide, no browser needed):
@@ -13,6 +20,7 @@ The pure core, importable anywhere (CPython or Pyodide, no browser needed):
   render-ordered events out; :class:`SessionSummary` its counters.
 """
 
+from .events import ConnectionState, PlayerEvent
 from .jitter import JitterBuffer, JitterCounters, PushResult
 from .motion import (
     Flags,
@@ -24,7 +32,9 @@ from .motion import (
     unwrap_frame,
     wrap_frame,
 )
+from .livekit import LiveKitProvider
 from .pipeline import MotionPipeline, Stalled
+from .player import AvatarPlayer, ConnectConfig, ConnectError, Renderer
 from .stall import StallDetector
 from .summary import SessionSummary
 from .turns import Frame, Transition, TurnEnded, TurnStarted, TurnTracker, new_conversation_id
@@ -32,6 +42,13 @@ from .turns import Frame, Transition, TurnEnded, TurnStarted, TurnTracker, new_c
 __version__ = "0.1.0"
 
 __all__ = [
+    "AvatarPlayer",
+    "ConnectConfig",
+    "ConnectError",
+    "ConnectionState",
+    "LiveKitProvider",
+    "PlayerEvent",
+    "Renderer",
     "Flags",
     "Frame",
     "JitterBuffer",

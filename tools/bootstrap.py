@@ -114,6 +114,27 @@ def ensure_pyodide_wheels() -> Path:
     return PYODIDE_WHEELS
 
 
+def ensure_web_wheels() -> Path:
+    """The wheels a page installs into Pyodide: avatarplayer itself (rebuilt when its sources
+    change) plus the pinned pure-Python ones of requirements/web.txt, if any."""
+    out = CACHE / "wheels" / "web"
+    sources = sorted((ROOT / "avatarplayer").rglob("*.py"))
+    web_reqs = ROOT / "requirements" / "web.txt"
+    digest = _digest(ROOT / "pyproject.toml", web_reqs, *sources, *(p.read_bytes() for p in sources))
+    if _fresh("web-wheels", digest) and any(out.glob("avatarplayer-*.whl")):
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    pip = [str(venv_python()), "-m", "pip", "--disable-pip-version-check", "-q"]
+    run([*pip, "wheel", "--no-deps", "-w", str(out), str(ROOT)])
+    if web_reqs.exists():
+        run([*pip, "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.14",
+             "--platform", "any", "-d", str(out), "-r", str(web_reqs)])
+    _mark("web-wheels", digest)
+    return out
+
+
 def ensure_apt(packages: tuple[str, ...] = APT_PACKAGES) -> None:
     """Debian packages; apt-get runs only when one of them is missing."""
     missing = [p for p in packages if subprocess.run(
@@ -162,6 +183,7 @@ def browser() -> Path:
     python = core()
     ensure_apt()
     ensure_livekit_server()
+    ensure_web_wheels()
     return python
 
 

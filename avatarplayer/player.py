@@ -1,0 +1,320 @@
+"""AvatarPlayer: connection state, events, the 40 ms render clock, and the renderer calls.
+
+The player owns no browser objects itself: the provider (:class:`~avatarplayer.livekit.LiveKitProvider`)
+does the JavaScript interop and hands it packets and room state through :class:`ProviderSink`.
+So everything here also runs under CPython with a stand-in provider, in unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import options
+from .constants import FRAME_INTERVAL_MS, MAX_BUFFER_DELAY_MS, STALL_TIMEOUT_MS
+from .events import ConnectionState, EventEmitter, PlayerEvent
+from .pipeline import MotionPipeline, Stalled
+from .summary import SessionSummary
+from .ticker import Ticker
+from .turns import Frame, Transition, TurnEnded, TurnStarted
+
+__all__ = ["AvatarPlayer", "ConnectConfig", "Renderer", "ConnectError"]
+
+
+class Renderer(Protocol):
+    """What the player calls. Optional extras, used when present: ``turn_started(cid)``,
+    ``turn_ended(cid, reason)``, ``stalled()``, ``transition(message)``."""
+
+    def yield_frames_data(self, frames: Sequence[bytes], conversation_id: str) -> None: ...
+
+    def yield_audio_data(self, data: bytes, is_last: bool) -> str | None: ...
+
+
+class ConnectError(ConnectionError):
+    """``connect`` failed: bad URL or token, unreachable server, or time-out. ``cause`` says which."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectConfig:
+    url: str
+    token: str
+    room_name: str | None = None
+
+    @classmethod
+    def of(cls, config: Any = None, **kwargs: Any) -> ConnectConfig:
+        if isinstance(config, ConnectConfig):
+            return config
+        values = dict(config) if isinstance(config, Mapping) else {}
+        if config is not None and not isinstance(config, Mapping):
+            values = {k: getattr(config, k) for k in ("url", "token", "room_name") if hasattr(config, k)}
+        values.update({k: v for k, v in kwargs.items() if v is not None})
+        if "serverUrl" in values:  # the token endpoint's JSON, as is
+            values.setdefault("url", values.pop("serverUrl"))
+        if "roomName" in values:
+            values.setdefault("room_name", values.pop("roomName"))
+        url, token = values.get("url"), values.get("token")
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError(f"url must be a ws://, wss://, http:// or https:// URL, got {url!r}")
+        if not isinstance(token, str) or not token:
+            raise ValueError("token must be a non-empty str (a LiveKit access token)")
+        return cls(url, token, values.get("room_name"))
+
+
+class ProviderSink(Protocol):
+    """What a provider calls back into the player."""
+
+    def on_packet(self, packet: bytes, arrival_ms: float) -> None: ...
+    def on_room_state(self, state: ConnectionState, error: BaseException | None = None) -> None: ...
+    def on_passed_through(self, count: int) -> None: ...
+    def on_motion_attached(self, mode: str) -> None: ...
+
+
+def _default_clock() -> float:
+    return time.time() * 1000.0
+
+
+class AvatarPlayer:
+    """Plays an avatar's motion (and lets the browser play its voice) from a LiveKit room.
+
+    ::
+
+        player = AvatarPlayer(LiveKitProvider(), renderer)
+        player.on("stalled", lambda: print("motion stalled"))
+        await player.connect(url=server_url, token=token)
+    """
+
+    def __init__(
+        self,
+        provider: Any,
+        renderer: Any,
+        *,
+        log_level: str = "warning",
+        enable_jitter_buffer: bool = True,
+        max_buffer_delay_ms: float = MAX_BUFFER_DELAY_MS,
+        stall_timeout_ms: float = STALL_TIMEOUT_MS,
+        connect_timeout_s: float = 15.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        for method in ("open", "close"):
+            if not callable(getattr(provider, method, None)):
+                raise TypeError(f"provider must be a LiveKitProvider (missing {method}()), got {type(provider).__name__}")
+        self.logger = logging.getLogger(f"avatarplayer.{id(self):x}")
+        self.logger.setLevel(options.log_level(log_level))
+        self.logger.propagate = log_level != "none"
+        self._renderer = _adapt_renderer(renderer)
+        options.flag("enable_jitter_buffer", enable_jitter_buffer)
+        options.milliseconds("max_buffer_delay_ms", max_buffer_delay_ms, low=0, high=10_000)
+        options.milliseconds("stall_timeout_ms", stall_timeout_ms, low=1, high=600_000)
+        if isinstance(connect_timeout_s, bool) or not isinstance(connect_timeout_s, (int, float)) or connect_timeout_s <= 0:
+            raise ValueError(f"connect_timeout_s must be a positive number of seconds, got {connect_timeout_s!r}")
+        self.provider = provider
+        self.connect_timeout_s = float(connect_timeout_s)
+        self._clock = clock or _default_clock
+        self._events = EventEmitter(self.logger)
+        self._pipeline = MotionPipeline(enable_jitter_buffer=enable_jitter_buffer,
+                                        max_buffer_delay_ms=max_buffer_delay_ms,
+                                        stall_timeout_ms=stall_timeout_ms)
+        self._ticker = Ticker(FRAME_INTERVAL_MS, self._on_tick, self._clock)
+        self._state = ConnectionState.DISCONNECTED
+        self._config: ConnectConfig | None = None
+        self._closing = False
+        self.motion_mode: str | None = None
+
+    # ------------------------------------------------------------------------------ events
+
+    def on(self, name: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """Call ``handler`` on event ``name`` (see :class:`~avatarplayer.events.PlayerEvent`)."""
+        return self._events.on(name, handler)
+
+    def off(self, name: str, handler: Callable[..., Any] | None = None) -> None:
+        self._events.off(name, handler)
+
+    # -------------------------------------------------------------------------- connection
+
+    @property
+    def connection_state(self) -> str:
+        return self._state.value
+
+    @property
+    def is_connected(self) -> bool:
+        return self._state is ConnectionState.CONNECTED
+
+    @property
+    def session_summary(self) -> SessionSummary:
+        return self._pipeline.summary(self._clock())
+
+    def get_native_client(self) -> Any:
+        """The livekit-client ``Room`` (a JS object), or None before ``connect``."""
+        return getattr(self.provider, "room", None)
+
+    async def connect(self, config: Any = None, *, url: str | None = None, token: str | None = None,
+                      room_name: str | None = None) -> None:
+        """Join the room. Accepts keyword arguments, a dict (the token endpoint's JSON works as is)
+        or a :class:`ConnectConfig`. Raises :class:`ConnectError` (state ``failed``) on failure."""
+        cfg = ConnectConfig.of(config, url=url, token=token, room_name=room_name)
+        if self._state in (ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.RECONNECTING):
+            raise RuntimeError(f"already {self._state.value}: call disconnect() first")
+        self._config = cfg
+        self._pipeline.start_session(self._clock())
+        self._closing = False
+        self._set_state(ConnectionState.CONNECTING)
+        try:
+            await asyncio.wait_for(self.provider.open(self, cfg.url, cfg.token), self.connect_timeout_s)
+        except BaseException as exc:
+            error = _connect_error(exc, cfg, self.connect_timeout_s)
+            await self._safe_close()
+            self._set_state(ConnectionState.FAILED)
+            self._events.emit(PlayerEvent.ERROR, error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise error from exc
+        self._ticker.start()
+        self._set_state(ConnectionState.CONNECTED)
+        self._events.emit(PlayerEvent.CONNECTED)
+
+    async def disconnect(self) -> None:
+        """Leave the room; the renderer is told the turn ended (reason ``disconnect``)."""
+        self._closing = True
+        await self._ticker.stop()
+        self._dispatch(self._pipeline.close(self._clock(), "disconnect"))
+        await self._safe_close()
+        if self._state is not ConnectionState.DISCONNECTED:
+            self._set_state(ConnectionState.DISCONNECTED)
+            self._events.emit(PlayerEvent.DISCONNECTED)
+
+    async def reconnect(self) -> None:
+        """Disconnect if needed, pause briefly, and connect again with the last configuration."""
+        if self._config is None:
+            raise RuntimeError("reconnect() needs a previous connect()")
+        if self._state is not ConnectionState.DISCONNECTED:
+            await self.disconnect()
+        await asyncio.sleep(0.2)
+        reconnects = self._pipeline.reconnect_count + 1
+        await self.connect(self._config)
+        self._pipeline.reconnect_count = reconnects
+
+    async def _safe_close(self) -> None:
+        try:
+            await self.provider.close()
+        except Exception:
+            self.logger.exception("closing the room failed")
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is self._state:
+            return
+        self.logger.info("connection state %s -> %s", self._state.value, state.value)
+        self._state = state
+        self._events.emit(PlayerEvent.CONNECTION_STATE_CHANGED, state.value)
+
+    # ------------------------------------------------------------------- provider callbacks
+
+    def on_packet(self, packet: bytes, arrival_ms: float) -> None:
+        events = self._pipeline.receive_packet(packet, arrival_ms)
+        if events:
+            self._dispatch(events)
+
+    def on_room_state(self, state: ConnectionState, error: BaseException | None = None) -> None:
+        """livekit-client's own reconnect and disconnect, mapped by the provider."""
+        if self._closing or self._state in (ConnectionState.CONNECTING, ConnectionState.DISCONNECTED):
+            return
+        if state is ConnectionState.CONNECTED and self._state is ConnectionState.RECONNECTING:
+            self._pipeline.reconnect_count += 1
+        if state in (ConnectionState.FAILED, ConnectionState.DISCONNECTED):
+            self._dispatch(self._pipeline.close(self._clock(), "disconnect"))
+            asyncio.ensure_future(self._ticker.stop())
+        self._set_state(state)
+        if error is not None:
+            self._events.emit(PlayerEvent.ERROR, error)
+        if state is ConnectionState.DISCONNECTED:
+            self._events.emit(PlayerEvent.DISCONNECTED)
+
+    def on_passed_through(self, count: int) -> None:
+        self._pipeline.frames_passed_through = count
+
+    def on_motion_attached(self, mode: str) -> None:
+        self.motion_mode = mode
+        self._events.emit(PlayerEvent.MOTION_TRACK_ATTACHED, mode)
+
+    # ------------------------------------------------------------------------------ render
+
+    def _on_tick(self, now_ms: float) -> None:
+        events = self._pipeline.tick(now_ms)
+        if events:
+            self._dispatch(events)
+
+    def _dispatch(self, events: list) -> None:
+        frames: list[bytes] = []
+        conversation_id = ""
+        for event in events:
+            if isinstance(event, Frame):
+                if frames and event.conversation_id != conversation_id:
+                    self._render(frames, conversation_id)
+                    frames = []
+                frames.append(event.message)
+                conversation_id = event.conversation_id
+                continue
+            if frames:
+                self._render(frames, conversation_id)
+                frames = []
+            if isinstance(event, TurnStarted):
+                self._hook("turn_started", event.conversation_id)
+                self._events.emit(PlayerEvent.TURN_STARTED, event.conversation_id)
+            elif isinstance(event, TurnEnded):
+                self._hook("turn_ended", event.conversation_id, event.reason)
+                self._events.emit(PlayerEvent.TURN_ENDED, event.conversation_id, event.reason)
+            elif isinstance(event, Stalled):
+                self.logger.warning("motion stalled: no frame for %.0f ms inside a turn", self._pipeline.stall.timeout_ms)
+                self._hook("stalled")
+                self._events.emit(PlayerEvent.STALLED)
+            elif isinstance(event, Transition):
+                self._hook("transition", event.message)
+        if frames:
+            self._render(frames, conversation_id)
+
+    def _render(self, frames: list[bytes], conversation_id: str) -> None:
+        try:
+            self._renderer.yield_frames_data(frames, conversation_id)
+        except Exception:
+            self._pipeline.renderer_errors += 1
+            self.logger.exception("the renderer raised; playback continues")
+
+    def _hook(self, name: str, *args: Any) -> None:
+        hook = getattr(self._renderer, name, None)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            self._pipeline.renderer_errors += 1
+            self.logger.exception("renderer.%s raised; playback continues", name)
+
+
+def _adapt_renderer(renderer: Any) -> Any:
+    if callable(getattr(renderer, "yield_frames_data", None)):
+        return renderer
+    if getattr(renderer, "yieldFramesData", None) is not None:  # a JavaScript renderer
+        from ._jsrenderer import JsRenderer
+
+        return JsRenderer(renderer)
+    raise TypeError(f"renderer must have yield_frames_data(frames, conversation_id) (or a JS yieldFramesData), "
+                    f"got {type(renderer).__name__}")
+
+
+def _connect_error(exc: BaseException, cfg: ConnectConfig, timeout_s: float) -> ConnectError:
+    if isinstance(exc, ConnectError):
+        return exc
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return ConnectError(f"connecting to {cfg.url} timed out after {timeout_s:g} s", "timeout")
+    text = str(exc)
+    lowered = text.lower()
+    if "401" in text or "unauthorized" in lowered or "token" in lowered and ("invalid" in lowered or "expired" in lowered):
+        return ConnectError(f"the server at {cfg.url} rejected the token: {text}", "token")
+    return ConnectError(f"could not connect to {cfg.url}: {text}", "unreachable")
