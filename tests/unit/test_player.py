@@ -1,0 +1,206 @@
+"""AvatarPlayer's logic under CPython, with a stand-in provider (the real one is browser-only and
+is exercised by tests/browser against a real LiveKit server)."""
+
+import asyncio
+import logging
+
+import pytest
+
+from avatarplayer.events import ConnectionState
+from avatarplayer.motion import Flags, MotionPacket, encode_packet
+from avatarplayer.player import AvatarPlayer, ConnectConfig, ConnectError
+
+
+class StandInProvider:
+    def __init__(self, fail=None, delay=0.0):
+        self.fail, self.delay, self.opened, self.closed = fail, delay, [], 0
+        self.sink = None
+
+    async def open(self, sink, url, token):
+        self.sink = sink
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise self.fail
+        self.opened.append((url, token))
+
+    async def close(self):
+        self.closed += 1
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def yield_frames_data(self, frames, conversation_id):
+        self.calls.append((list(frames), conversation_id))
+
+    def yield_audio_data(self, data, is_last):
+        return None
+
+
+def make(**kw):
+    provider = kw.pop("provider", StandInProvider())
+    renderer = kw.pop("renderer", Recorder())
+    player = AvatarPlayer(provider, renderer, **kw)
+    states = []
+    player.on("connection-state-changed", states.append)
+    return player, provider, renderer, states
+
+
+def test_connect_and_disconnect_states_in_order():
+    async def main():
+        player, provider, _, states = make()
+        await player.connect(url="ws://127.0.0.1:7880", token="t")
+        assert player.is_connected and player.connection_state == "connected"
+        await player.disconnect()
+        return player, provider, states
+
+    player, provider, states = asyncio.run(main())
+    assert states == ["connecting", "connected", "disconnected"]
+    assert provider.opened == [("ws://127.0.0.1:7880", "t")] and provider.closed == 1
+
+
+def test_token_endpoint_json_is_accepted_as_is():
+    cfg = ConnectConfig.of({"token": "abc", "serverUrl": "ws://127.0.0.1:7880", "roomName": "r"})
+    assert cfg == ConnectConfig("ws://127.0.0.1:7880", "abc", "r")
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(url="ftp://x", token="t"), "url"), (dict(url="ws://x", token=""), "token")])
+def test_bad_connect_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConnectConfig.of(**kwargs)
+
+
+def test_failed_connect_ends_in_failed_with_error_event_and_exception():
+    async def main():
+        player, _, _, states = make(provider=StandInProvider(fail=RuntimeError("could not establish signal connection")))
+        errors = []
+        player.on("error", errors.append)
+        with pytest.raises(ConnectError) as info:
+            await player.connect(url="ws://127.0.0.1:1", token="t")
+        return states, errors, info.value
+
+    states, errors, exc = asyncio.run(main())
+    assert states == ["connecting", "failed"]
+    assert errors == [exc] and exc.cause == "unreachable"
+
+
+def test_connect_times_out_with_a_clear_error():
+    async def main():
+        player, _, _, states = make(provider=StandInProvider(delay=5), connect_timeout_s=0.05)
+        with pytest.raises(ConnectError, match="timed out") as info:
+            await player.connect(url="ws://127.0.0.1:7880", token="t")
+        return states, info.value
+
+    states, exc = asyncio.run(main())
+    assert states == ["connecting", "failed"] and exc.cause == "timeout"
+
+
+def test_rejected_token_is_named():
+    async def main():
+        player, *_ = make(provider=StandInProvider(fail=RuntimeError("unauthorized: invalid token (401)")))
+        with pytest.raises(ConnectError) as info:
+            await player.connect(url="ws://127.0.0.1:7880", token="t")
+        return info.value
+
+    assert asyncio.run(main()).cause == "token"
+
+
+def test_reconnect_without_connect_raises():
+    player, *_ = make()
+    with pytest.raises(RuntimeError, match="previous connect"):
+        asyncio.run(player.reconnect())
+
+
+def test_room_reconnecting_and_back_counts_a_reconnect_without_duplicate_states():
+    async def main():
+        player, provider, _, states = make()
+        await player.connect(url="ws://127.0.0.1:7880", token="t")
+        provider.sink.on_room_state(ConnectionState.RECONNECTING)
+        provider.sink.on_room_state(ConnectionState.RECONNECTING)  # signal + media: one state change
+        provider.sink.on_room_state(ConnectionState.CONNECTED)
+        summary = player.session_summary
+        await player.disconnect()
+        return states, summary
+
+    states, summary = asyncio.run(main())
+    assert states == ["connecting", "connected", "reconnecting", "connected", "disconnected"]
+    assert summary.reconnect_count == 1
+
+
+def test_frames_reach_the_renderer_in_order_at_tick_time_and_handler_errors_are_isolated(caplog):
+    async def main():
+        player, provider, renderer, _ = make()
+        seen = []
+
+        def bad_handler(cid):
+            raise ValueError("handler bug")
+
+        async def bad_async_handler(cid):
+            raise ValueError("async handler bug")
+
+        player.on("turn-started", bad_handler)
+        player.on("turn-started", bad_async_handler)
+        player.on("turn-started", seen.append)
+        await player.connect(url="ws://127.0.0.1:7880", token="t")
+        for seq in range(10):  # a 25 fps producer
+            flags = Flags.START if seq == 0 else (Flags.END if seq == 9 else Flags(0))
+            provider.sink.on_packet(encode_packet(MotionPacket(flags, seq, b"m%d" % seq)), player._clock())
+            await asyncio.sleep(0.04)
+        provider.sink.on_packet(b"garbage", player._clock())
+        await asyncio.sleep(0.4)
+        summary = player.session_summary
+        await player.disconnect()
+        return renderer, seen, summary, player
+
+    with caplog.at_level(logging.ERROR):
+        renderer, seen, summary, player = asyncio.run(main())
+    frames = [f for call in renderer.calls for f in call[0]]
+    assert frames == [b"m%d" % i for i in range(10)]
+    assert len(seen) == 1 and all(cid == seen[0] for _, cid in renderer.calls)
+    assert summary.packets_malformed == 1 and summary.frames_rendered == 10
+    assert player._events.handler_errors == 2
+    assert "handler bug" in caplog.text
+
+
+def test_a_raising_renderer_is_counted_and_playback_continues():
+    class Broken(Recorder):
+        def yield_frames_data(self, frames, conversation_id):
+            super().yield_frames_data(frames, conversation_id)
+            raise RuntimeError("renderer bug")
+
+    async def main():
+        player, provider, renderer, _ = make(renderer=Broken(), log_level="none")
+        await player.connect(url="ws://127.0.0.1:7880", token="t")
+        now = player._clock()
+        for seq in range(4):  # the buffer holds at most 4
+            provider.sink.on_packet(encode_packet(MotionPacket(Flags(0), seq, b"x")), now)
+        await asyncio.sleep(0.4)
+        await player.disconnect()
+        return player, renderer
+
+    player, renderer = asyncio.run(main())
+    assert len(renderer.calls) == 4 and player.session_summary.renderer_errors == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(log_level="debug"), "log_level"),
+        (dict(enable_jitter_buffer=1), "enable_jitter_buffer"),
+        (dict(max_buffer_delay_ms="80"), "max_buffer_delay_ms"),
+        (dict(max_buffer_delay_ms=-5), "max_buffer_delay_ms"),
+        (dict(connect_timeout_s=0), "connect_timeout_s"),
+        (dict(renderer=object()), "renderer"),
+        (dict(provider=object()), "provider"),
+    ],
+)
+def test_bad_options_raise_at_construction_naming_the_option(kwargs, name):
+    with pytest.raises((TypeError, ValueError), match=name):
+        make(**kwargs)
+
+
+def test_unknown_event_name():
+    player, *_ = make()
+    with pytest.raises(ValueError, match="unknown event"):
+        player.on("stall", print)
