@@ -16,7 +16,6 @@ are given. The player counts such packets as malformed and skips them.
 from __future__ import annotations
 
 import enum
-import gzip
 import struct
 import zlib
 from dataclasses import dataclass
@@ -170,7 +169,7 @@ def _check_flags(flags: int, error: type[Exception]) -> None:
 def encode_packet(packet: MotionPacket, compression: Compression = None) -> bytes:
     """Serialize ``packet``; ``compression`` "gzip" or "zlib" sets COMPRESSED and packs the body.
 
-    gzip output is deterministic (mtime 0), so encoded bytes are stable for golden vectors.
+    gzip output is the same on every platform (see :func:`gzip_compress`).
     """
     if packet.flags & Flags.REDUNDANT:
         cur_prev = (packet.message, *(p or b"" for p in packet.previous))
@@ -181,7 +180,7 @@ def encode_packet(packet: MotionPacket, compression: Compression = None) -> byte
         body = packet.message
     flags = int(packet.flags) & ~Flags.COMPRESSED
     if compression == "gzip":
-        body, flags = gzip.compress(body, mtime=0), flags | Flags.COMPRESSED
+        body, flags = gzip_compress(body), flags | Flags.COMPRESSED
     elif compression == "zlib":
         body, flags = zlib.compress(body), flags | Flags.COMPRESSED
     elif compression is not None:
@@ -191,6 +190,17 @@ def encode_packet(packet: MotionPacket, compression: Compression = None) -> byte
     if len(body) > MAX_PACKET_BODY:
         raise ValueError(f"packet body of {len(body)} bytes is over the {MAX_PACKET_BODY}-byte cap")
     return _HEADER.pack(flags, len(body)) + body
+
+
+_GZIP_HEADER = bytes.fromhex("1f8b08000000000002ff")  # deflate, no flags, mtime 0, max compression, OS unknown
+
+
+def gzip_compress(data: bytes) -> bytes:
+    """gzip with a fixed header. ``gzip.compress`` writes the host OS into byte 9 (3 on Linux
+    CPython, 255 in Pyodide), which would make the same packet encode differently per platform."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return b"".join((_GZIP_HEADER, deflate.compress(data), deflate.flush(),
+                     _U32.pack(zlib.crc32(data)), _U32.pack(len(data) & 0xFFFFFFFF)))
 
 
 # --------------------------------------------------------------------------------------- decode

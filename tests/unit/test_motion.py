@@ -210,3 +210,13 @@ def test_vp8_prefix_is_a_16x16_key_frame():
     assert VP8_KEYFRAME_PREFIX[3:6] == b"\x9d\x01\x2a"
     width, height = struct.unpack_from("<HH", VP8_KEYFRAME_PREFIX, 6)
     assert (width & 0x3FFF, height & 0x3FFF) == (16, 16)
+
+
+@given(st.binary(max_size=3000))
+@settings(max_examples=200)
+def test_gzip_is_standard_and_platform_independent(data):
+    from avatarplayer.motion import gzip_compress
+
+    packed = gzip_compress(data)
+    assert gzip.decompress(packed) == data
+    assert packed[:10] == bytes.fromhex("1f8b08000000000002ff")  # no mtime, no host OS
