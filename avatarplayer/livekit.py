@@ -105,11 +105,12 @@ class LiveKitProvider:
         self._listen()
         if self._shared_room is None or self.room.state != "connected":
             await self.room.connect(url, token, _js_object({"autoSubscribe": True}))
-        # tracks that were subscribed before we listened (a shared room)
-        for participant in self.room.remoteParticipants.values():
-            for publication in participant.trackPublications.values():
-                if publication.track is not None and publication.isSubscribed:
-                    self._on_track_subscribed(publication.track, publication, participant)
+        else:
+            # a shared room that was already connected: its tracks were subscribed before we listened
+            for participant in self.room.remoteParticipants.values():
+                for publication in participant.trackPublications.values():
+                    if publication.track is not None and publication.isSubscribed:
+                        self._on_track_subscribed(publication.track, publication, participant)
         _log.info("connected to %s with livekit-client %s", url, getattr(self.lk, "version", "?"))
         del js
 

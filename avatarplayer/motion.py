@@ -149,18 +149,37 @@ class MotionPacket:
         ]
 
 
-def _check_flags(flags: int, error: type[Exception]) -> None:
-    def fail(reason: Reason, detail: str) -> None:
-        raise (PacketError(reason, detail) if error is PacketError else error(f"{reason.value}: {detail}"))
-
+def _flag_problem(flags: int) -> tuple[Reason, str] | None:
     if flags & ~_KNOWN_FLAGS:
-        fail(Reason.UNKNOWN_FLAGS, f"0x{flags:02x}")
+        return Reason.UNKNOWN_FLAGS, f"0x{flags:02x}"
     if flags & Flags.TRANSITION and flags & Flags.TRANSITION_END:
-        fail(Reason.CONFLICTING_FLAGS, "TRANSITION with TRANSITION_END")
+        return Reason.CONFLICTING_FLAGS, "TRANSITION with TRANSITION_END"
     if flags & (_CONTROL | Flags.IDLE) and flags & _SEQUENCED_ONLY:
-        fail(Reason.CONFLICTING_FLAGS, f"0x{flags:02x}: a control/idle flag with a sequenced one")
+        return Reason.CONFLICTING_FLAGS, f"0x{flags:02x}: a control/idle flag with a sequenced one"
     if flags & Flags.IDLE and flags & _CONTROL:
-        fail(Reason.CONFLICTING_FLAGS, "IDLE with a TRANSITION flag")
+        return Reason.CONFLICTING_FLAGS, "IDLE with a TRANSITION flag"
+    return None
+
+
+# Every flag byte, judged once at import: decoding looks its byte up instead of doing IntFlag
+# arithmetic per packet (the hot path in Pyodide). Entry: (Flags, layout) or (Reason, detail).
+_SEQUENCED, _REDUNDANT_LAYOUT, _UNSEQUENCED = 0, 1, 2
+_BY_BYTE: list[tuple] = []
+for _value in range(256):
+    _problem = _flag_problem(_value)
+    if _problem is not None:
+        _BY_BYTE.append((None, *_problem))
+    else:
+        _layout = (_UNSEQUENCED if _value & (_CONTROL | Flags.IDLE)
+                   else _REDUNDANT_LAYOUT if _value & Flags.REDUNDANT else _SEQUENCED)
+        _BY_BYTE.append((Flags(_value), _layout, bool(_value & Flags.COMPRESSED)))
+
+
+def _check_flags(flags: int, error: type[Exception]) -> None:
+    problem = _flag_problem(flags)
+    if problem is not None:
+        reason, detail = problem
+        raise PacketError(reason, detail) if error is PacketError else error(f"{reason.value}: {detail}")
 
 
 # --------------------------------------------------------------------------------------- encode
@@ -219,27 +238,25 @@ def decode_packet(data: bytes | bytearray | memoryview) -> MotionPacket:
 def _decode(data: bytes) -> MotionPacket:
     if len(data) < HEADER_SIZE:
         raise PacketError(Reason.TRUNCATED, f"{len(data)} bytes, a header needs {HEADER_SIZE}")
-    flags, length = _HEADER.unpack_from(data)
-    _check_flags(flags, PacketError)
+    flag_byte, length = _HEADER.unpack_from(data)
+    flags, layout, compressed = _BY_BYTE[flag_byte]
+    if flags is None:
+        raise PacketError(layout, compressed)  # (None, reason, detail)
     if length > MAX_PACKET_BODY:
         raise PacketError(Reason.TOO_LARGE, f"declared body of {length} bytes")
     available = len(data) - HEADER_SIZE
-    if length > available:
-        raise PacketError(Reason.TRUNCATED, f"body declares {length} bytes, {available} present")
-    if length < available:
-        raise PacketError(Reason.LENGTH_MISMATCH, f"body declares {length} bytes, {available} present")
-    body = data[HEADER_SIZE:]
-    if flags & Flags.COMPRESSED:
-        body = _decompress(body)
-    flags = Flags(flags)
+    if length != available:
+        reason = Reason.TRUNCATED if length > available else Reason.LENGTH_MISMATCH
+        raise PacketError(reason, f"body declares {length} bytes, {available} present")
+    body = _decompress(data[HEADER_SIZE:]) if compressed else data[HEADER_SIZE:]
 
-    if flags & (_CONTROL | Flags.IDLE):
-        return MotionPacket(flags, None, body)
+    if layout == _UNSEQUENCED:
+        return _trusted(flags, None, body, ())
     if len(body) < 4:
         raise PacketError(Reason.TRUNCATED, f"body of {len(body)} bytes has no room for a sequence number")
     (seq,) = _U32.unpack_from(body)
-    if not flags & Flags.REDUNDANT:
-        return MotionPacket(flags, seq, body[4:])
+    if layout == _SEQUENCED:
+        return _trusted(flags, seq, body[4:], ())
 
     parts: list[bytes] = []
     offset = 4
@@ -254,7 +271,17 @@ def _decode(data: bytes) -> MotionPacket:
         offset += size
     if offset != len(body):
         raise PacketError(Reason.BAD_LAYOUT, f"{len(body) - offset} bytes after the redundant frames")
-    return MotionPacket(flags, seq, parts[0], tuple(p or None for p in parts[1:]))
+    return _trusted(flags, seq, parts[0], (parts[1] or None, parts[2] or None))
+
+
+def _trusted(flags: Flags, seq: int | None, message: bytes, previous: tuple) -> MotionPacket:
+    """A packet the decoder has already validated: skip ``__post_init__``'s checks."""
+    packet = object.__new__(MotionPacket)
+    object.__setattr__(packet, "flags", flags)
+    object.__setattr__(packet, "seq", seq)
+    object.__setattr__(packet, "message", message)
+    object.__setattr__(packet, "previous", previous)
+    return packet
 
 
 def _decompress(body: bytes) -> bytes:
