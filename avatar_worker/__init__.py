@@ -1,0 +1,43 @@
+"""An open-source avatar worker: publishes an avatar's speech and motion into a LiveKit room.
+
+It joins as an ``agent`` participant, publishes a 48 kHz mono audio track (source microphone)
+and a VP8 motion track named ``avatar-motion`` (source camera) whose every frame is a tiny valid
+VP8 key frame carrying one motion packet (``wire-format.md``), paced at 25 fps against absolute
+deadlines. While silent it sends IDLE heartbeats; a turn is TRANSITION, START ... END,
+TRANSITION_END.
+
+Modules, by responsibility:
+
+- :mod:`~avatar_worker.publisher` LiveKit connection, publications, rejoining
+- :mod:`~avatar_worker.token` access tokens
+- :mod:`~avatar_worker.pacing` the absolute-deadline 25 fps clock
+- :mod:`~avatar_worker.streamer` the real-time loop (heartbeats, turns, send log, stats)
+- :mod:`~avatar_worker.turns` planning a turn tick by tick
+- :mod:`~avatar_worker.script` scripted mode: deterministic payloads, fault injection
+- :mod:`~avatar_worker.speech` speech mode: WAV / espeak-ng playback
+- :mod:`~avatar_worker.motion_gen` FLAME poses from the audio envelope, blinks, head, gaze
+- :mod:`~avatar_worker.audio` PCM helpers
+- :mod:`~avatar_worker.app` one run; :mod:`~avatar_worker.cli` the command line
+
+Importing this package does not load the LiveKit native library; :func:`run` and the publisher
+do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import LiveKitSettings, WorkerConfig
+from .script import Injection, payload_for
+
+__all__ = ["WorkerConfig", "LiveKitSettings", "Injection", "payload_for", "run", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run":
+        from .app import run
+        return run
+    if name == "main":
+        from .cli import main
+        return main
+    raise AttributeError(name)

@@ -1,0 +1,193 @@
+"""One worker run: publish, stream heartbeats, play the configured turns, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+from .config import WorkerConfig
+from .motion_gen import MotionGenerator
+from .pacing import try_realtime
+from .publisher import Publisher
+from .script import inject, scripted_frames
+from .speech import Speech, load_speech, plan_speech_turn
+from .streamer import MotionStreamer, SendLog, TurnResult
+from .turns import Turn, build_turn
+
+__all__ = ["run"]
+
+log = logging.getLogger("avatar_worker")
+
+_ABANDONED: list[Publisher] = []
+
+
+async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dict[str, Any]:
+    """Run until the script is done (``exit_when_done``), ``exit_after_ms`` passes, or ``stop``
+    is set; returns the summary (also what the CLI prints as its last stdout line).
+
+    With ``leave_after`` and ``leave_mode="crash"`` the room is left as it is (outcome
+    ``crashed``): the caller is expected to end the process at once (``os._exit``), so the server
+    only notices when the connections drop, like after a real crash.
+
+    Raises :class:`avatar_worker.publisher.PublisherError` if the first join fails.
+    """
+    stop = stop or asyncio.Event()
+    started = time.monotonic()
+    speech = None
+    if config.mode == "speech":
+        # synthesize / convert before joining, so a bad file fails fast and no one sees a half-start
+        speech = await asyncio.to_thread(load_speech, wav=config.wav, text=config.text, voice=config.voice)
+        log.info("speech: %s, %.2f s, %d frames", speech.source, speech.duration_s, len(speech.frames))
+
+    publisher = Publisher(config.livekit)
+    send_log = SendLog(config.send_log) if config.send_log else None
+    streamer = MotionStreamer(publisher, send_log=send_log)
+    tasks: list[asyncio.Future[Any]] = []
+    outcome = "stopped"
+    abandoned = ""
+    realtime = False
+    try:
+        # Before the SDK starts its threads, so they inherit the class: its FFI callback thread
+        # takes the GIL for every event, and a normal-class thread holding the GIL while the
+        # host is busy would stall the real-time loop anyway (priority inversion).
+        realtime = config.realtime and try_realtime()
+        await publisher.start()
+        stream_task = asyncio.create_task(streamer.run(), name="motion-streamer")
+        driver = (_scripted(config, streamer, publisher) if speech is None
+                  else _speech(config, speech, streamer, publisher))
+        driver_task = asyncio.create_task(driver, name="driver")
+        driver_task.add_done_callback(_log_driver_failure)
+        stop_task = asyncio.create_task(stop.wait(), name="stop")
+        tasks = [stream_task, driver_task, stop_task]
+        waits: set[asyncio.Future[Any]] = {stop_task, stream_task}
+        if config.exit_when_done or config.leave_after is not None:
+            waits.add(driver_task)
+        if config.exit_after_ms is not None:
+            timer = asyncio.ensure_future(asyncio.sleep(config.exit_after_ms / 1000))
+            tasks.append(timer)
+            waits.add(timer)
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+
+        if stream_task in done:
+            stream_task.result()  # it only ends on its own by raising
+        if driver_task in done:
+            outcome = driver_task.result()
+        elif stop_task in done:
+            outcome = "signal"
+        else:
+            outcome = "timeout"
+        if outcome == "left" and config.leave_mode == "crash":
+            # the streamer aborted itself right after the truncated turn; leave the room hanging
+            # (the caller exits the process without cleanup: see cli.main)
+            await stream_task
+            outcome = abandoned = "crashed"
+            _ABANDONED.append(publisher)  # no garbage collection either: that would close the room
+        elif outcome == "left":
+            # the streamer aborted itself right after the truncated turn; leave without unpublishing
+            await stream_task
+            await publisher.abort()
+        else:
+            streamer.stop()  # before the driver is cancelled: an unfinished turn gets its TRANSITION_END
+            await asyncio.wait_for(stream_task, 5.0)
+            await publisher.close()
+    finally:
+        streamer.abort()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if send_log is not None:
+            send_log.close()
+        if not abandoned:
+            await publisher.close()  # idempotent; after abort() it only releases what is left
+
+    summary: dict[str, Any] = {
+        "event": "summary",
+        "mode": config.mode,
+        "outcome": outcome,
+        "duration_s": round(time.monotonic() - started, 3),
+        **streamer.stats.as_dict(),
+        "next_seq": streamer.next_seq,
+        "keyframe_requests": publisher.keyframe_requests,
+        "rejoins": publisher.rejoins,
+        "realtime": realtime,
+    }
+    log.info("exit: %d frames sent, %d idle, %d late (max %.1f ms), %d dropped by injection",
+             summary["frames_sent"], summary["idle_sent"], summary["late"], summary["max_late_ms"],
+             summary["dropped_by_injection"])
+    return summary
+
+
+def _log_driver_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the turn driver failed", exc_info=task.exception())
+
+
+async def _lead_in(config: WorkerConfig, publisher: Publisher) -> None:
+    if not config.wait_for_participant:
+        return
+    log.info("waiting for a participant to join room %r", config.livekit.room)
+    viewer = await publisher.wait_for_viewer()
+    log.info("viewer %r is here; %d ms of idle heartbeats before the first turn",
+             viewer.identity, config.lead_in_ms)
+    await asyncio.sleep(config.lead_in_ms / 1000)
+
+
+def _log_turn(result: TurnResult) -> None:
+    log.info("turn %s: seq %d..%d (%d frames) %s in %.2f s", result.label, result.first_seq,
+             result.first_seq + result.frames - 1, result.frames,
+             "completed" if result.completed else "interrupted", result.ended_at - result.started_at)
+
+
+async def _scripted(config: WorkerConfig, streamer: MotionStreamer, publisher: Publisher) -> str:
+    await _lead_in(config, publisher)
+    rng = random.Random(config.injection.seed)
+    for k in range(config.turns):
+        last = k == config.turns - 1
+        first = streamer.next_seq
+        frames = []
+        for start in range(0, config.frames, 25):  # in slices: never hold the loop past a deadline
+            frames += scripted_frames(first + start, min(25, config.frames - start), audio=config.script_audio)
+            await asyncio.sleep(0)
+        turn = build_turn(frames, first, transition=config.transition, redundant=config.redundant,
+                          compression=config.compression, label=f"script-{k + 1}")
+        if config.injection.active:
+            turn = inject(turn, config.injection, rng)
+        abort_after = last and config.leave_after is not None
+        if abort_after:
+            # dies mid-turn: no END (unless it was the last frame anyway), never a TRANSITION_END
+            turn = turn.truncated(min(config.leave_after or 0, config.frames))
+        result = await streamer.play(turn, abort_after=abort_after)
+        _log_turn(result)
+        if abort_after:
+            log.warning("leaving abruptly after %d frames of turn %d (--leave-after)", turn.frames, k + 1)
+            return "left"
+        if not last:
+            await asyncio.sleep(config.turn_gap_ms / 1000)
+    await asyncio.sleep(config.tail_ms / 1000)
+    return "done"
+
+
+async def _speech(config: WorkerConfig, speech: Speech, streamer: MotionStreamer, publisher: Publisher) -> str:
+    await _lead_in(config, publisher)
+    generator = MotionGenerator(config.seed)
+    n = 0
+    while True:
+        n += 1
+        began = time.monotonic()
+        turn: Turn = await plan_speech_turn(
+            speech, generator, streamer.next_seq, req_id=f"speech-{n}", avatar_id=config.avatar_id,
+            transition=config.transition, redundant=config.redundant, compression=config.compression)
+        result = await streamer.play(turn)
+        _log_turn(result)
+        if config.repeat_every_s is None:
+            break
+        await asyncio.sleep(max(0.0, config.repeat_every_s - (time.monotonic() - began)))
+    await asyncio.sleep(config.tail_ms / 1000)
+    return "done"
+

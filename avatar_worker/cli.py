@@ -1,0 +1,198 @@
+"""``python -m avatar_worker``: the command line.
+
+    python -m avatar_worker --room demo                                 # speak a greeting once
+    python -m avatar_worker --room demo --text "Hi there" --repeat-every-s 10
+    python -m avatar_worker --room bench --mode scripted --frames 500 --wait-for-participant \\
+        --loss 0.05 --seed 7 --send-log sent.jsonl --exit-when-done
+
+Connection settings come from ``--url/--api-key/--api-secret`` or ``LIVEKIT_URL``,
+``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``. Logs go to stderr; the last line on stdout is a JSON
+summary. Exit status: 0 after a normal or signalled stop, 1 if the room could not be joined, 2 for
+bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .audio import AudioError
+from .config import WorkerConfig
+from .publisher import LiveKitSettings, PublisherError
+from .script import Injection
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability within 0..1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m avatar_worker",
+        description="Publish an avatar's speech audio and motion track into a LiveKit room.",
+    )
+    conn = p.add_argument_group("connection")
+    conn.add_argument("--url", default=os.environ.get("LIVEKIT_URL"), help="server URL [$LIVEKIT_URL]")
+    conn.add_argument("--api-key", default=os.environ.get("LIVEKIT_API_KEY"), help="[$LIVEKIT_API_KEY]")
+    conn.add_argument("--api-secret", default=os.environ.get("LIVEKIT_API_SECRET"), help="[$LIVEKIT_API_SECRET]")
+    conn.add_argument("--room", required=True)
+    conn.add_argument("--identity", default="avatar-worker")
+    conn.add_argument("--name", default=None, help="display name (default: the identity)")
+    conn.add_argument("--motion-track-name", default="avatar-motion")
+    conn.add_argument("--audio-track-name", default="avatar-audio")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--mode", choices=("speech", "scripted"), default="speech")
+    run.add_argument("--wait-for-participant", action="store_true",
+                     help="start the first turn only once someone else joined and subscribed")
+    run.add_argument("--lead-in-ms", type=_non_negative_int, default=1500,
+                     help="idle heartbeats after the participant arrived, before the first turn")
+    run.add_argument("--no-transition", dest="transition", action="store_false",
+                     help="start turns without a TRANSITION packet")
+    run.add_argument("--redundant", action="store_true", help="REDUNDANT packets (carry the previous two frames)")
+    run.add_argument("--compress", choices=("gzip", "zlib"), default=None)
+    run.add_argument("--send-log", type=Path, default=None, help="JSON lines: one per packet sent or dropped")
+    run.add_argument("--exit-when-done", action="store_true", help="exit after the script / speech")
+    run.add_argument("--exit-after-ms", type=_positive_int, default=None)
+    run.add_argument("--tail-ms", type=_non_negative_int, default=500,
+                     help="idle heartbeats after the last turn before --exit-when-done exits")
+    run.add_argument("--realtime", action="store_true",
+                     help="pace from the SCHED_RR real-time class (needs CAP_SYS_NICE); steadier on busy hosts")
+    run.add_argument("--seed", type=int, default=0, help="seed for injected faults and generated motion")
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    script = p.add_argument_group("scripted mode")
+    script.add_argument("--frames", type=_positive_int, default=500, help="frames per turn")
+    script.add_argument("--turns", type=_positive_int, default=1)
+    script.add_argument("--turn-gap-ms", type=_non_negative_int, default=1000)
+    script.add_argument("--loss", type=_probability, default=0.0)
+    script.add_argument("--reorder", type=_probability, default=0.0)
+    script.add_argument("--duplicate", type=_probability, default=0.0)
+    script.add_argument("--bad", type=_probability, default=0.0, help="malformed packets in valid carrier frames")
+    script.add_argument("--leave-after", type=_positive_int, default=None,
+                        help="disconnect abruptly after N frames of the last turn")
+    script.add_argument("--leave-mode", choices=("disconnect", "crash"), default="disconnect",
+                        help="how --leave-after leaves: disconnect at once, or exit without leaving")
+    script.add_argument("--script-audio", choices=("tone", "silence"), default="tone")
+
+    speech = p.add_argument_group("speech mode")
+    source = speech.add_mutually_exclusive_group()
+    source.add_argument("--wav", type=Path, default=None, help="any WAV sox can read")
+    source.add_argument("--text", default=None, help="synthesized offline with espeak-ng")
+    speech.add_argument("--voice", default=None, help="espeak-ng voice, e.g. en-us")
+    speech.add_argument("--repeat-every-s", type=float, default=None)
+    speech.add_argument("--avatar-id", default="")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    """Turn parsed arguments into a :class:`WorkerConfig` (raises ValueError for bad combos)."""
+    missing = [flag for flag, value in (("--url", args.url), ("--api-key", args.api_key),
+                                        ("--api-secret", args.api_secret)) if not value]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)} (or the LIVEKIT_* environment variables)")
+    settings = LiveKitSettings(
+        url=args.url, api_key=args.api_key, api_secret=args.api_secret, room=args.room,
+        identity=args.identity, name=args.name, video_track_name=args.motion_track_name,
+        audio_track_name=args.audio_track_name,
+    )
+    return WorkerConfig(
+        livekit=settings,
+        mode=args.mode,
+        wait_for_participant=args.wait_for_participant,
+        lead_in_ms=args.lead_in_ms,
+        transition=args.transition,
+        redundant=args.redundant,
+        compression=args.compress,
+        turn_gap_ms=args.turn_gap_ms,
+        tail_ms=args.tail_ms,
+        exit_when_done=args.exit_when_done,
+        exit_after_ms=args.exit_after_ms,
+        send_log=args.send_log,
+        seed=args.seed,
+        realtime=args.realtime,
+        frames=args.frames,
+        turns=args.turns,
+        injection=Injection(args.loss, args.reorder, args.duplicate, args.bad, seed=args.seed),
+        leave_after=args.leave_after,
+        leave_mode=args.leave_mode,
+        script_audio=args.script_audio,
+        wav=args.wav,
+        text=args.text,
+        voice=args.voice,
+        repeat_every_s=args.repeat_every_s,
+        avatar_id=args.avatar_id,
+    )
+
+
+async def _main(config: WorkerConfig) -> dict[str, Any]:
+    from .app import run  # imports the LiveKit native library: only once arguments are fine
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await run(config, stop=stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # the SDK logs every FFI event at debug; keep it at our level or quieter
+    logging.getLogger("livekit").setLevel(max(logging.INFO, getattr(logging, args.log_level.upper())))
+    try:
+        summary = asyncio.run(_main(config))
+    except PublisherError as exc:
+        logging.getLogger("avatar_worker").error("%s", exc)
+        print(json.dumps({"event": "summary", "outcome": "join-failed", "error": str(exc)}), flush=True)
+        return 1
+    except AudioError as exc:
+        logging.getLogger("avatar_worker").error("%s", exc)
+        print(json.dumps({"event": "summary", "outcome": "audio-failed", "error": str(exc)}), flush=True)
+        return 1
+    print(json.dumps(summary), flush=True)
+    if summary.get("outcome") == "crashed":
+        # no interpreter shutdown: the native SDK would close its connections politely
+        sys.stderr.flush()
+        os._exit(0)
+    return 0

@@ -1,0 +1,102 @@
+"""Everything a worker run is configured with (filled by the CLI, or built directly in Python)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from avatarplayer.motion import Compression
+
+from .script import Injection
+
+__all__ = ["LiveKitSettings", "WorkerConfig", "Mode"]
+
+Mode = Literal["scripted", "speech"]
+
+
+@dataclass(frozen=True)
+class LiveKitSettings:
+    """Where to publish and as whom."""
+
+    url: str
+    api_key: str
+    api_secret: str
+    room: str
+    identity: str = "avatar-worker"
+    name: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    video_track_name: str = "avatar-motion"
+    audio_track_name: str = "avatar-audio"
+    video_max_bitrate: int = 500_000
+    """Head room over the ~120 kbit/s a keyframe-per-frame stream needs, so the bandwidth
+    estimator never starts queueing frames."""
+    connect_timeout: float = 10.0
+
+
+@dataclass
+class WorkerConfig:
+    """A worker run. ``livekit`` says where; the rest says what to play and when to stop."""
+
+    livekit: LiveKitSettings
+    mode: Mode = "speech"
+
+    # both modes
+    wait_for_participant: bool = False
+    lead_in_ms: int = 1500
+    """Idle heartbeats after a viewer joined (and subscribed), before the first turn: the
+    browser attaches its frame transform only after it learns of the subscription."""
+    transition: bool = True
+    redundant: bool = False
+    compression: Compression = None
+    turn_gap_ms: int = 1000
+    """Idle time between consecutive scripted turns."""
+    tail_ms: int = 500
+    """Idle heartbeats after the last turn before an --exit-when-done exit."""
+    exit_when_done: bool = False
+    exit_after_ms: int | None = None
+    send_log: Path | None = None
+    seed: int = 0
+    realtime: bool = False
+    """Run the pacing loop in the SCHED_RR class (needs CAP_SYS_NICE): steady ticks on a busy host."""
+
+    # scripted mode
+    frames: int = 500
+    turns: int = 1
+    injection: Injection = field(default_factory=Injection)
+    leave_after: int | None = None
+    """Disconnect abruptly after this many frames of the last turn (a worker dying mid-turn)."""
+    leave_mode: Literal["disconnect", "crash"] = "disconnect"
+    """``disconnect``: leave the room at once (tracks vanish); ``crash``: exit the process without
+    leaving, so the participant lingers until the server notices (a stall, then a departure)."""
+    script_audio: str = "tone"
+
+    # speech mode
+    wav: Path | None = None
+    text: str | None = None
+    voice: str | None = None
+    repeat_every_s: float | None = None
+    avatar_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("scripted", "speech"):
+            raise ValueError(f"mode must be 'scripted' or 'speech', got {self.mode!r}")
+        if self.frames < 1:
+            raise ValueError("frames must be >= 1")
+        if self.turns < 1:
+            raise ValueError("turns must be >= 1")
+        if self.leave_after is not None and not 1 <= self.leave_after:
+            raise ValueError("leave_after must be >= 1")
+        if self.leave_mode not in ("disconnect", "crash"):
+            raise ValueError(f"leave_mode must be 'disconnect' or 'crash', got {self.leave_mode!r}")
+        if self.compression not in (None, "gzip", "zlib"):
+            raise ValueError(f"compression must be gzip or zlib, got {self.compression!r}")
+        for name in ("lead_in_ms", "turn_gap_ms", "tail_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.exit_after_ms is not None and self.exit_after_ms <= 0:
+            raise ValueError("exit_after_ms must be > 0")
+        if self.repeat_every_s is not None and self.repeat_every_s <= 0:
+            raise ValueError("repeat_every_s must be > 0")
+        if self.wav is not None and self.text is not None:
+            raise ValueError("give either wav or text, not both")

@@ -1,0 +1,343 @@
+"""The LiveKit side: connect, publish the audio and motion tracks, stay published.
+
+What the Python SDK (livekit 1.2.1, Rust core) does by itself, and what is left to us:
+
+- A network blip or an SFU hiccup: the SDK resumes the signal connection / restarts ICE
+  ("reconnecting" → "reconnected") and keeps the publications.
+- A full reconnect (e.g. the server restarted and is back within the SDK's retry window): the SDK
+  rejoins and republishes the local tracks itself ("local_track_republished", new track SIDs).
+- When the SDK gives up, or the server ends our session, the room emits "disconnected" and is
+  dead. We then join again with a fresh token and publish new tracks fed by the same sources,
+  with backoff, until stopped. Seen here: SERVER_SHUTDOWN (graceful server stop), and
+  ROOM_CLOSED every ``room.empty_timeout`` seconds while nobody else is in the room — an
+  ``agent`` participant does not keep a room open on its own, so the server closes it and we
+  come back ~0.1 s later. We do not rejoin after DUPLICATE_IDENTITY or PARTICIPANT_REMOVED:
+  someone replaced or removed us on purpose, and two workers fighting over one identity would
+  kick each other forever.
+
+The motion track is fed through ``rtc.EncodedVideoSource``: every frame we capture is sent as-is
+(``video_encoder=ENCODER_BACKEND_PRE_ENCODED``); the source does not pace, the streamer does.
+Frames are handed to the native source only while the track is published on a connected room,
+so the send log's ``sent`` means "given to WebRTC". (Checked with frame-id metadata: frames
+captured before publication are not queued up and sent late; the first frames after publication
+may be dropped while the encoder starts; worker → SFU → subscriber takes 13–20 ms on loopback.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from livekit import rtc
+
+from .audio import CHANNELS, SAMPLE_RATE
+from .config import LiveKitSettings
+from .token import mint_token
+
+__all__ = ["LiveKitSettings", "Publisher", "PublisherError", "VIDEO_SIZE"]
+
+log = logging.getLogger(__name__)
+
+VIDEO_SIZE = (16, 16)
+"""The carrier's VP8 key frame is 16x16 (``avatarplayer.motion.VP8_KEYFRAME_PREFIX``)."""
+
+_NO_REJOIN = {
+    rtc.DisconnectReason.CLIENT_INITIATED,
+    rtc.DisconnectReason.DUPLICATE_IDENTITY,
+    rtc.DisconnectReason.PARTICIPANT_REMOVED,
+}
+
+
+class PublisherError(RuntimeError):
+    """Could not connect or publish (bad URL, rejected token, server unreachable)."""
+
+
+async def _quietly_leave(room: rtc.Room) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(room.disconnect(), 5.0)
+
+
+class Publisher:
+    """Owns the room, the audio and video sources, and their publications.
+
+    Usable as a :class:`avatar_worker.streamer.MotionSink`. The sources live as long as the
+    publisher; rooms and tracks come and go with reconnections.
+    """
+
+    def __init__(self, settings: LiveKitSettings, *, rejoin: bool = True,
+                 rejoin_backoff: tuple[float, float] = (0.5, 5.0)) -> None:
+        self.settings = settings
+        self.rejoin = rejoin
+        self._backoff = rejoin_backoff
+        self.video_source: rtc.EncodedVideoSource | None = None
+        self.audio_source: rtc.AudioSource | None = None
+        self.room: rtc.Room | None = None
+        self._video_pub: rtc.LocalTrackPublication | None = None
+        self._audio_pub: rtc.LocalTrackPublication | None = None
+        self._live = False
+        """The video track is published on a connected room: frames may go to the source."""
+        self._closing = False
+        self._rejoin_task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._frames_since_feedback = 0
+        self.keyframe_requests = 0
+        self.rejoins = 0
+        self.on_state: Callable[[str], None] | None = None
+
+    # --------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Create the sources, join the room and publish both tracks (raises PublisherError)."""
+        if self.video_source is None:
+            self.video_source = rtc.EncodedVideoSource(*VIDEO_SIZE)
+            # The queue only has to absorb scheduling jitter: we capture in 40 ms pieces on time.
+            self.audio_source = rtc.AudioSource(SAMPLE_RATE, CHANNELS, queue_size_ms=200)
+        await self._join()
+
+    async def _join(self) -> None:
+        s = self.settings
+        token = mint_token(s.api_key, s.api_secret, room=s.room, identity=s.identity, name=s.name,
+                           attributes=s.attributes or None)
+        room = rtc.Room()
+        self._watch(room)
+        # Nothing here consumes remote media yet: subscribing would only cost bandwidth and CPU.
+        options = rtc.RoomOptions(auto_subscribe=False, connect_timeout=s.connect_timeout)
+        try:
+            await asyncio.wait_for(room.connect(s.url, token, options), timeout=s.connect_timeout + 5)
+        except (asyncio.TimeoutError, rtc.ConnectError) as exc:
+            await _quietly_leave(room)
+            raise PublisherError(f"could not join room {s.room!r} at {s.url}: {exc or 'timed out'}") from exc
+        except asyncio.CancelledError:
+            await _quietly_leave(room)
+            raise
+        self.room = room
+        try:
+            await self._publish(room)
+        except asyncio.CancelledError:
+            await _quietly_leave(room)
+            raise
+        except Exception as exc:
+            await _quietly_leave(room)
+            raise PublisherError(f"could not publish in room {s.room!r}: {exc}") from exc
+        self._live = True
+        self._notify("connected")
+        log.info("joined room %r as %r (sid %s); publishing %r and %r",
+                 s.room, s.identity, room.local_participant.sid, s.video_track_name, s.audio_track_name)
+
+    async def _publish(self, room: rtc.Room) -> None:
+        assert self.video_source is not None and self.audio_source is not None
+        s = self.settings
+        video = rtc.LocalVideoTrack.create_video_track(s.video_track_name, self.video_source)
+        video_options = rtc.TrackPublishOptions(
+            source=rtc.TrackSource.SOURCE_CAMERA,
+            video_codec=rtc.VideoCodec.VP8,
+            video_encoder=rtc.VideoEncoderBackend.ENCODER_BACKEND_PRE_ENCODED,
+            simulcast=False,
+            # A motion frame may not be skipped to save bandwidth: it is the avatar's pose.
+            # the SDK's IntEnum carries the proto values; its stubs only name the proto type
+            degradation_preference=rtc.DegradationPreference.MAINTAIN_FRAMERATE,  # type: ignore[arg-type]
+            video_encoding=rtc.VideoEncoding(max_bitrate=s.video_max_bitrate, max_framerate=50.0),
+        )
+        self._video_pub = await room.local_participant.publish_track(video, video_options)
+        audio = rtc.LocalAudioTrack.create_audio_track(s.audio_track_name, self.audio_source)
+        audio_options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        self._audio_pub = await room.local_participant.publish_track(audio, audio_options)
+
+    def _watch(self, room: rtc.Room) -> None:
+        @room.on("reconnecting")
+        def _reconnecting() -> None:
+            if room is self.room:
+                # Frames captured while nothing is sent would sit in the passthrough queue.
+                self._live = False
+                self._notify("reconnecting")
+                log.warning("connection lost; the SDK is reconnecting")
+
+        @room.on("reconnected")
+        def _reconnected() -> None:
+            if room is self.room:
+                self._live = self._video_pub is not None
+                self._notify("reconnected")
+                log.info("reconnected")
+
+        @room.on("local_track_republished")
+        def _republished(publication: rtc.LocalTrackPublication, previous_sid: str) -> None:
+            log.info("SDK republished %s after a full reconnect (%s -> %s)",
+                     publication.name, previous_sid, publication.sid)
+
+        @room.on("disconnected")
+        def _disconnected(reason: rtc.DisconnectReason.ValueType) -> None:
+            if room is not self.room:
+                return
+            self._live = False
+            self._notify("disconnected")
+            name = rtc.DisconnectReason.Name(reason)
+            if self._closing or reason == rtc.DisconnectReason.CLIENT_INITIATED:
+                log.debug("left the room (%s)", name)
+                return
+            if not self.rejoin or reason in _NO_REJOIN:
+                log.error("disconnected from the room (%s); not rejoining", name)
+                return
+            log.warning("disconnected from the room (%s); rejoining", name)
+            if self._rejoin_task is None or self._rejoin_task.done():
+                self._rejoin_task = asyncio.get_running_loop().create_task(self._rejoin_loop())
+
+        @room.on("participant_connected")
+        def _joined(participant: rtc.RemoteParticipant) -> None:
+            log.info("participant %r joined", participant.identity)
+            self._changed.set()
+
+        @room.on("participant_disconnected")
+        def _left(participant: rtc.RemoteParticipant) -> None:
+            log.info("participant %r left", participant.identity)
+            self._changed.set()
+
+        @room.on("local_track_subscribed")
+        def _subscribed(track: rtc.Track) -> None:
+            log.info("local track %r subscribed", track.name)
+            self._changed.set()
+
+    async def _rejoin_loop(self) -> None:
+        delay, cap = self._backoff
+        old = self.room
+        self.room = None
+        self._video_pub = self._audio_pub = None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.disconnect()
+        while not self._closing:
+            try:
+                await self._join()
+            except PublisherError as exc:
+                log.warning("rejoin failed (%s); next try in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(cap, delay * 2)
+                continue
+            self.rejoins += 1
+            self._changed.set()
+            return
+
+    async def close(self) -> None:
+        """Unpublish both tracks, leave the room, release the sources. Idempotent."""
+        self._closing = True
+        self._live = False
+        if self._rejoin_task is not None:
+            self._rejoin_task.cancel()
+            await asyncio.gather(self._rejoin_task, return_exceptions=True)
+        room = self.room
+        if room is not None and room.isconnected():
+            for pub in (self._video_pub, self._audio_pub):
+                if pub is None:
+                    continue
+                try:
+                    await asyncio.wait_for(room.local_participant.unpublish_track(pub.sid), 3.0)
+                except Exception as exc:  # leaving the room unpublishes anyway
+                    log.warning("unpublishing %s failed: %s", pub.name, exc)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(room.disconnect(), 5.0)
+        self._video_pub = self._audio_pub = None
+        await self._release_sources()
+        self._notify("closed")
+
+    async def abort(self) -> None:
+        """Leave without unpublishing first: a worker that dies mid-turn, as seen by the room."""
+        self._closing = True
+        self._live = False
+        if self.room is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.room.disconnect(), 5.0)
+        await self._release_sources()
+        self._notify("closed")
+
+    async def _release_sources(self) -> None:
+        for source in (self.video_source, self.audio_source):
+            if source is not None:
+                with contextlib.suppress(Exception):
+                    await source.aclose()
+        self.video_source = self.audio_source = None
+
+    def _notify(self, state: str) -> None:
+        self._changed.set()
+        if self.on_state is not None:
+            try:
+                self.on_state(state)
+            except Exception:
+                log.exception("on_state callback failed")
+
+    # ------------------------------------------------------------------------------ status
+
+    @property
+    def live(self) -> bool:
+        """True while frames are being published."""
+        return self._live
+
+    def other_participants(self) -> list[rtc.RemoteParticipant]:
+        """Everyone in the room but us."""
+        if self.room is None or not self.room.isconnected():
+            return []
+        return list(self.room.remote_participants.values())
+
+    async def wait_for_viewer(self, *, subscribed_timeout: float = 10.0) -> rtc.RemoteParticipant:
+        """Wait until another participant is in the room and, if possible, subscribed to us.
+
+        The SDK reports ``local_track_subscribed`` when a remote participant subscribes to the
+        motion track; we wait for that up to ``subscribed_timeout`` seconds after the join and
+        go on anyway afterwards (the caller adds a lead-in of idle heartbeats either way).
+        """
+        while True:
+            others = self.other_participants()
+            if others:
+                break
+            self._changed.clear()
+            await self._changed.wait()
+        viewer = others[0]
+        pub = self._video_pub
+        if pub is not None:
+            try:
+                await asyncio.wait_for(pub.wait_for_subscription(), subscribed_timeout)
+                log.info("motion track subscribed; viewer %r", viewer.identity)
+            except asyncio.TimeoutError:
+                log.warning("no subscription to the motion track after %.0f s; going on", subscribed_timeout)
+        return viewer
+
+    # ---------------------------------------------------------------------------- the sink
+
+    def capture_video(self, frame: bytes, timestamp_us: int) -> bool:
+        """Send one carrier frame as a VP8 key frame. False while not published."""
+        source = self.video_source
+        if not self._live or source is None:
+            return False
+        accepted = source.capture_frame(rtc.EncodedVideoFrame(
+            data=frame,
+            width=VIDEO_SIZE[0],
+            height=VIDEO_SIZE[1],
+            codec=rtc.VideoCodec.VP8,
+            frame_type=rtc.EncodedFrameType.ENCODED_FRAME_KEY,
+            timestamp_us=timestamp_us,
+        ))
+        self._frames_since_feedback += 1
+        if self._frames_since_feedback >= 25:
+            self._frames_since_feedback = 0
+            self._poll_feedback(source)
+        return accepted
+
+    def _poll_feedback(self, source: rtc.EncodedVideoSource) -> None:
+        feedback = source.take_feedback()
+        if feedback.keyframe_requested:
+            # Every frame is already a key frame: nothing to do but note that someone asked.
+            self.keyframe_requests += 1
+            log.info("key frame requested by a receiver (every frame is a key frame)")
+        if feedback.rate_control is not None:
+            log.debug("rate control: %d bit/s at %.1f fps", feedback.rate_control.target_bitrate_bps,
+                      feedback.rate_control.framerate_fps)
+
+    async def capture_audio(self, pcm: bytes) -> None:
+        """Queue 40 ms of audio. Silently skipped while not connected (nothing would play it)."""
+        source = self.audio_source
+        if source is None or not self._live:
+            return
+        frame = rtc.AudioFrame(pcm, SAMPLE_RATE, CHANNELS, len(pcm) // (2 * CHANNELS))
+        await source.capture_frame(frame)
+
+

@@ -1,0 +1,75 @@
+"""Speech mode: play a WAV file (or offline-synthesized text) as a turn, with motion from its audio."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from avatarplayer.messages import build_message
+from avatarplayer.motion import Compression
+
+from . import audio as pcm_audio
+from .motion_gen import MotionGenerator
+from .turns import Turn, TurnFrame, build_turn
+
+__all__ = ["Speech", "load_speech", "plan_speech_turn"]
+
+DEFAULT_TEXT = "Hello! I am your avatar. I speak, I blink, and my motion travels next to my voice."
+
+
+@dataclass(frozen=True)
+class Speech:
+    """Speech audio cut into 40 ms frames, with the loudness envelope that drives the jaw."""
+
+    frames: tuple[bytes, ...]
+    envelope: tuple[float, ...]
+    source: str
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.frames) * pcm_audio.SAMPLES_PER_FRAME / pcm_audio.SAMPLE_RATE
+
+
+def load_speech(*, wav: str | Path | None = None, text: str | None = None, voice: str | None = None) -> Speech:
+    """Read ``wav`` or synthesize ``text`` (espeak-ng); the default is a short greeting."""
+    if wav is not None:
+        pcm = pcm_audio.load_wav(wav)
+        source = str(wav)
+    else:
+        text = text or DEFAULT_TEXT
+        pcm = pcm_audio.synthesize(text, voice=voice)
+        source = f"espeak-ng: {text[:40]!r}"
+    frames = pcm_audio.split_frames(pcm)
+    if not frames:
+        raise pcm_audio.AudioError(f"no audio in {source}")
+    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), source)
+
+
+async def plan_speech_turn(
+    speech: Speech,
+    generator: MotionGenerator,
+    first_seq: int,
+    *,
+    req_id: str = "",
+    avatar_id: str = "",
+    transition: bool = True,
+    redundant: bool = False,
+    compression: Compression = None,
+    chunk: int = 25,
+) -> Turn:
+    """Poses from the envelope, one ``Message`` per frame (``end`` on the last), as a turn.
+
+    Built in chunks that yield to the event loop, so planning a long utterance never delays the
+    frames that are being sent meanwhile.
+    """
+    frames: list[TurnFrame] = []
+    last = len(speech.frames) - 1
+    for start in range(0, len(speech.frames), chunk):
+        stop = min(start + chunk, len(speech.frames))
+        for i, pose in enumerate(generator.poses(speech.envelope[start:stop]), start=start):
+            message = build_message(pose, req_id=req_id, end=i == last, avatar_id=avatar_id)
+            frames.append(TurnFrame(message, speech.frames[i]))
+        await asyncio.sleep(0)
+    return build_turn(frames, first_seq, transition=transition, redundant=redundant,
+                      compression=compression, label=req_id or "speech")

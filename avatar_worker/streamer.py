@@ -1,0 +1,322 @@
+"""The real-time loop: one carrier frame (and 40 ms of audio) per deadline, forever.
+
+While no turn is playing it sends IDLE heartbeats; a turn handed to :meth:`MotionStreamer.play`
+is played tick by tick from the next deadline on. Sequence numbers are owned here, so they keep
+increasing across turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from avatarplayer.motion import Flags, wrap_frame
+
+from .audio import SILENCE
+from .pacing import FrameClock, TickTime
+from .turns import TRANSITION_END_PACKET, Emission, Tick, Turn, idle_tick
+
+__all__ = ["MotionSink", "MotionStreamer", "SendLog", "StreamStats", "TurnResult"]
+
+log = logging.getLogger(__name__)
+
+
+class MotionSink(Protocol):
+    """Where frames go: the LiveKit publisher, or a recorder in tests."""
+
+    def capture_video(self, frame: bytes, timestamp_us: int) -> bool:
+        """Hand one encoded carrier frame to the video track; False if it was refused."""
+        ...
+
+    async def capture_audio(self, pcm: bytes) -> None:
+        """Hand 40 ms of 48 kHz mono int16 PCM to the audio track."""
+        ...
+
+
+class SendLog:
+    """JSON lines, one per emission: ``{"seq", "t_ms", "flags", "sent", "kind", "tick"}``.
+
+    ``t_ms`` is ``time.time() * 1000`` at capture, so tests can line it up with receive times
+    measured in another process on the same host.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file: IO[str] | None = self.path.open("w", encoding="utf-8", buffering=1 << 16)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@dataclass
+class StreamStats:
+    """Counters for the exit summary."""
+
+    ticks: int = 0
+    frames_sent: int = 0
+    """Sequenced motion frames captured (including reordered ones, excluding extras)."""
+    idle_sent: int = 0
+    control_sent: int = 0
+    """TRANSITION and TRANSITION_END packets."""
+    duplicates_sent: int = 0
+    bad_sent: int = 0
+    dropped_by_injection: int = 0
+    refused: int = 0
+    """Frames the native video source did not accept."""
+    late: int = 0
+    resyncs: int = 0
+    max_late_ms: float = 0.0
+    turns_started: int = 0
+    turns_completed: int = 0
+    turns_interrupted: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["max_late_ms"] = round(self.max_late_ms, 2)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """How a turn went: ``completed`` is False when it was interrupted or the worker stopped."""
+
+    label: str
+    first_seq: int
+    frames: int
+    completed: bool
+    started_at: float
+    ended_at: float
+
+
+_COUNTERS = {
+    "frame": "frames_sent",
+    "reordered": "frames_sent",
+    "idle": "idle_sent",
+    "transition": "control_sent",
+    "transition_end": "control_sent",
+    "duplicate": "duplicates_sent",
+    "bad": "bad_sent",
+}
+
+
+@dataclass
+class _Playing:
+    turn: Turn
+    future: asyncio.Future[TurnResult]
+    started_at: float
+    position: int = 0
+    closed: bool = False
+    """Its TRANSITION_END has gone out."""
+    abort_after: bool = False
+    finished: bool = False
+
+
+class MotionStreamer:
+    """Paces ticks on a :class:`FrameClock` and feeds them to a :class:`MotionSink`."""
+
+    def __init__(
+        self,
+        sink: MotionSink,
+        *,
+        clock: FrameClock | None = None,
+        send_log: SendLog | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        first_seq: int = 0,
+    ) -> None:
+        self.sink = sink
+        self.clock = clock or FrameClock()
+        self.send_log = send_log
+        self.stats = StreamStats()
+        self._wall = wall_clock
+        self._next_seq = first_seq
+        self._queue: deque[_Playing] = deque()
+        self._playing: _Playing | None = None
+        self._owe_transition_end = False
+        self._stopping = False
+        self._aborted = False
+        self._running = False
+
+    # -------------------------------------------------------------------- control (any task)
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next planned turn must start with."""
+        return self._next_seq
+
+    @property
+    def busy(self) -> bool:
+        """True while a turn is playing or queued."""
+        return self._playing is not None or bool(self._queue)
+
+    def play(self, turn: Turn, *, abort_after: bool = False) -> asyncio.Future[TurnResult]:
+        """Queue ``turn`` (planned from :attr:`next_seq`); the future resolves when it ends.
+
+        ``abort_after`` stops the stream right after the turn's last tick, with nothing sent in
+        between (with :meth:`Turn.truncated`: a worker that dies mid-turn).
+        """
+        if turn.first_seq != self._next_seq:
+            raise ValueError(f"turn starts at seq {turn.first_seq}, expected {self._next_seq}")
+        if self._stopping:
+            raise RuntimeError("the streamer is stopping")
+        self._next_seq = turn.next_seq
+        future: asyncio.Future[TurnResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Playing(turn, future, 0.0, abort_after=abort_after))
+        return future
+
+    def interrupt(self) -> None:
+        """Drop the playing and queued turns; a TRANSITION_END goes out on the next tick."""
+        for playing in [*([self._playing] if self._playing else []), *self._queue]:
+            self._finish(playing, completed=False)
+        self._queue.clear()
+
+    def stop(self) -> None:
+        """Finish gracefully: an unfinished turn is closed with TRANSITION_END, then run() returns."""
+        self._stopping = True
+
+    def abort(self) -> None:
+        """Stop at once, without closing an unfinished turn (a worker dying mid-turn)."""
+        self._stopping = True
+        self._aborted = True
+
+    # ----------------------------------------------------------------------------- the loop
+
+    async def run(self) -> StreamStats:
+        """Send a carrier frame on every deadline until :meth:`stop` or :meth:`abort`."""
+        if self._running:
+            raise RuntimeError("MotionStreamer.run() is already running")
+        self._running = True
+        try:
+            if not self.clock.started:
+                self.clock.start()
+            while True:
+                if self._stopping:
+                    if self._aborted:
+                        self._fail_all()
+                        break
+                    self.interrupt()
+                    if not self._owe_transition_end:
+                        break
+                tick_time = await self.clock.tick()
+                if self._aborted:
+                    self._fail_all()
+                    break
+                await self._send(self._next_tick(), tick_time)
+        finally:
+            self._running = False
+            self.stats.late = self.clock.late
+            self.stats.resyncs = self.clock.resyncs
+            self.stats.max_late_ms = self.clock.max_lateness * 1000
+            if self.send_log is not None:
+                self.send_log.flush()
+        return self.stats
+
+    def _fail_all(self) -> None:
+        for playing in [*([self._playing] if self._playing else []), *self._queue]:
+            self._finish(playing, completed=False)
+        self._queue.clear()
+        self._owe_transition_end = False
+
+    def _next_tick(self) -> Tick:
+        if self._owe_transition_end and self._playing is None:
+            # close an interrupted turn before anything else, even a turn queued right after
+            self._owe_transition_end = False
+            return Tick((Emission(TRANSITION_END_PACKET, "transition_end", int(Flags.TRANSITION_END)),))
+        if self._playing is None and self._queue:
+            self._playing = self._queue.popleft()
+            self._playing.started_at = self._wall()
+            self.stats.turns_started += 1
+        playing = self._playing
+        if playing is not None:
+            tick = playing.turn.ticks[playing.position]
+            playing.position += 1
+            playing.closed = playing.closed or any(e.kind == "transition_end" for e in tick.emissions)
+            if playing.position >= len(playing.turn.ticks):
+                self._finish(playing, completed=True)
+            return tick
+        return idle_tick()
+
+    def _finish(self, playing: _Playing, *, completed: bool) -> None:
+        if playing is self._playing:
+            self._playing = None
+        if playing.finished:
+            return
+        playing.finished = True
+        ended = self._wall()
+        if completed:
+            self.stats.turns_completed += 1
+            if playing.abort_after:
+                self.abort()
+        else:
+            self.stats.turns_interrupted += 1
+            # A receiver that saw part of a turn must be told it is over, or it reports a stall.
+            if playing.position > 0 and not playing.closed:
+                self._owe_transition_end = True
+        if not playing.future.done():  # the caller may have stopped waiting (cancelled)
+            playing.future.set_result(TurnResult(
+                playing.turn.label, playing.turn.first_seq, playing.turn.frames, completed,
+                playing.started_at or ended, ended))
+
+    async def _send(self, tick: Tick, when: TickTime) -> None:
+        self.stats.ticks += 1
+        emissions = sorted(tick.emissions, key=lambda e: e.offset)
+        for emission in emissions:
+            if emission.offset <= 0:
+                self._emit(emission, when)
+        await self._audio(tick)  # the same 40 ms of audio leaves right after its motion frame
+        for emission in emissions:
+            if emission.offset > 0:
+                await self.clock.sleep_until(when.deadline + emission.offset)
+                self._emit(emission, when)
+
+    async def _audio(self, tick: Tick) -> None:
+        try:
+            await self.sink.capture_audio(tick.audio or SILENCE)
+        except Exception:  # a hiccup of the audio path must not stop the motion clock
+            log.exception("audio capture failed")
+
+    def _emit(self, emission: Emission, when: TickTime) -> None:
+        t_ms = self._wall() * 1000
+        accepted = False
+        if emission.sent:
+            # Capture times are on time.monotonic, the clock WebRTC stamps audio with on Linux
+            # (CLOCK_MONOTONIC), and taken from the deadline rather than the wake-up, so RTP
+            # timestamps advance by exactly 40 ms and lip sync in the browser stays exact.
+            timestamp_us = int((when.deadline + emission.offset) * 1_000_000)
+            try:
+                accepted = self.sink.capture_video(wrap_frame(emission.packet), timestamp_us)
+            except Exception:
+                log.exception("video capture failed")
+            if accepted:
+                counter = _COUNTERS.get(emission.kind)
+                if counter:
+                    setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+            else:
+                self.stats.refused += 1
+        else:
+            self.stats.dropped_by_injection += 1
+        if self.send_log is not None:
+            self.send_log.write({
+                "seq": emission.seq,
+                "t_ms": round(t_ms, 3),
+                "flags": emission.flags,
+                "sent": emission.sent and accepted,
+                "kind": emission.kind,
+                "tick": when.index,
+            })
