@@ -21,6 +21,45 @@ __all__ = ["LiveKitProvider", "DEFAULT_LIVEKIT_CLIENT_URL", "DEFAULT_TRANSFORM_W
 DEFAULT_LIVEKIT_CLIENT_URL = "/vendor/livekit-client/livekit-client.esm.mjs"
 DEFAULT_TRANSFORM_WORKER_URL = "/worker_transform/motion-transform.js"
 TRANSFORM_MODES = ("auto", "script", "streams")
+ATTACH_ACK_TIMEOUT_MS = 2000
+"""A transform the worker has not reported running after this long is attached again."""
+WATCHDOG_MIN_FRAMES = 10
+"""Frames the receiver counted, but the worker never saw, that make the watchdog re-attach."""
+MAX_REATTACH = 3
+"""Re-attaching rarely revives a transform that never ran: after this many, report an error."""
+
+# Chromium calls a receiver's script transform reliably only when it is set as the transceiver is
+# created, before negotiation (measured on Chromium 156 with livekit-client 2.16.1 and 2.23.0:
+# 44 of 44 runs; at TrackSubscribed it failed up to 10 in 26). So wrap RTCPeerConnection, once per
+# page, before livekit-client connects, and offer every new video receiver to the provider:
+# ``addTransceiver`` covers the recvonly sections livekit-client >= 2.17 pre-adds on its single
+# connection, the ``track`` event the transceivers the SFU offers on a subscriber connection.
+_PC_HOOK_JS = """
+(() => {
+  if (globalThis.__avatarplayerPcHook) return globalThis.__avatarplayerPcHook;
+  const hook = { onVideoReceiver: null, offered: new WeakSet() };
+  const offer = (receiver) => {
+    if (!receiver || !receiver.track || receiver.track.kind !== "video" || hook.offered.has(receiver)) return;
+    hook.offered.add(receiver);
+    if (hook.onVideoReceiver) hook.onVideoReceiver(receiver);
+  };
+  const Native = globalThis.RTCPeerConnection;
+  class AvatarPlayerPeerConnection extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("track", (event) => offer(event.receiver));
+    }
+    addTransceiver(trackOrKind, init) {
+      const transceiver = super.addTransceiver(trackOrKind, init);
+      offer(transceiver.receiver);
+      return transceiver;
+    }
+  }
+  globalThis.RTCPeerConnection = AvatarPlayerPeerConnection;
+  globalThis.__avatarplayerPcHook = hook;
+  return hook;
+})()
+"""
 
 _log = logging.getLogger("avatarplayer.livekit")
 
@@ -72,7 +111,19 @@ class LiveKitProvider:
         self._room_handlers: list[tuple[str, Any]] = []
         self._worker: Any = None
         self._ports: dict[int, Any] = {}
+        self._port_handler: Any = None
+        self._motion_attach_id: int | None = None
         self._attach_count = 0
+        self._acknowledged: set[int] = set()
+        self._motion_track: Any = None
+        self._attached_at_ms = 0.0
+        self._packets: dict[int, int] = {}  # per attachment, counted here (stats replies arrive late)
+        self._last_rtp_frames: int | None = None
+        self._last_seen_total = 0
+        self._checking = False
+        self.reattach_count = 0
+        self._pc_hook: Any = None
+        self._attach_of: dict[int, Any] = {}  # attachment id -> receiver
         self._passed_through: dict[int, int] = {}
         self._audio_elements: dict[str, Any] = {}
         self.avatar_identity: str | None = None
@@ -103,6 +154,8 @@ class LiveKitProvider:
             if self._mode() == "streams":
                 self.room.options.rtcConfig = _js_object({"encodedInsertableStreams": True})
         self._listen()
+        if self._mode() == "script":
+            self._install_pc_hook()
         if self._shared_room is None or self.room.state != "connected":
             await self.room.connect(url, token, _js_object({"autoSubscribe": True}))
         else:
@@ -113,6 +166,22 @@ class LiveKitProvider:
                         self._on_track_subscribed(publication.track, publication, participant)
         _log.info("connected to %s with livekit-client %s", url, getattr(self.lk, "version", "?"))
         del js
+
+    def _install_pc_hook(self) -> None:
+        from pyodide.code import run_js
+        from pyodide.ffi import create_proxy
+
+        self._pc_hook = run_js(_PC_HOOK_JS)
+        proxy = create_proxy(self._on_video_receiver)
+        self._proxies.append(proxy)
+        self._pc_hook.onVideoReceiver = proxy
+
+    def _on_video_receiver(self, receiver: Any) -> None:
+        """A video transceiver was just created: attach now, before any frame can arrive."""
+        try:
+            self._attach_to_receiver(receiver)
+        except Exception:
+            _log.exception("attaching the transform to a new video receiver failed")
 
     def _mode(self) -> str:
         import js
@@ -156,6 +225,7 @@ class LiveKitProvider:
         try:
             if track.kind == "video" and self.is_motion_publication(publication.trackName):
                 self.avatar_identity = participant.identity
+                self._motion_track = track
                 self._attach_transform(track)
                 for pub in participant.trackPublications.values():  # audio subscribed earlier
                     if pub.kind == "audio" and pub.track is not None:
@@ -166,6 +236,8 @@ class LiveKitProvider:
             _log.exception("handling TrackSubscribed failed")
 
     def _on_track_unsubscribed(self, track: Any, publication: Any, participant: Any) -> None:
+        if track is self._motion_track or (self._motion_track is not None and track.sid == self._motion_track.sid):
+            self._motion_track = None
         element = self._audio_elements.pop(track.sid, None)
         if element is not None:
             track.detach(element)
@@ -176,6 +248,11 @@ class LiveKitProvider:
 
         if track.sid in self._audio_elements:
             return
+        if self._mode() == "streams" and getattr(track.receiver, "avatarplayerPiped", None) is None:
+            # with encodedInsertableStreams every receiver must be read, or its media stops here
+            streams = track.receiver.createEncodedStreams()
+            streams.readable.pipeTo(streams.writable)
+            track.receiver.avatarplayerPiped = True
         element = track.attach()
         element.dataset.avatarIdentity = identity
         js.document.body.appendChild(element)
@@ -184,23 +261,43 @@ class LiveKitProvider:
     # ------------------------------------------------------------------------- transform
 
     def _attach_transform(self, track: Any) -> None:
-        """(Re)attach the transform to the motion track's receiver, on every TrackSubscribed."""
-        import js
-        from pyodide.ffi import create_proxy, to_js
+        """The motion track was subscribed: make sure its receiver has a running transform.
 
+        Usually it has one already, set when its transceiver was created (see ``_PC_HOOK_JS``); a
+        receiver the SFU reuses keeps it. Otherwise (a shared room that was connected before we
+        listened, or the streams mode) attach now.
+        """
         receiver = track.receiver
         if receiver is None:
             _log.error("the motion track has no RTCRtpReceiver; cannot read motion packets")
             return
+        attach_id = getattr(receiver, "avatarplayerAttachId", None)
+        if attach_id is None or attach_id not in self._ports:
+            attach_id = self._attach_to_receiver(receiver)
+        self._motion_attach_id = attach_id
+        self._attached_at_ms = _now_ms()
+        self._last_rtp_frames = None
+        if self._sink is not None:
+            self._sink.on_motion_attached(self._mode())
+
+    def _attach_to_receiver(self, receiver: Any, *, replace: bool = False) -> int:
+        import js
+        from pyodide.ffi import create_proxy, to_js
+
+        existing = getattr(receiver, "avatarplayerAttachId", None)
+        if existing is not None and existing in self._ports and not replace:
+            return existing
         if self._worker is None:
             self._worker = js.Worker.new(self.transform_worker_url, _js_object({"name": "avatar-motion"}))
         self._attach_count += 1
         attach_id = self._attach_count
         channel = js.MessageChannel.new()
-        handler = create_proxy(self._on_port_message)
-        self._proxies.append(handler)
-        channel.port1.onmessage = handler
+        if self._port_handler is None:
+            self._port_handler = create_proxy(self._on_port_message)
+            self._proxies.append(self._port_handler)
+        channel.port1.onmessage = self._port_handler
         self._ports[attach_id] = channel.port1
+        self._attach_of[attach_id] = receiver
         mode = self._mode()
         if mode == "script":
             receiver.transform = js.RTCRtpScriptTransform.new(
@@ -211,20 +308,83 @@ class LiveKitProvider:
                 _js_object({"readable": streams.readable, "writable": streams.writable,
                             "port": channel.port2, "id": attach_id}),
                 to_js([streams.readable, streams.writable, channel.port2]))
+        receiver.avatarplayerAttachId = attach_id
         _log.info("motion transform attached (%s, #%d)", mode, attach_id)
-        if self._sink is not None:
-            self._sink.on_motion_attached(mode)
+        return attach_id
 
     def _on_port_message(self, event: Any) -> None:
         data = event.data
         kind = data.type
         if kind == "packet":
+            attach_id = data.id
+            self._packets[attach_id] = self._packets.get(attach_id, 0) + 1
             self._sink.on_packet(data.packet.to_bytes(), data.arrivalMs)
+        elif kind == "attached":
+            _log.info("transform #%s running in the worker (%s)", data.id, data.mode)
+            self._acknowledged.add(data.id)
         elif kind in ("stats", "ended"):
             stats = (data.stats if kind == "ended" else data).to_py()
             self.transform_stats[stats.get("id")] = stats
             self._passed_through[stats.get("id")] = stats.get("passedThrough", 0)
             self._sink.on_passed_through(sum(self._passed_through.values()))
+
+    # -------------------------------------------------------------------------- watchdog
+
+    def poll(self, now_ms: float) -> None:
+        """Called about once a second by the player: ask the transforms for their counters and
+        re-attach when the motion track's one never started, or when the receiver counts frames
+        that the worker never saw. After ``MAX_REATTACH`` tries it reports an error instead."""
+        track = self._motion_track
+        if track is None or self._worker is None or self._motion_attach_id is None:
+            return
+        self.request_stats()
+        current = self._motion_attach_id
+        if current not in self._acknowledged:
+            if now_ms - self._attached_at_ms > ATTACH_ACK_TIMEOUT_MS:
+                self._reattach(track, "the transform never started in the worker")
+            return
+        if not self._checking:
+            import asyncio
+
+            self._checking = True
+            asyncio.ensure_future(self._check_receiver(track, current))
+
+    async def _check_receiver(self, track: Any, attach_id: int) -> None:
+        try:
+            report = await track.receiver.getStats()
+            rtp_frames = None
+            for entry in report.values():
+                if entry.type == "inbound-rtp":
+                    rtp_frames = getattr(entry, "framesReceived", None)
+            seen = self._packets.get(attach_id, 0) + self.transform_stats.get(attach_id, {}).get("passedThrough", 0)
+            if rtp_frames is None or attach_id != self._motion_attach_id:
+                return
+            if self._last_rtp_frames is not None:
+                arrived = rtp_frames - self._last_rtp_frames
+                if arrived >= WATCHDOG_MIN_FRAMES and seen == self._last_seen_total:
+                    self._reattach(track, f"{arrived} frames reached the receiver but not the transform")
+                    return
+            self._last_rtp_frames, self._last_seen_total = rtp_frames, seen
+        except Exception:
+            _log.exception("the transform watchdog failed")
+        finally:
+            self._checking = False
+
+    def _reattach(self, track: Any, why: str) -> None:
+        if self.reattach_count >= MAX_REATTACH:
+            if self.reattach_count == MAX_REATTACH:
+                self.reattach_count += 1
+                error = RuntimeError(f"the motion transform receives no frames ({why}); "
+                                     f"{MAX_REATTACH} re-attachments did not help")
+                _log.error("%s", error)
+                if self._sink is not None:
+                    self._sink.on_error(error)
+            return
+        self.reattach_count += 1
+        _log.warning("re-attaching the motion transform: %s", why)
+        self._motion_attach_id = self._attach_to_receiver(track.receiver, replace=True)
+        self._attached_at_ms = _now_ms()
+        self._last_rtp_frames = None
 
     def request_stats(self) -> None:
         """Ask every attached transform for its counters (answers arrive asynchronously)."""
@@ -234,6 +394,9 @@ class LiveKitProvider:
     # ------------------------------------------------------------------------------ close
 
     async def close(self) -> None:
+        if self._pc_hook is not None:
+            self._pc_hook.onVideoReceiver = None
+            self._pc_hook = None
         room = self.room
         if room is not None:
             for name, proxy in self._room_handlers:
@@ -247,6 +410,10 @@ class LiveKitProvider:
             port.onmessage = None
             port.close()
         self._ports.clear()
+        self._attach_of.clear()
+        self._motion_attach_id = None
+        self._motion_track = None
+        self._port_handler = None
         for proxy in self._proxies:
             proxy.destroy()
         self._proxies.clear()
@@ -256,6 +423,12 @@ class LiveKitProvider:
             self._worker = None
         if self._shared_room is None:
             self.room = None
+
+
+def _now_ms() -> float:
+    import js
+
+    return js.performance.timeOrigin + js.performance.now()
 
 
 def _js_object(value: dict[str, Any]) -> Any:

@@ -74,6 +74,7 @@ class ProviderSink(Protocol):
     def on_packet(self, packet: bytes, arrival_ms: float) -> None: ...
     def on_room_state(self, state: ConnectionState, error: BaseException | None = None) -> None: ...
     def on_passed_through(self, count: int) -> None: ...
+    def on_error(self, error: BaseException) -> None: ...
     def on_motion_attached(self, mode: str) -> None: ...
 
 
@@ -239,6 +240,10 @@ class AvatarPlayer:
     def on_passed_through(self, count: int) -> None:
         self._pipeline.frames_passed_through = count
 
+    def on_error(self, error: BaseException) -> None:
+        """A failure the app should know about that does not change the connection state."""
+        self._events.emit(PlayerEvent.ERROR, error)
+
     def on_motion_attached(self, mode: str) -> None:
         self.motion_mode = mode
         self._events.emit(PlayerEvent.MOTION_TRACK_ATTACHED, mode)
@@ -246,6 +251,11 @@ class AvatarPlayer:
     # ------------------------------------------------------------------------------ render
 
     def _on_tick(self, now_ms: float) -> None:
+        if self._ticker.ticks % 25 == 0 and hasattr(self.provider, "poll"):
+            try:
+                self.provider.poll(now_ms)
+            except Exception:
+                self.logger.exception("the provider's watchdog failed")
         events = self._pipeline.tick(now_ms)
         if events:
             self._dispatch(events)

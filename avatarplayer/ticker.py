@@ -11,17 +11,22 @@ __all__ = ["Ticker"]
 class Ticker:
     """Calls ``on_tick(now_ms)`` every ``interval_ms`` against ``start + n * interval``.
 
-    When the event loop falls more than one interval behind (a blocked main thread), the missed
-    deadlines are dropped, counted in ``overruns``, and the schedule restarts from now: rendering
-    a burst of stale frames would look worse than skipping them.
+    When the event loop falls behind (a busy main thread), the missed ticks run at once, so the
+    motion catches up with the audio that kept playing and no frame piles up in the jitter buffer.
+    After a stall longer than ``max_catch_up`` ticks the schedule restarts from now instead
+    (counted in ``overruns``): a burst of seconds of stale motion would look worse than a jump.
     """
 
-    def __init__(self, interval_ms: float, on_tick: Callable[[float], None], clock: Callable[[], float]) -> None:
+    def __init__(self, interval_ms: float, on_tick: Callable[[float], None], clock: Callable[[], float],
+                 max_catch_up: int = 5) -> None:
         self.interval_ms = interval_ms
         self._on_tick = on_tick
         self._clock = clock
+        self.max_catch_up = max_catch_up
         self._task: asyncio.Task | None = None
         self.ticks = 0
+        self.caught_up = 0
+        """Ticks run late, back to back, to catch up."""
         self.overruns = 0
         self.lateness_ms_total = 0.0
 
@@ -46,11 +51,17 @@ class Ticker:
         deadline = self._clock()
         while True:
             now = self._clock()
-            if now - deadline > self.interval_ms:
+            if now < deadline:  # woke early (timer or clock granularity): not due yet
+                await asyncio.sleep((deadline - now) / 1000.0)
+                continue
+            behind = int((now - deadline) // self.interval_ms)
+            if behind > self.max_catch_up:
                 self.overruns += 1
-                deadline = now
-            self.lateness_ms_total += max(0.0, now - deadline)
-            self.ticks += 1
-            self._on_tick(now)
-            deadline += self.interval_ms
+                deadline, behind = now, 0
+            self.caught_up += behind
+            for _ in range(behind + 1):
+                self.lateness_ms_total += max(0.0, now - deadline)
+                self.ticks += 1
+                self._on_tick(now)
+                deadline += self.interval_ms
             await asyncio.sleep(max(0.0, deadline - self._clock()) / 1000.0)

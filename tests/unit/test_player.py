@@ -204,3 +204,25 @@ def test_unknown_event_name():
     player, *_ = make()
     with pytest.raises(ValueError, match="unknown event"):
         player.on("stall", print)
+
+
+def test_ticker_catches_up_missed_ticks_and_resyncs_after_a_long_stall():
+    from avatarplayer.ticker import Ticker
+
+    clock = {"now": 0.0}
+    seen = []
+    ticker = Ticker(40, seen.append, lambda: clock["now"], max_catch_up=5)
+
+    async def main():
+        ticker.start()
+        await asyncio.sleep(0)  # first tick at 0
+        clock["now"] = 130.0  # the loop was blocked: ticks at 40, 80, 120 are due
+        await asyncio.sleep(0.06)  # the ticker wakes (it slept 40 ms of real time)
+        clock["now"] = 1000.0  # a long stall: resync instead of 21 ticks at once
+        await asyncio.sleep(0.06)
+        await ticker.stop()
+
+    asyncio.run(main())
+    assert seen[:4] == [0.0, 130.0, 130.0, 130.0]
+    assert ticker.caught_up == 2 and ticker.overruns == 1
+    assert seen[4:] == [1000.0]

@@ -25,8 +25,8 @@ from livekit import api, rtc
 
 from avatarplayer.constants import FRAME_INTERVAL_MS
 
-if TYPE_CHECKING:  # the class comes through the fixture: tests/worker is not a package
-    from conftest import LiveKitServer
+if TYPE_CHECKING:
+    from devstack import LiveKitServer
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_IDENTITY = "avatar-worker"

@@ -67,7 +67,12 @@ def results():
         "state": player.connection_state,
         "summary": player.session_summary.as_dict(),
         "motionMode": player.motion_mode,
-        "tickerOverruns": player._ticker.overruns,
+        "arrivals": arrivals,
+        "reattaches": provider.reattach_count,
+        "transformStats": {str(k): v for k, v in provider.transform_stats.items()},
+        "ticker": {"ticks": player._ticker.ticks, "caughtUp": player._ticker.caught_up,
+                   "overruns": player._ticker.overruns,
+                   "meanLatenessMs": player._ticker.lateness_ms_total / max(1, player._ticker.ticks)},
     })
 
 
@@ -79,7 +84,24 @@ async def connect():
     await player.connect(url=cfg["url"], token=cfg["token"])
 
 
+arrivals = []
+_on_packet = player.on_packet
+
+
+def recording_on_packet(packet, arrival_ms):
+    arrivals.append(arrival_ms)
+    _on_packet(packet, arrival_ms)
+
+
+player.on_packet = recording_on_packet  # the provider calls the sink's on_packet: record arrivals
+def progress():
+    """Cheap to poll: counts and event names only (results() serializes every frame)."""
+    return json.dumps({"frames": len(renderer.frames), "events": [e[0] for e in events],
+                       "state": player.connection_state})
+
+
 js.window.harness.results = create_proxy(results)
+js.window.harness.progress = create_proxy(progress)
 js.window.harness.disconnect = create_proxy(disconnect)  # JS gets a Promise (a Python awaitable)
 js.window.harness.connect = create_proxy(connect)
 js.window.harness.player = player

@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""The whole demo on one machine: LiveKit server + avatar worker + the web page.
+
+    python3 serve.py                  # then open http://127.0.0.1:8000/ and click Connect
+    python3 serve.py --help
+
+What it does, in order:
+
+1. the set-up (``tools/bootstrap.py browser``: venv, npm packages, Debian chromium/ffmpeg/espeak-ng/sox,
+   the LiveKit server binary, the wheels the page loads into Pyodide); idempotent, about a second
+   when nothing changed;
+2. re-executes itself with ``.venv/bin/python`` (the venv has livekit-api and the worker's SDK);
+3. starts a loopback-only LiveKit server (or uses an external one, see ``--external``);
+4. starts the avatar worker in speech mode in room ``avatar-demo``: an espeak-ng greeting, spoken
+   again every ~10 s once a viewer has joined;
+5. serves ``web/`` with the token endpoint (``tools/webapp.py``) and prints the URL.
+
+Ctrl-C or SIGTERM stops everything it started (worker, then web server, then LiveKit server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+TOOLS = ROOT / "tools"
+VENV = ROOT / ".venv"
+SETUP_DONE_ENV = "AVATARPLAYER_SETUP_DONE"  # set by the re-exec so the set-up runs once per start
+EXTERNAL_ENV = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+
+DEFAULT_ROOM = "avatar-demo"
+DEFAULT_TEXT = ("Hello! I am your avatar. I live in a LiveKit room on this machine, "
+                "and my face moves with my voice.")
+WORKER_RESTART_DELAY_S = 3.0
+WORKER_MAX_RESTARTS = 5
+
+
+def log(message: str) -> None:
+    print(f"[serve] {message}", flush=True)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python3 serve.py",
+        description="Run the avatarplayer demo: a LiveKit server, the avatar worker and the web page, "
+                    "all on this machine. Stops everything on Ctrl-C / SIGTERM.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""\
+external LiveKit server:
+  Set all three environment variables to use an existing server instead of starting one
+  (the secret is read from the environment only, never from the command line):
+    LIVEKIT_URL          e.g. wss://my-project.livekit.cloud or ws://127.0.0.1:7880
+    LIVEKIT_API_KEY      an API key of that server
+    LIVEKIT_API_SECRET   its secret (used here to mint tokens and passed to the worker by environment)
+  Their presence alone selects the external server; --external makes it explicit and fails if one
+  of them is missing.
+
+examples:
+  python3 serve.py
+  python3 serve.py --port 8080 --livekit-port 7890
+  LIVEKIT_URL=wss://... LIVEKIT_API_KEY=... LIVEKIT_API_SECRET=... python3 serve.py --external
+""")
+    web = p.add_argument_group("web page")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address the web server binds to (default: %(default)s; loopback only unless --allow-remote)")
+    web.add_argument("--port", type=int, default=8000,
+                     help="web server port (default: %(default)s; 0 picks a free one)")
+    web.add_argument("--allow-remote", action="store_true",
+                     help="allow a non-loopback --host. The page and its token endpoint are plain HTTP without "
+                          "any login: anyone who reaches the port gets a LiveKit token for the demo room. "
+                          "The built-in LiveKit server only listens on 127.0.0.1, so remote browsers also need "
+                          "an external server (see below)")
+    lk = p.add_argument_group("LiveKit server")
+    lk.add_argument("--livekit-port", type=int, default=7880,
+                    help="port of the built-in loopback LiveKit server (default: %(default)s; 0 picks a free one)")
+    lk.add_argument("--external", action="store_true",
+                    help="use the server given by LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET "
+                         "instead of starting one")
+    avatar = p.add_argument_group("avatar worker")
+    avatar.add_argument("--room", default=DEFAULT_ROOM, help="the room the page joins and the worker speaks in "
+                                                              "(default: %(default)s)")
+    avatar.add_argument("--text", default=DEFAULT_TEXT, help="what the avatar says (espeak-ng, offline)")
+    avatar.add_argument("--voice", default=None, help="espeak-ng voice, e.g. en-us (default: espeak-ng's)")
+    avatar.add_argument("--repeat-every-s", type=float, default=10.0,
+                        help="the greeting starts again every this many seconds (default: %(default)s)")
+    avatar.add_argument("--no-worker", action="store_true",
+                        help="do not start the avatar worker (run your own in the room)")
+    avatar.add_argument("--worker-log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="the worker's log level (default: %(default)s; its per-frame pacing lines are "
+                             "shown at debug only)")
+    p.add_argument("--skip-setup", action="store_true",
+                   help="do not run tools/bootstrap.py (everything must already be installed)")
+    return p
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: may resolve anywhere
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when ``host:port`` cannot be bound (another server has it). Checked up front: a second
+    LiveKit server on a taken port would exit, but the first one would answer its readiness probe."""
+    if not port:
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError:
+            return True
+    return False
+
+
+def external_settings(args: argparse.Namespace) -> tuple[str, str, str] | None:
+    """(url, key, secret) of an external server, None for the built-in one; exits on a half setting."""
+    values = [os.environ.get(name, "") for name in EXTERNAL_ENV]
+    if all(values):
+        return values[0], values[1], values[2]
+    if args.external or any(values):
+        missing = [name for name, value in zip(EXTERNAL_ENV, values) if not value]
+        sys.exit(f"serve.py: an external LiveKit server needs {', '.join(EXTERNAL_ENV)}; missing: {', '.join(missing)}")
+    return None
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def in_venv() -> bool:
+    return Path(sys.prefix).resolve() == VENV.resolve()
+
+
+def setup_and_reexec(args: argparse.Namespace) -> None:
+    """Run the set-up, then continue in the venv's interpreter (replacing this process)."""
+    if os.environ.get(SETUP_DONE_ENV) == "1" or args.skip_setup:
+        if not in_venv() and (VENV / "bin" / "python").exists():
+            os.execv(str(VENV / "bin" / "python"), [str(VENV / "bin" / "python"), __file__, *sys.argv[1:]])
+        return
+    sys.path.insert(0, str(TOOLS))
+    import bootstrap
+
+    try:
+        python = bootstrap.browser()
+    except subprocess.CalledProcessError as exc:
+        sys.exit(f"serve.py: the set-up failed ({exc}); see the output above")
+    os.environ[SETUP_DONE_ENV] = "1"
+    if not in_venv():
+        os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+class Worker:
+    """The avatar worker subprocess; its output is copied to ours with a ``[worker]`` prefix.
+
+    Credentials go through the environment (LIVEKIT_*), never the command line, where any local
+    user could read them in the process list.
+    """
+
+    def __init__(self, server, args: argparse.Namespace) -> None:
+        self.cmd = [sys.executable, "-m", "avatar_worker", "--mode", "speech", "--room", args.room,
+                    "--text", args.text, "--repeat-every-s", str(args.repeat_every_s),
+                    "--wait-for-participant", "--log-level", args.worker_log_level]
+        if args.voice:
+            self.cmd += ["--voice", args.voice]
+        self.env = dict(os.environ, LIVEKIT_URL=server.url, LIVEKIT_API_KEY=server.api_key,
+                        LIVEKIT_API_SECRET=server.api_secret, PYTHONUNBUFFERED="1")
+        self.quiet_pacing = args.worker_log_level != "debug"
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        errors="replace", bufsize=1)
+        threading.Thread(target=self._pump, args=(self.process,), name="worker-log", daemon=True).start()
+
+    def _pump(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            if self.quiet_pacing and " INFO avatar_worker.pacing: " in line:
+                continue  # "tick N late by X ms": one line per late frame on a busy machine
+            print(f"[worker] {line.rstrip()}", flush=True)
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM (the worker leaves the room cleanly), then SIGKILL after ``timeout_s``."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log("the worker did not stop in time; killing it")
+            process.kill()
+            process.wait(timeout=timeout_s)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    if not is_loopback_host(args.host) and not args.allow_remote:
+        sys.exit(f"serve.py: refusing --host {args.host}: the demo page and its token endpoint have no "
+                 "authentication and no TLS, so anyone reaching that address could mint LiveKit tokens; and "
+                 "the built-in LiveKit server listens on 127.0.0.1 only, so remote browsers could not "
+                 "use it anyway. Pass --allow-remote (best with an external server, see --help) if you "
+                 "really mean it.")
+    external = external_settings(args)
+    setup_and_reexec(args)
+
+    taken = [f"{what} port {port}" for what, host, port in (
+        ("web", args.host, args.port), ("LiveKit", "127.0.0.1", 0 if external else args.livekit_port))
+        if port_in_use(host, port)]
+    if taken:
+        sys.exit(f"serve.py: {' and '.join(taken)} already in use (another serve.py?); "
+                 "pick others with --port / --livekit-port")
+
+    sys.path.insert(0, str(TOOLS))
+    import devstack
+    import webapp
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        if stop.is_set():
+            return
+        log(f"{signal.Signals(signum).name}: stopping")
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    server = None
+    http = None
+    worker = None
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="avatarplayer-serve-") as workdir:
+        try:
+            if external:
+                server = devstack.LiveKitServer.external(*external)
+                log(f"using the external LiveKit server {server.url} (from LIVEKIT_URL)")
+            else:
+                server = devstack.start_livekit_server(Path(workdir), port=args.livekit_port or None)
+                log(f"LiveKit server ready at {server.url} (loopback only; log: {server.log_path})")
+
+            try:
+                http = webapp.build_app(server, rooms=re.escape(args.room), default_room=args.room,
+                                        host=args.host, port=args.port).start()
+            except OSError as exc:
+                raise RuntimeError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+
+            if args.no_worker:
+                log(f"no avatar worker (--no-worker): run your own in room {args.room!r}")
+            else:
+                worker = Worker(server, args)
+                worker.start()
+                log(f"avatar worker started in room {args.room!r} (pid {worker.process.pid})")
+
+            host = f"[{args.host}]" if ":" in args.host else args.host
+            url = f"http://{host}:{http.port}/"
+            if not external and not is_loopback_host(args.host):
+                log("warning: the built-in LiveKit server is loopback-only; browsers on other machines "
+                    "will load the page but cannot join the room")
+            log(f"demo ready: open {url}   (Ctrl-C stops it)")
+
+            while not stop.wait(0.5):
+                if not external and not server.running:
+                    if stop.wait(1.0):
+                        break  # Ctrl-C reached the whole process group: the server was just quicker
+                    log(f"the LiveKit server exited:\n{server.log_tail()}")
+                    status = 1
+                    break
+                code = worker.exited() if worker else None
+                if code is not None:
+                    if worker.restarts >= WORKER_MAX_RESTARTS:
+                        log(f"the avatar worker exited ({code}) {worker.restarts + 1} times; giving up on it "
+                            "(the page still works, but nobody speaks)")
+                        worker = None
+                        continue
+                    worker.restarts += 1
+                    log(f"the avatar worker exited ({code}); restarting it in {WORKER_RESTART_DELAY_S:.0f} s")
+                    if stop.wait(WORKER_RESTART_DELAY_S):
+                        break
+                    worker.start()
+        except RuntimeError as exc:
+            log(f"error: {exc}")
+            status = 1
+        finally:
+            if worker is not None:
+                worker.stop()
+                log("avatar worker stopped")
+            if http is not None:
+                http.stop()
+                log("web server stopped")
+            if server is not None and not external:
+                server.stop()
+                log("LiveKit server stopped")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

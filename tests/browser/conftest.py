@@ -1,0 +1,218 @@
+"""Fixtures for real-stack browser tests: a LiveKit server, a static file server, Chromium.
+
+Everything runs on loopback. Missing pieces (the server binary, Chromium, Playwright) FAIL the
+test instead of skipping it: `python3 run_tests.py` installs them (tools/bootstrap.py browser),
+and a browser suite that silently skips proves nothing.
+
+    def test_x(livekit_server, static_server, browser_page):
+        token = livekit_server.token("viewer", room="r1")
+        browser_page.goto(static_server.url("/web/dev/transform-probe.html") + f"?url={livekit_server.url}&token={token}")
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import struct
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from devstack import LiveKitServer  # noqa: E402
+from httpserve import StaticServer  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+# Keep Chromium off the (closed) network and let WebRTC reach a same-host SFU (platform.md).
+CHROMIUM_ARGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--no-default-browser-check",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    # Anything not on loopback goes to a proxy that is not there, so it fails inside Chromium.
+    # Loopback always bypasses proxies. This is done in the browser rather than with Playwright's
+    # route(): sync Playwright answers routed requests only while the test is inside a Playwright
+    # call, so a page would stall whenever the test waits on something else (a subprocess, say).
+    "--proxy-server=http://127.0.0.1:9",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/browser is a `browser` test."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the item, so fixtures can tell at teardown whether a test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    return any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
+
+
+# ------------------------------------------------------------------------------- LiveKit server
+
+
+@pytest.fixture(scope="session")
+def livekit_server(tmp_path_factory: pytest.TempPathFactory):
+    """One loopback LiveKit server for the session (tests use distinct room names)."""
+    try:
+        server = LiveKitServer(tmp_path_factory.mktemp("livekit")).start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+# ------------------------------------------------------------------------------- static files
+
+
+@pytest.fixture(scope="session")
+def static_server():
+    """Serves web/, worker_transform/ and node_modules/ of the repo on 127.0.0.1."""
+    if not (ROOT / "node_modules" / "livekit-client").is_dir():
+        pytest.fail("node_modules is missing: run `python3 tools/bootstrap.py core`", pytrace=False)
+    with StaticServer(ROOT) as server:
+        yield server
+
+
+# ------------------------------------------------------------------------------- Chromium
+
+
+def write_tone_wav(path: Path, seconds: float = 3.0, hz: float = 440.0, rate: int = 48000) -> Path:
+    """A 48 kHz mono 16-bit tone: Chromium's fake microphone plays it in a loop."""
+    frames = b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * hz * i / rate)))
+                      for i in range(int(seconds * rate)))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_audio_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake microphone's audio file (override this fixture to use speech)."""
+    return write_tone_wav(tmp_path_factory.mktemp("media") / "tone.wav")
+
+
+@pytest.fixture(scope="session")
+def browser_args(fake_audio_wav: Path) -> list[str]:
+    """Chromium command-line flags; override or extend in a test module."""
+    return [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={fake_audio_wav}"]
+
+
+@pytest.fixture(scope="session")
+def playwright_instance():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: run `python3 tools/bootstrap.py core`", pytrace=False)
+    with sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance, browser_args: list[str]):
+    """Debian Chromium (never a Playwright download), headless, off-network."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `python3 tools/bootstrap.py browser`", pytrace=False)
+    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=browser_args)
+    yield browser
+    browser.close()
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for loopback hosts and for URLs that never leave the browser (data:, blob:, about:)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("data", "blob", "about", "chrome", "chrome-extension", "devtools"):
+        return True
+    host = (parts.hostname or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class BrowserLog:
+    """What a page did: console lines, every request URL, and requests that left loopback."""
+
+    console: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    off_loopback: list[str] = field(default_factory=list)
+
+    def dump(self, limit: int = 400) -> str:
+        lines = self.console[-limit:]
+        return "\n".join(lines) if lines else "<no console output>"
+
+
+@pytest.fixture
+def browser_log() -> BrowserLog:
+    return BrowserLog()
+
+
+@pytest.fixture
+def browser_page(browser, browser_log: BrowserLog, request: pytest.FixtureRequest):
+    """A fresh page in a fresh context. Fails the test on any request to a non-loopback host
+    (Chromium's dead proxy makes them fail too) and prints the console output when the test fails.
+
+    Playwright delivers these events only while the test is inside a Playwright call. So the
+    log is complete once the page is closed, not while the test waits on something else."""
+    context = browser.new_context()
+    page = context.new_page()
+
+    def on_request(req) -> None:
+        browser_log.requests.append(req.url)
+        if not is_loopback_url(req.url):
+            browser_log.off_loopback.append(req.url)
+
+    def on_websocket(ws) -> None:
+        browser_log.requests.append(ws.url)
+        if not is_loopback_url(ws.url):
+            browser_log.off_loopback.append(ws.url)
+
+    context.on("request", on_request)
+    page.on("websocket", on_websocket)
+    page.on("console", lambda msg: browser_log.console.append(f"[{msg.type}] {msg.text}"))
+    page.on("pageerror", lambda err: browser_log.console.append(f"[pageerror] {err}"))
+    page.on("crash", lambda _: browser_log.console.append("[crash] page crashed"))
+
+    yield page
+
+    try:
+        context.close()
+    except Exception as exc:  # a crashed browser must not hide the test's own result
+        browser_log.console.append(f"[teardown] context.close failed: {exc}")
+    if _failed(request):
+        sys.stdout.write(f"\n----- browser console ({len(browser_log.console)} lines) -----\n{browser_log.dump()}\n")
+    if browser_log.off_loopback:
+        pytest.fail("requests left loopback:\n  " + "\n  ".join(browser_log.off_loopback), pytrace=False)

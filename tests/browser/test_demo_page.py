@@ -1,0 +1,199 @@
+"""The demo as users run it: ``python3 serve.py`` (LiveKit server + avatar worker + web app) and the
+PyScript page ``web/index.html`` in Debian's Chromium.
+
+``serve.py`` runs as a subprocess on free ports, exactly as a user starts it (set-up included), and
+the page is driven like a user would: wait for Python, click Connect, watch the avatar speak, click
+Disconnect. Every request the page makes is logged by the ``browser_page`` fixture (conftest.py),
+and one that leaves loopback fails the test. Nothing here skips: a stack that cannot start fails.
+
+Screenshots (idle and speaking) go to the test's tmp folder; their paths are printed (``-s``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from devstack import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE = ROOT / "serve.py"
+EXTERNAL_ENV = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+START_TIMEOUT_S = 240.0  # serve.py runs the (cached, idempotent) set-up first
+PYTHON_READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Demo:
+    """A running ``serve.py`` (its own process group: serve.py, livekit-server, the worker)."""
+
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+            return "\n".join([line for line in text.splitlines() if "avatar_worker.pacing" not in line][-lines:])
+        except OSError as exc:
+            return f"<no serve.py output: {exc}>"
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self, sig: int = signal.SIGTERM, to_group: bool = False) -> int | None:
+        """Signal serve.py (or its whole group, like Ctrl-C in a terminal); its exit code, or None
+        if it had to be killed."""
+        if self.process.poll() is not None:
+            return self.process.returncode
+        (os.killpg if to_group else os.kill)(self.process.pid, sig)
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+
+
+def start_demo(workdir: Path) -> Demo:
+    """``serve.py --port P --livekit-port L`` on free ports; returns once the page answers."""
+    port, livekit_port = free_port(), free_port()
+    log_path = workdir / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k not in EXTERNAL_ENV}  # always our own server
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(SERVE), "--port", str(port), "--livekit-port", str(livekit_port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)  # a group of its own: the test can clean up everything it started
+    demo = Demo(process, f"http://127.0.0.1:{port}/", log_path)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            demo.kill()
+            pytest.fail(f"serve.py exited with {process.returncode} before serving:\n{demo.log_tail()}", pytrace=False)
+        try:
+            with urllib.request.urlopen(demo.url, timeout=2) as response:
+                if response.status == 200 and b"demo ready" in log_path.read_bytes():
+                    return demo
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            demo.kill()
+            pytest.fail(f"serve.py did not serve {demo.url} within {START_TIMEOUT_S:.0f} s:\n{demo.log_tail()}",
+                        pytrace=False)
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def demo(tmp_path: Path):
+    demo = start_demo(tmp_path)
+    yield demo
+    demo.stop()  # a no-op when the test stopped it already; SIGKILL to the group if SIGTERM fails
+    if demo.group_alive():  # something serve.py started outlived it
+        demo.kill()
+
+
+def read_demo(page) -> dict:
+    return page.evaluate("JSON.parse(JSON.stringify(window.demo))")
+
+
+def wait_demo(page, demo: Demo, expression: str, timeout_s: float, what: str) -> None:
+    try:
+        page.wait_for_function(expression, timeout=timeout_s * 1000, polling=200)
+    except Exception as exc:  # playwright's TimeoutError, or the page crashed
+        state = page.evaluate("window.demo ? JSON.stringify(window.demo) : 'no window.demo'")
+        pytest.fail(f"{what}: not reached within {timeout_s:.0f} s ({type(exc).__name__})\n"
+                    f"window.demo = {state}\n--- serve.py ---\n{demo.log_tail()}", pytrace=False)
+
+
+def test_demo_page_connects_speaks_and_disconnects(demo: Demo, browser_page, browser_log, tmp_path: Path):
+    page = browser_page
+    page.set_viewport_size({"width": 1100, "height": 820})
+
+    page.goto(demo.url, wait_until="domcontentloaded")
+    assert page.locator("#boot").is_visible(), "the boot progress must show while Python loads"
+    assert "Loading Python" in page.locator("#boot").inner_text()
+
+    wait_demo(page, demo, "window.demo && window.demo.phase === 'ready'", PYTHON_READY_TIMEOUT_S, "Python ready")
+    assert not page.locator("#boot").is_visible(), "the boot progress must go away once main.py runs"
+    assert page.locator("#state").inner_text() == "disconnected"
+    assert page.locator("#connect").is_enabled() and page.locator("#disconnect").is_disabled()
+    page.wait_for_timeout(300)
+    idle_png = tmp_path / "demo-idle.png"
+    page.screenshot(path=str(idle_png))
+
+    page.click("#connect")
+    wait_demo(page, demo, "window.demo.state === 'connected'", 30, "state connected")
+    wait_demo(page, demo, "window.demo.framesRendered > 50", 45, "50 frames rendered while the avatar speaks")
+
+    # the canvas really moves while the avatar speaks
+    canvas = "document.getElementById('avatar').toDataURL()"
+    first = page.evaluate(canvas)
+    page.wait_for_timeout(250)
+    assert page.evaluate(canvas) != first, "the canvas did not change between two frames"
+    page.wait_for_timeout(700)  # let the panel (2 Hz) catch up
+    speaking_png = tmp_path / "demo-speaking.png"
+    page.screenshot(path=str(speaking_png))
+
+    state = read_demo(page)
+    summary = state["summary"]
+    assert page.locator("#state").inner_text() == "connected"
+    assert state["rendererMode"] == "face", "frames were not decoded into FLAME values (bar-chart fallback)"
+    assert summary["framesRendered"] > 50, summary
+    assert summary["packetsMalformed"] == 0 and summary["rendererErrors"] == 0, summary
+    assert 20 <= summary["averageFps"] <= 30, summary
+    assert int(page.locator("#s-framesRendered").inner_text()) > 0, "the live panel is not refreshed"
+    assert not state["errors"], state["errors"]
+
+    page.click("#disconnect")
+    wait_demo(page, demo, "window.demo.state === 'disconnected'", 15, "state disconnected")
+    assert page.locator("#state").inner_text() == "disconnected"
+    assert page.locator("#connect").is_enabled()
+
+    timings = read_demo(page)["timings"]
+    print(f"\nscreenshots: {idle_png} {speaking_png}\ntimings (ms since navigation start): {json.dumps(timings)}"
+          f"\nrequests: {len(browser_log.requests)}, off loopback: {len(browser_log.off_loopback)}")
+    assert browser_log.requests, "no request was logged"
+    assert not browser_log.off_loopback, browser_log.off_loopback
+
+    # SIGTERM (what `kill` or a service manager sends) stops serve.py and everything it started
+    code = demo.stop(signal.SIGTERM)
+    assert code == 0, f"serve.py exited with {code} on SIGTERM:\n{demo.log_tail()}"
+    assert not demo.group_alive(), f"processes started by serve.py outlived it:\n{demo.log_tail()}"
+
+
+def test_ctrl_c_stops_everything(demo: Demo):
+    """Ctrl-C in a terminal signals the whole foreground group: serve.py, the server and the worker."""
+    code = demo.stop(signal.SIGINT, to_group=True)
+    assert code == 0, f"serve.py exited with {code} on Ctrl-C:\n{demo.log_tail()}"
+    assert not demo.group_alive(), f"processes started by serve.py outlived it:\n{demo.log_tail()}"
+    log = demo.log_path.read_text(errors="replace")
+    for line in ("avatar worker stopped", "web server stopped", "LiveKit server stopped"):
+        assert line in log, f"{line!r} missing:\n{demo.log_tail()}"
+
+
+def test_serve_refuses_a_remote_host_without_allow_remote():
+    result = subprocess.run([sys.executable, str(SERVE), "--host", "0.0.0.0", "--skip-setup"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "--allow-remote" in result.stderr

@@ -1,0 +1,146 @@
+// Receiver-side transform for the VP8 motion carrier (wire-format.md §3a):
+//
+//     frame = vp8_prefix | packet | packet_length:u32 LE | "AVMF"
+//
+// Each carrier frame's packet goes to the main thread; the frame continues to the decoder as
+// the bare prefix (a valid VP8 key frame). The protocol is in README.md next to this file.
+//
+// No import/export statements: the file loads as a classic or a module worker, so the page
+// can pick either one.
+//
+// A transform worker must never stall or break the media pipeline. Every frame is enqueued
+// exactly once, and any error is counted rather than thrown, because an exception in a
+// TransformStream errors the pipe and the receiver then drops every later frame.
+
+"use strict";
+
+const MAGIC = [0x41, 0x56, 0x4d, 0x46]; // "AVMF"; a future layout gets a new magic (see spec)
+const TRAILER = 8; // packet_length:u32 LE + magic
+
+const transforms = new Set(); // live transforms, for worker-level stats requests
+
+function now() {
+  // Wall-clock ms, comparable with the main thread's performance.timeOrigin + performance.now()
+  return performance.timeOrigin + performance.now();
+}
+
+function endsWithMagic(bytes) {
+  const n = bytes.length;
+  return n >= 4 && bytes[n - 4] === MAGIC[0] && bytes[n - 3] === MAGIC[1] &&
+    bytes[n - 2] === MAGIC[2] && bytes[n - 1] === MAGIC[3];
+}
+
+function rtpTimestampOf(frame) {
+  // Chromium puts it in the metadata; frame.timestamp is the older spelling of the same value.
+  try {
+    const md = frame.getMetadata();
+    if (md && typeof md.rtpTimestamp === "number") return md.rtpTimestamp;
+  } catch (_) { /* fall through */ }
+  return typeof frame.timestamp === "number" ? frame.timestamp : null;
+}
+
+function startTransform(readable, writable, port, id, mode) {
+  const t = {
+    id, mode, port,
+    framesSeen: 0, packetsExtracted: 0, passedThrough: 0, malformed: 0, errors: 0,
+    bytesExtracted: 0, firstFrameMs: null, lastFrameMs: null, lastError: null, ended: false,
+  };
+  transforms.add(t);
+
+  const post = (msg, transfer) => {
+    // A closed port or a main thread that went away must not stop the frames.
+    try { if (port) port.postMessage(msg, transfer || []); } catch (e) { t.errors++; t.lastError = String(e); }
+  };
+
+  if (port) {
+    port.onmessage = (ev) => {
+      const req = ev.data || {};
+      if (req.type === "stats") post(statsOf(t, req.requestId));
+    };
+  }
+
+  const handle = (frame, controller) => {
+    const arrivalMs = now();
+    t.framesSeen++;
+    if (t.firstFrameMs === null) t.firstFrameMs = arrivalMs;
+    t.lastFrameMs = arrivalMs;
+    let packet = null;
+    let rtpTimestamp = null;
+    try {
+      const data = frame.data;
+      const bytes = new Uint8Array(data);
+      if (!endsWithMagic(bytes)) {
+        t.passedThrough++; // SFU blank frames, frames from before the publisher wrapped them
+      } else if (bytes.length < TRAILER) {
+        t.malformed++;
+      } else {
+        const end = bytes.length - TRAILER;
+        const length = new DataView(data).getUint32(end, true);
+        if (length > end) {
+          t.malformed++; // length points before the start: pass through, let the decoder cope
+        } else {
+          // Read metadata before enqueue: a written frame may be neutered.
+          rtpTimestamp = rtpTimestampOf(frame);
+          packet = data.slice(end - length, end);
+          frame.data = data.slice(0, end - length);
+        }
+      }
+    } catch (e) {
+      t.errors++;
+      t.lastError = String(e);
+      packet = null;
+    }
+    // Enqueue before posting: the decoder path is the latency-critical one and must not wait.
+    try { controller.enqueue(frame); } catch (e) { t.errors++; t.lastError = String(e); }
+    if (packet !== null) {
+      t.packetsExtracted++;
+      t.bytesExtracted += packet.byteLength;
+      post({ type: "packet", id, packet, rtpTimestamp, arrivalMs }, [packet]);
+    }
+  };
+
+  post({ type: "attached", id, mode, atMs: now() });
+  readable
+    .pipeThrough(new TransformStream({ transform: handle }))
+    .pipeTo(writable)
+    .then(
+      () => finish(null),
+      (e) => finish(e),
+    );
+
+  function finish(error) {
+    // Normal when the receiver is re-attached, the track ends or the peer connection closes.
+    t.ended = true;
+    transforms.delete(t);
+    post({ type: "ended", id, error: error ? String(error) : null, stats: statsOf(t) });
+  }
+}
+
+function statsOf(t, requestId) {
+  return {
+    type: "stats", id: t.id, mode: t.mode, requestId: requestId ?? null,
+    framesSeen: t.framesSeen, packetsExtracted: t.packetsExtracted,
+    passedThrough: t.passedThrough, malformed: t.malformed, errors: t.errors,
+    bytesExtracted: t.bytesExtracted, firstFrameMs: t.firstFrameMs, lastFrameMs: t.lastFrameMs,
+    lastError: t.lastError, ended: t.ended,
+  };
+}
+
+// RTCRtpScriptTransform: new RTCRtpScriptTransform(worker, {port, id}, [port]) on the main thread.
+self.onrtctransform = (event) => {
+  const { readable, writable, options } = event.transformer;
+  const opts = options || {};
+  startTransform(readable, writable, opts.port || null, opts.id ?? null, "script");
+};
+
+// createEncodedStreams fallback: the main thread transfers {readable, writable, port, id}.
+self.onmessage = (event) => {
+  const msg = event.data || {};
+  if (msg.readable && msg.writable) {
+    startTransform(msg.readable, msg.writable, msg.port || null, msg.id ?? null, "streams");
+  } else if (msg.type === "stats") {
+    // Worker-wide snapshot of every live transform (the per-port request is the usual path).
+    self.postMessage({ type: "stats-all", requestId: msg.requestId ?? null,
+      transforms: Array.from(transforms, (t) => statsOf(t)) });
+  }
+};
