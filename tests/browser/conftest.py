@@ -128,8 +128,10 @@ def browser_args(fake_audio_wav: Path) -> list[str]:
     return [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={fake_audio_wav}"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright_instance():
+    """Package-scoped on purpose: Playwright's sync API runs an asyncio loop in the main thread
+    while it lives, and asyncio.run() in any test collected after tests/browser would fail."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -138,7 +140,7 @@ def playwright_instance():
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_instance, browser_args: list[str]):
     """Debian Chromium (never a Playwright download), headless, off-network."""
     if not CHROMIUM.exists():

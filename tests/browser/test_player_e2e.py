@@ -12,9 +12,9 @@ import uuid
 
 import pytest
 
+import bootstrap  # tools/, on sys.path through conftest
 from avatar_worker.script import payload_for
-from tests.browser.stack import harness_url, start_worker, wait_for
-import bootstrap
+from realstack import harness_url, start_worker, wait_for
 from webapp import build_app
 
 CLIENTS = ["2.23.0", "2.16.1"]
@@ -36,16 +36,16 @@ def viewer_token(livekit_server, room):
     return livekit_server.token("viewer", room, can_publish=False)
 
 
-def open_player(page, app, livekit_server, room, **params):
-    page.goto(harness_url(app, livekit_server, viewer_token(livekit_server, room), **params))
+def open_player(browser_page, app, livekit_server, room, **params):
+    browser_page.goto(harness_url(app, livekit_server, viewer_token(livekit_server, room), **params))
 
 
-@pytest.mark.parametrize("lk", CLIENTS)
+@pytest.mark.parametrize("lk, page", [(CLIENTS[0], "pyodide"), (CLIENTS[1], "pyodide"), (CLIENTS[0], "pyscript")])
 def test_scripted_turn_of_500_frames_arrives_whole_in_order_and_paced(browser_page, app, livekit_server, room,
-                                                                      tmp_path, lk):
+                                                                      tmp_path, lk, page):
     worker = start_worker(livekit_server, room, tmp_path, "--frames", "500", "--tail-ms", "1500")
     try:
-        open_player(browser_page, app, livekit_server, room, lk=lk)
+        open_player(browser_page, app, livekit_server, room, lk=lk, page=page)
         run = wait_for(browser_page, lambda r: len(r.results.get("frames", [])) >= 500
                        and "turn-ended" in r.event_names(), timeout_s=90)
     finally:

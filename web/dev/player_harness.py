@@ -1,4 +1,8 @@
-"""Runs inside Pyodide (player-harness.js): the real AvatarPlayer with a recording renderer."""
+"""The real AvatarPlayer with a recording renderer, for the browser tests and the e2e benchmark.
+
+Runs under plain Pyodide (player.html + player-harness.js) and, unchanged, under PyScript
+(pyscript-player.html: ``<script type="py" src="player_harness.py">``).
+"""
 
 import json
 import logging
@@ -8,8 +12,29 @@ from pyodide.ffi import create_proxy
 
 from avatarplayer import AvatarPlayer, LiveKitProvider
 
-cfg = dict(HARNESS_CONFIG)  # noqa: F821 (a Python dict, set by player-harness.js)
 logging.basicConfig(level=logging.INFO)
+
+
+async def page_config():
+    """Under PyScript (pyscript-player.html) nobody sets HARNESS_CONFIG: read the same options
+    from the page's query string and /api/config, and create window.harness ourselves."""
+    from pyodide.ffi import to_js
+
+    js.window.harness = to_js({"phase": "booting", "errors": [], "bootMs": js.performance.now()},
+                              dict_converter=js.Object.fromEntries)
+    params = js.URLSearchParams.new(js.location.search)
+    config = (await (await js.fetch("/api/config")).json()).to_py()
+    lk = params.get("lk") or next(iter(config["livekitClients"]))
+    return {"url": params.get("url"), "token": params.get("token"),
+            "livekitClientUrl": config["livekitClients"][lk], "transformWorker": config["transformWorker"],
+            "mode": params.get("mode") or "auto", "jitter": params.get("jitter") != "0",
+            "autoconnect": params.get("autoconnect") != "0"}
+
+
+try:
+    cfg = dict(HARNESS_CONFIG)  # noqa: F821 (a Python dict, set by player-harness.js)
+except NameError:
+    cfg = await page_config()  # noqa: F704 (top-level await: runPythonAsync / PyScript)
 
 
 def now_ms():
@@ -68,6 +93,8 @@ def results():
         "summary": player.session_summary.as_dict(),
         "motionMode": player.motion_mode,
         "arrivals": arrivals,
+        "pythonMs": python_ms[0],
+        "timeOrigin": js.performance.timeOrigin,
         "reattaches": provider.reattach_count,
         "transformStats": {str(k): v for k, v in provider.transform_stats.items()},
         "ticker": {"ticks": player._ticker.ticks, "caughtUp": player._ticker.caught_up,
@@ -85,15 +112,26 @@ async def connect():
 
 
 arrivals = []
+python_ms = [0.0]  # time spent in the player's Python per packet and per tick (renderer included)
 _on_packet = player.on_packet
+_on_tick = player._ticker._on_tick
 
 
 def recording_on_packet(packet, arrival_ms):
     arrivals.append(arrival_ms)
+    t = js.performance.now()
     _on_packet(packet, arrival_ms)
+    python_ms[0] += js.performance.now() - t
+
+
+def timed_tick(now):
+    t = js.performance.now()
+    _on_tick(now)
+    python_ms[0] += js.performance.now() - t
 
 
 player.on_packet = recording_on_packet  # the provider calls the sink's on_packet: record arrivals
+player._ticker._on_tick = timed_tick
 def progress():
     """Cheap to poll: counts and event names only (results() serializes every frame)."""
     return json.dumps({"frames": len(renderer.frames), "events": [e[0] for e in events],

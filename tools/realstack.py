@@ -1,5 +1,5 @@
-"""Driving the real stack from a test: the avatar worker as a subprocess, the Pyodide harness page,
-and the comparison of what the renderer got with what the worker sent."""
+"""Driving the real stack from tests and benchmarks: the avatar worker as a subprocess, the
+recording harness page (web/dev/player.html or pyscript-player.html), and reading its results."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # SCHED_FIFO pacing (root or CAP_SYS_NICE): on a loaded 2-core machine a normal-priority worker
@@ -101,9 +100,12 @@ class HarnessRun:
                 f"reattaches={self.results.get('reattaches')} transforms={self.results.get('transformStats')}")
 
 
-def harness_url(app, server, token: str, **params: str) -> str:
+HARNESS_PAGES = {"pyodide": "/dev/player.html", "pyscript": "/dev/pyscript-player.html"}
+
+
+def harness_url(app, server, token: str, page: str = "pyodide", **params: str) -> str:
     query = urllib.parse.urlencode({"url": server.url, "token": token, **params})
-    return app.url(f"/dev/player.html?{query}")
+    return app.url(f"{HARNESS_PAGES[page]}?{query}")
 
 
 def read_harness(page, full: bool = True) -> HarnessRun:
