@@ -28,7 +28,7 @@ TOOLS_BIN = ROOT / ".tools" / "bin"
 
 LIVEKIT_SERVER_VERSION = "v1.13.5"
 LIVEKIT_SERVER_MODULE = "github.com/livekit/livekit-server/cmd/server"
-APT_PACKAGES = ("chromium", "chromium-driver", "ffmpeg", "espeak-ng", "sox")
+APT_PACKAGES = ("chromium", "chromium-driver", "ffmpeg", "espeak-ng", "sox", "iproute2")
 MIN_PYTHON = (3, 11)
 
 

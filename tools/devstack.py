@@ -65,7 +65,7 @@ class LiveKitServer:
         self.binary = Path(binary)
         self.workdir = Path(workdir) if workdir is not None else None
         self.port = port or free_port()
-        self.tcp_port = free_port()
+        self.tcp_port = 0  # no ICE-TCP: its listener ignores bind_addresses (all interfaces); loopback has UDP
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.api_key = "devkey"
         self.api_secret = secrets.token_urlsafe(36)  # 48 characters: the server wants 32+
