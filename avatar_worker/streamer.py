@@ -44,16 +44,24 @@ class SendLog:
     """JSON lines, one per emission: ``{"seq", "t_ms", "flags", "sent", "kind", "tick"}``.
 
     ``t_ms`` is ``time.time() * 1000`` at capture, so tests can line it up with receive times
-    measured in another process on the same host.
+    measured in another process on the same host. Flushed once a second (every 25 records), so
+    a test or benchmark can follow it live (e.g. wait until the turn has started).
     """
+
+    FLUSH_EVERY = 25
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._file: IO[str] | None = self.path.open("w", encoding="utf-8", buffering=1 << 16)
+        self._unflushed = 0
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
             self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._unflushed += 1
+            if self._unflushed >= self.FLUSH_EVERY:
+                self._file.flush()
+                self._unflushed = 0
 
     def flush(self) -> None:
         if self._file is not None:

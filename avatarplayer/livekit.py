@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import struct
 from typing import Any
 
 from . import options
@@ -21,6 +22,7 @@ __all__ = ["LiveKitProvider", "DEFAULT_LIVEKIT_CLIENT_URL", "DEFAULT_TRANSFORM_W
 DEFAULT_LIVEKIT_CLIENT_URL = "/vendor/livekit-client/livekit-client.esm.mjs"
 DEFAULT_TRANSFORM_WORKER_URL = "/worker_transform/motion-transform.js"
 TRANSFORM_MODES = ("auto", "script", "streams")
+_COMPACT = struct.Struct("<Idd")  # id, arrivalMs, rtpTimestamp: the compact packet header
 ATTACH_ACK_TIMEOUT_MS = 2000
 """A transform the worker has not reported running after this long is attached again."""
 WATCHDOG_MIN_FRAMES = 10
@@ -128,6 +130,8 @@ class LiveKitProvider:
         self._audio_elements: dict[str, Any] = {}
         self.avatar_identity: str | None = None
         self.transform_stats: dict[int, dict] = {}
+        self.timings: dict[str, float] = {}
+        """Start-up costs of the last ``open`` (ms): loading livekit-client, ``room.connect``."""
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -144,7 +148,9 @@ class LiveKitProvider:
         import js
 
         self._sink = sink
+        started = _now_ms()
         self.lk = self.lk or await self._load_livekit()
+        self.timings["livekit_client_loaded_ms"] = _now_ms() - started
         if self._shared_room is None:
             room_options: dict[str, Any] = {"adaptiveStream": False, "dynacast": False,
                                             "singlePeerConnection": self.single_peer_connection}
@@ -157,7 +163,9 @@ class LiveKitProvider:
         if self._mode() == "script":
             self._install_pc_hook()
         if self._shared_room is None or self.room.state != "connected":
+            before = _now_ms()
             await self.room.connect(url, token, _js_object({"autoSubscribe": True}))
+            self.timings["room_connect_ms"] = _now_ms() - before
         else:
             # a shared room that was already connected: its tracks were subscribed before we listened
             for participant in self.room.remoteParticipants.values():
@@ -301,12 +309,13 @@ class LiveKitProvider:
         mode = self._mode()
         if mode == "script":
             receiver.transform = js.RTCRtpScriptTransform.new(
-                self._worker, _js_object({"port": channel.port2, "id": attach_id}), to_js([channel.port2]))
+                self._worker, _js_object({"port": channel.port2, "id": attach_id, "compact": True}),
+                to_js([channel.port2]))
         else:
             streams = receiver.createEncodedStreams()
             self._worker.postMessage(
                 _js_object({"readable": streams.readable, "writable": streams.writable,
-                            "port": channel.port2, "id": attach_id}),
+                            "port": channel.port2, "id": attach_id, "compact": True}),
                 to_js([streams.readable, streams.writable, channel.port2]))
         receiver.avatarplayerAttachId = attach_id
         _log.info("motion transform attached (%s, #%d)", mode, attach_id)
@@ -314,6 +323,13 @@ class LiveKitProvider:
 
     def _on_port_message(self, event: Any) -> None:
         data = event.data
+        to_bytes = getattr(data, "to_bytes", None)  # (isinstance(data, JsBuffer) costs more in Pyodide)
+        if to_bytes is not None:  # the hot path: a compact packet (worker_transform/README.md)
+            raw = to_bytes()
+            attach_id, arrival_ms, _rtp = _COMPACT.unpack_from(raw)
+            self._packets[attach_id] = self._packets.get(attach_id, 0) + 1
+            self._sink.on_packet(raw[_COMPACT.size:], arrival_ms)
+            return
         kind = data.type
         if kind == "packet":
             attach_id = data.id

@@ -67,6 +67,7 @@ class Flags(enum.IntFlag):
 _KNOWN_FLAGS = 0x7F
 _CONTROL = Flags.TRANSITION | Flags.TRANSITION_END
 _SEQUENCED_ONLY = Flags.START | Flags.END | Flags.REDUNDANT
+_NOT_SEQUENCED = int(_CONTROL | Flags.IDLE)
 
 
 class Reason(enum.StrEnum):
@@ -136,7 +137,7 @@ class MotionPacket:
     @property
     def sequenced(self) -> bool:
         """True for packets that carry a sequence number and a frame to render."""
-        return not self.flags & (_CONTROL | Flags.IDLE)
+        return not int(self.flags) & _NOT_SEQUENCED
 
     def recovered(self) -> list[tuple[int, bytes]]:
         """``(seq, message)`` of the earlier frames a REDUNDANT packet carries, oldest first."""

@@ -32,6 +32,8 @@ class Stalled:
 PipelineEvent = TurnStarted | Frame | TurnEnded | Transition | Stalled
 
 _Item = tuple[Flags, bytes]
+_START, _END, _REDUNDANT, _IDLE = int(Flags.START), int(Flags.END), int(Flags.REDUNDANT), int(Flags.IDLE)
+_IDLE_OR_TRANSITION_END = int(Flags.TRANSITION_END) | _IDLE
 
 
 class MotionPipeline:
@@ -88,16 +90,17 @@ class MotionPipeline:
     def receive(self, packet: MotionPacket, now_ms: float) -> list[PipelineEvent]:
         """One decoded packet arrived. Returns events that are due at once (buffer disabled)."""
         flags = packet.flags
+        bits = int(flags)  # plain int masks: IntFlag operators run Python-level enum code
         if packet.sequenced:
             assert packet.seq is not None
             self.buffer.push(packet.seq, (flags, packet.message), now_ms,
-                             start=Flags.START in flags, end=Flags.END in flags)
-            if Flags.REDUNDANT in flags and Flags.START not in flags:
+                             start=bool(bits & _START), end=bool(bits & _END))
+            if bits & _REDUNDANT and not bits & _START:
                 # a START's predecessors belong to the previous turn: never resurrect them
                 for seq, message in packet.recovered():
                     self.buffer.push(seq, (Flags(0), message), now_ms, recovered=True)
         else:
-            if Flags.IDLE in flags:
+            if bits & _IDLE:
                 self.packets_idle += 1
             # a control takes effect after every frame that arrived before it has been rendered
             self._controls.append((self._highest_seq(), packet))
@@ -149,7 +152,7 @@ class MotionPipeline:
             if after is not None and buffered and buffered[0] <= after:
                 break
             self._controls.pop(0)
-            if packet.flags & (Flags.TRANSITION_END | Flags.IDLE):
+            if int(packet.flags) & _IDLE_OR_TRANSITION_END:
                 self.buffer.end_stream()
             events += self._track(self.turns.control(packet.flags, packet.message), now_ms)
         return events

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,16 @@ class ProviderSink(Protocol):
 
 
 def _default_clock() -> float:
+    """Epoch milliseconds. In the browser, from ``performance`` (sub-millisecond, and the clock the
+    transform worker stamps arrivals with); ``time.time()`` there is ``Date.now()``, whole ms."""
     return time.time() * 1000.0
+
+
+if sys.platform == "emscripten":  # pragma: no cover - Pyodide
+    from js import performance as _performance
+
+    def _default_clock() -> float:  # noqa: F811
+        return _performance.timeOrigin + _performance.now()
 
 
 class AvatarPlayer:

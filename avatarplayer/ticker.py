@@ -7,6 +7,10 @@ from collections.abc import Callable
 
 __all__ = ["Ticker"]
 
+_EARLY_TOLERANCE_MS = 1.0
+"""Timers fire up to about a millisecond early against the clock; within that, the tick is due
+(sleeping again for a fraction of a millisecond would cost a second timer per tick)."""
+
 
 class Ticker:
     """Calls ``on_tick(now_ms)`` every ``interval_ms`` against ``start + n * interval``.
@@ -51,7 +55,7 @@ class Ticker:
         deadline = self._clock()
         while True:
             now = self._clock()
-            if now < deadline:  # woke early (timer or clock granularity): not due yet
+            if now < deadline - _EARLY_TOLERANCE_MS:  # woke early: not due yet
                 await asyncio.sleep((deadline - now) / 1000.0)
                 continue
             behind = int((now - deadline) // self.interval_ms)

@@ -24,6 +24,10 @@ __all__ = [
 ]
 
 
+_START, _END, _IDLE = int(Flags.START), int(Flags.END), int(Flags.IDLE)
+_TRANSITION, _TRANSITION_END = int(Flags.TRANSITION), int(Flags.TRANSITION_END)
+
+
 def new_conversation_id() -> str:
     """``YYYYMMDDHHMMSS_`` (UTC) + 12 random URL-safe characters, as the original adapter makes."""
     return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "_" + secrets.token_urlsafe(9)
@@ -73,7 +77,8 @@ class TurnTracker:
     def frame(self, seq: int, flags: Flags, message: bytes) -> list[TurnEvent]:
         """A sequenced frame reached render time."""
         events: list[TurnEvent] = []
-        if Flags.START in flags:
+        bits = int(flags)  # plain int masks: IntFlag operators are slow Python-level code
+        if bits & _START:
             events += self.close("superseded")
             events.append(self._open())
         elif not self.in_turn:
@@ -81,17 +86,18 @@ class TurnTracker:
             events.append(self._open())
         assert self.conversation_id is not None
         events.append(Frame(seq, message, self.conversation_id))
-        if Flags.END in flags:
+        if bits & _END:
             events += self.close("end")
         return events
 
     def control(self, flags: Flags, message: bytes = b"") -> list[TurnEvent]:
         """A TRANSITION, TRANSITION_END or IDLE packet reached its place in render order."""
-        if Flags.TRANSITION in flags:
+        bits = int(flags)
+        if bits & _TRANSITION:
             return [Transition(message)]
-        if Flags.TRANSITION_END in flags:
+        if bits & _TRANSITION_END:
             return self.close("transition-end")  # the first one closes the turn; later ones are no-ops
-        if Flags.IDLE in flags:
+        if bits & _IDLE:
             return self.close("idle")
         return []
 

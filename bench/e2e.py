@@ -50,11 +50,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
+def _event_ms(run, name: str) -> float | None:
+    origin = run.results["timeOrigin"]
+    return next((e[2] - origin for e in run.results.get("events", []) if e[0] == name), None)
+
+
 def one_run(server, app, browser, frames: int, lk: str, page_kind: str, workdir: Path) -> dict:
     from avatar_worker.script import payload_for
 
     room = f"bench-{uuid.uuid4().hex[:8]}"
-    worker = start_worker(server, room, workdir, "--frames", str(frames), "--lead-in-ms", "0", "--tail-ms", "1000")
+    worker = start_worker(server, room, workdir, "--frames", str(frames), "--lead-in-ms", "0", "--tail-ms", "1000",
+                          wait_for_viewer=False)
     try:
         deadline = time.monotonic() + 30
         while not any(r.get("kind") == "frame" for r in worker.sent()):  # the turn is playing
@@ -87,6 +93,15 @@ def one_run(server, app, browser, frames: int, lk: str, page_kind: str, workdir:
         "render_interval_ms": {"mean": statistics.mean(intervals), "stdev": statistics.pstdev(intervals),
                                "p99": percentile(intervals, 99)},
         "python_ms_per_frame": run.results["pythonMs"] / max(1, s["framesRendered"]),
+        "python_ms_per_frame_without_renderer": (run.results["pythonMs"] - run.results["rendererMs"])
+        / max(1, s["framesRendered"]),
+        "startup_ms": {  # since navigation start
+            "pyodide_booted": run.boot_ms, "wheel_installed": run.results.get("installedMs"),
+            **{k: v for k, v in run.results.get("marks", {}).items()},
+            "motion_attached": _event_ms(run, "motion-track-attached"),
+            "first_packet": run.results["arrivals"][0] - origin if run.results.get("arrivals") else None,
+            "first_frame": times[0] - origin,
+            **{f"provider_{k}": v for k, v in run.results.get("providerTimings", {}).items()}},
         "first_frame_ms": first_frame_ms,
         "boot_ms": run.boot_ms,
         "first_frame_over_boot_ms": first_frame_ms - (run.boot_ms or 0),

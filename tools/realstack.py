@@ -57,15 +57,16 @@ class Worker:
                 self.process.wait(timeout=5)
 
 
-def start_worker(server, room: str, workdir: Path, *args: str) -> Worker:
-    """The real avatar worker in scripted mode, waiting for a viewer before its turn."""
+def start_worker(server, room: str, workdir: Path, *args: str, wait_for_viewer: bool = True) -> Worker:
+    """The real avatar worker in scripted mode (by default waiting for a viewer before its turn)."""
     workdir.mkdir(parents=True, exist_ok=True)
     send_log = workdir / "send.jsonl"
     output = workdir / "worker.out"
     env = dict(os.environ, LIVEKIT_URL=server.url, LIVEKIT_API_KEY=server.api_key,
                LIVEKIT_API_SECRET=server.api_secret)
     cmd = [sys.executable, "-m", "avatar_worker", "--mode", "scripted", "--room", room, *REALTIME,
-           "--wait-for-participant", "--send-log", str(send_log), "--exit-when-done", *args]
+           *(["--wait-for-participant"] if wait_for_viewer else []), "--send-log", str(send_log),
+           "--exit-when-done", *args]
     with output.open("wb") as out:
         process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)

@@ -39,7 +39,23 @@ function rtpTimestampOf(frame) {
   return typeof frame.timestamp === "number" ? frame.timestamp : null;
 }
 
-function startTransform(readable, writable, port, id, mode) {
+// Compact packet message (opt-in with `compact: true`): one transferred ArrayBuffer,
+//   id:u32 | arrivalMs:f64 | rtpTimestamp:f64 (-1 when unknown) | packet bytes   (little-endian)
+// so the receiving side reads one buffer instead of several object properties (each property
+// read from Pyodide crosses the JS/Python boundary).
+const COMPACT_HEADER = 20;
+
+function compactPacket(id, arrivalMs, rtpTimestamp, bytes, start, end) {
+  const out = new ArrayBuffer(COMPACT_HEADER + (end - start));
+  const view = new DataView(out);
+  view.setUint32(0, id >>> 0, true);
+  view.setFloat64(4, arrivalMs, true);
+  view.setFloat64(12, rtpTimestamp === null ? -1 : rtpTimestamp, true);
+  new Uint8Array(out, COMPACT_HEADER).set(bytes.subarray(start, end));
+  return out;
+}
+
+function startTransform(readable, writable, port, id, mode, compact) {
   const t = {
     id, mode, port,
     framesSeen: 0, packetsExtracted: 0, passedThrough: 0, malformed: 0, errors: 0,
@@ -81,7 +97,9 @@ function startTransform(readable, writable, port, id, mode) {
         } else {
           // Read metadata before enqueue: a written frame may be neutered.
           rtpTimestamp = rtpTimestampOf(frame);
-          packet = data.slice(end - length, end);
+          packet = compact
+            ? compactPacket(id, arrivalMs, rtpTimestamp, bytes, end - length, end)
+            : data.slice(end - length, end);
           frame.data = data.slice(0, end - length);
         }
       }
@@ -94,8 +112,9 @@ function startTransform(readable, writable, port, id, mode) {
     try { controller.enqueue(frame); } catch (e) { t.errors++; t.lastError = String(e); }
     if (packet !== null) {
       t.packetsExtracted++;
-      t.bytesExtracted += packet.byteLength;
-      post({ type: "packet", id, packet, rtpTimestamp, arrivalMs }, [packet]);
+      t.bytesExtracted += packet.byteLength - (compact ? COMPACT_HEADER : 0);
+      if (compact) post(packet, [packet]);
+      else post({ type: "packet", id, packet, rtpTimestamp, arrivalMs }, [packet]);
     }
   };
 
@@ -130,14 +149,14 @@ function statsOf(t, requestId) {
 self.onrtctransform = (event) => {
   const { readable, writable, options } = event.transformer;
   const opts = options || {};
-  startTransform(readable, writable, opts.port || null, opts.id ?? null, "script");
+  startTransform(readable, writable, opts.port || null, opts.id ?? null, "script", !!opts.compact);
 };
 
 // createEncodedStreams fallback: the main thread transfers {readable, writable, port, id}.
 self.onmessage = (event) => {
   const msg = event.data || {};
   if (msg.readable && msg.writable) {
-    startTransform(msg.readable, msg.writable, msg.port || null, msg.id ?? null, "streams");
+    startTransform(msg.readable, msg.writable, msg.port || null, msg.id ?? null, "streams", !!msg.compact);
   } else if (msg.type === "stats") {
     // Worker-wide snapshot of every live transform (the per-port request is the usual path).
     self.postMessage({ type: "stats-all", requestId: msg.requestId ?? null,

@@ -15,6 +15,8 @@ try {
   window.harness.bootMs = performance.now() - t0;
   await pyodide.loadPackage(config.wheels.map((w) => new URL(w, location.href).href));
   window.harness.installedMs = performance.now() - t0;
+  pyodide.globals.set("INSTALLED_MS", window.harness.installedMs);
+  window.harness.pyodide = pyodide; // for in-page measurements (bench/e2e.py)
   const lkVersion = params.get("lk") || Object.keys(config.livekitClients)[0];
   pyodide.globals.set("HARNESS_CONFIG", pyodide.toPy({
     url: params.get("url"), token: params.get("token"),

@@ -53,10 +53,12 @@ class RecordingRenderer:
 
     def yield_frames_data(self, frames, conversation_id):
         t = now_ms()
+        start = js.performance.now()
         for frame in frames:
             self.frames.append(bytes(frame).hex())
             self.times.append(t)
             self.conversations.append(conversation_id)
+        self.python_ms += js.performance.now() - start
 
     def yield_audio_data(self, data, is_last):
         return None
@@ -94,6 +96,11 @@ def results():
         "motionMode": player.motion_mode,
         "arrivals": arrivals,
         "pythonMs": python_ms[0],
+        "rendererMs": renderer.python_ms,
+        "callMs": call_ms,
+        "marks": marks,
+        "providerTimings": provider.timings,
+        "installedMs": globals().get("INSTALLED_MS"),
         "timeOrigin": js.performance.timeOrigin,
         "reattaches": provider.reattach_count,
         "transformStats": {str(k): v for k, v in provider.transform_stats.items()},
@@ -107,8 +114,13 @@ async def disconnect():
     await player.disconnect()
 
 
+marks = {"pythonStart": js.performance.now()}
+
+
 async def connect():
+    marks["connectStart"] = js.performance.now()
     await player.connect(url=cfg["url"], token=cfg["token"])
+    marks["connected"] = js.performance.now()
 
 
 arrivals = []
@@ -117,17 +129,24 @@ _on_packet = player.on_packet
 _on_tick = player._ticker._on_tick
 
 
+call_ms = {"packet": [], "tick": []}
+
+
 def recording_on_packet(packet, arrival_ms):
     arrivals.append(arrival_ms)
     t = js.performance.now()
     _on_packet(packet, arrival_ms)
-    python_ms[0] += js.performance.now() - t
+    took = js.performance.now() - t
+    python_ms[0] += took
+    call_ms["packet"].append(took)
 
 
 def timed_tick(now):
     t = js.performance.now()
     _on_tick(now)
-    python_ms[0] += js.performance.now() - t
+    took = js.performance.now() - t
+    python_ms[0] += took
+    call_ms["tick"].append(took)
 
 
 player.on_packet = recording_on_packet  # the provider calls the sink's on_packet: record arrivals
