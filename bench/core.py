@@ -26,10 +26,8 @@ batches, plus the median of the per-round means. Target: the whole core path cos
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
-import os
 import platform
 import random
 import statistics

@@ -34,14 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
 import bootstrap  # noqa: E402
-from realstack import harness_url, start_worker, wait_for  # noqa: E402
+from realstack import CHROMIUM_ARGS, harness_url, start_worker, wait_for  # noqa: E402
 
-CHROMIUM_ARGS = [
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--disable-quic", "--disable-default-apps", "--disable-domain-reliability", "--no-default-browser-check",
-    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required", "--proxy-server=http://127.0.0.1:9",
-]
 TARGETS = {"latency_p95_ms": 100.0, "interval_stdev_ms": 3.0, "python_ms_per_frame": 0.3, "first_frame_over_boot_ms": 800.0}
 
 

@@ -15,6 +15,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Keep Chromium off the (closed) network and let WebRTC reach a same-host SFU (platform.md).
+CHROMIUM_ARGS = [
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--no-default-browser-check",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    # Anything not on loopback goes to a proxy that is not there, so it fails inside Chromium.
+    # Loopback always bypasses proxies. This is done in the browser rather than with Playwright's
+    # route(): sync Playwright answers routed requests only while the test is inside a Playwright
+    # call, so a page would stall whenever the test waits on something else (a subprocess, say).
+    "--proxy-server=http://127.0.0.1:9",
+]
+
+
 # SCHED_FIFO pacing (root or CAP_SYS_NICE): on a loaded 2-core machine a normal-priority worker
 # sends frames up to ~60 ms late, in bursts; the test is about the player, not the scheduler.
 REALTIME = ["--realtime"] if os.geteuid() == 0 else []

@@ -28,31 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from devstack import LiveKitServer  # noqa: E402
+from realstack import CHROMIUM_ARGS  # noqa: E402
 from httpserve import StaticServer  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 
-# Keep Chromium off the (closed) network and let WebRTC reach a same-host SFU (platform.md).
-CHROMIUM_ARGS = [
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-default-apps",
-    "--disable-domain-reliability",
-    "--no-default-browser-check",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    # Anything not on loopback goes to a proxy that is not there, so it fails inside Chromium.
-    # Loopback always bypasses proxies. This is done in the browser rather than with Playwright's
-    # route(): sync Playwright answers routed requests only while the test is inside a Playwright
-    # call, so a page would stall whenever the test waits on something else (a subprocess, say).
-    "--proxy-server=http://127.0.0.1:9",
-]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
