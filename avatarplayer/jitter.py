@@ -181,8 +181,8 @@ class JitterBuffer(Generic[T]):
         if start:
             self._last_start = (seq, now_ms)
 
-        floor = self._next if self._next is not None else None
-        if floor is not None and seq < floor or (self._last_rendered is not None and seq <= self._last_rendered):
+        # next_expected is always above the last rendered seq once set, so this covers stale too
+        if self._next is not None and seq < self._next:
             self._stale_streak += 1
             if self._stale_streak >= _RESYNC_AFTER_STALE:
                 self._restart()  # the producer restarted and its START was lost

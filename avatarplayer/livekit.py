@@ -114,6 +114,7 @@ class LiveKitProvider:
         self._worker: Any = None
         self._ports: dict[int, Any] = {}
         self._port_handler: Any = None
+        self._resolved_mode = transform_mode
         self._motion_attach_id: int | None = None
         self._attach_count = 0
         self._acknowledged: set[int] = set()
@@ -125,7 +126,6 @@ class LiveKitProvider:
         self._checking = False
         self.reattach_count = 0
         self._pc_hook: Any = None
-        self._attach_of: dict[int, Any] = {}  # attachment id -> receiver
         self._passed_through: dict[int, int] = {}
         self._audio_elements: dict[str, Any] = {}
         self.avatar_identity: str | None = None
@@ -145,9 +145,8 @@ class LiveKitProvider:
 
     async def open(self, sink: Any, url: str, token: str) -> None:
         """Connect the room (unless shared and connected) and start listening."""
-        import js
-
         self._sink = sink
+        self._resolved_mode = self._resolve_mode()
         started = _now_ms()
         self.lk = self.lk or await self._load_livekit()
         self.timings["livekit_client_loaded_ms"] = _now_ms() - started
@@ -173,7 +172,6 @@ class LiveKitProvider:
                     if publication.track is not None and publication.isSubscribed:
                         self._on_track_subscribed(publication.track, publication, participant)
         _log.info("connected to %s with livekit-client %s", url, getattr(self.lk, "version", "?"))
-        del js
 
     def _install_pc_hook(self) -> None:
         from pyodide.code import run_js
@@ -192,6 +190,10 @@ class LiveKitProvider:
             _log.exception("attaching the transform to a new video receiver failed")
 
     def _mode(self) -> str:
+        """How packets are read in this connection (resolved once per ``open``)."""
+        return self._resolved_mode
+
+    def _resolve_mode(self) -> str:
         import js
 
         if self.transform_mode != "auto":
@@ -244,7 +246,7 @@ class LiveKitProvider:
             _log.exception("handling TrackSubscribed failed")
 
     def _on_track_unsubscribed(self, track: Any, publication: Any, participant: Any) -> None:
-        if track is self._motion_track or (self._motion_track is not None and track.sid == self._motion_track.sid):
+        if self._motion_track is not None and track.sid == self._motion_track.sid:
             self._motion_track = None
         element = self._audio_elements.pop(track.sid, None)
         if element is not None:
@@ -305,7 +307,6 @@ class LiveKitProvider:
             self._proxies.append(self._port_handler)
         channel.port1.onmessage = self._port_handler
         self._ports[attach_id] = channel.port1
-        self._attach_of[attach_id] = receiver
         mode = self._mode()
         if mode == "script":
             receiver.transform = js.RTCRtpScriptTransform.new(
@@ -426,7 +427,6 @@ class LiveKitProvider:
             port.onmessage = None
             port.close()
         self._ports.clear()
-        self._attach_of.clear()
         self._motion_attach_id = None
         self._motion_track = None
         self._port_handler = None

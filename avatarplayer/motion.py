@@ -240,9 +240,10 @@ def _decode(data: bytes) -> MotionPacket:
     if len(data) < HEADER_SIZE:
         raise PacketError(Reason.TRUNCATED, f"{len(data)} bytes, a header needs {HEADER_SIZE}")
     flag_byte, length = _HEADER.unpack_from(data)
-    flags, layout, compressed = _BY_BYTE[flag_byte]
-    if flags is None:
-        raise PacketError(layout, compressed)  # (None, reason, detail)
+    entry = _BY_BYTE[flag_byte]
+    if entry[0] is None:
+        raise PacketError(entry[1], entry[2])  # (None, reason, detail)
+    flags, layout, compressed = entry
     if length > MAX_PACKET_BODY:
         raise PacketError(Reason.TOO_LARGE, f"declared body of {length} bytes")
     available = len(data) - HEADER_SIZE

@@ -79,17 +79,17 @@ class ProviderSink(Protocol):
     def on_motion_attached(self, mode: str) -> None: ...
 
 
-def _default_clock() -> float:
-    """Epoch milliseconds. In the browser, from ``performance`` (sub-millisecond, and the clock the
-    transform worker stamps arrivals with); ``time.time()`` there is ``Date.now()``, whole ms."""
-    return time.time() * 1000.0
-
-
 if sys.platform == "emscripten":  # pragma: no cover - Pyodide
     from js import performance as _performance
 
-    def _default_clock() -> float:  # noqa: F811
+    def _default_clock() -> float:
+        """Epoch milliseconds from ``performance``: sub-millisecond, and the clock the transform
+        worker stamps arrivals with (``time.time()`` there is ``Date.now()``, whole ms)."""
         return _performance.timeOrigin + _performance.now()
+else:
+    def _default_clock() -> float:
+        """Epoch milliseconds."""
+        return time.time() * 1000.0
 
 
 class AvatarPlayer:
