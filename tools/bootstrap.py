@@ -120,7 +120,7 @@ def ensure_web_wheels() -> Path:
     out = CACHE / "wheels" / "web"
     sources = sorted((ROOT / "avatarplayer").rglob("*.py"))
     web_reqs = ROOT / "requirements" / "web.txt"
-    digest = _digest(ROOT / "pyproject.toml", web_reqs, *sources, *(p.read_bytes() for p in sources))
+    digest = _digest(ROOT / "pyproject.toml", web_reqs, *sources, *(p.relative_to(ROOT).as_posix() for p in sources))
     if _fresh("web-wheels", digest) and any(out.glob("avatarplayer-*.whl")):
         return out
     if out.exists():
