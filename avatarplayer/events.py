@@ -28,7 +28,19 @@ class PlayerEvent(enum.StrEnum):
     TURN_ENDED = "turn-ended"
     """Payloads: the conversation id and the reason ("end", "transition-end", "idle", ...)."""
     MOTION_TRACK_ATTACHED = "motion-track-attached"
-    """Payload: how packets are read ("script" or "streams")."""
+    """Payload: how packets are read: "script", "streams" or "data" (the data-packet carrier,
+    the last fallback). Fires again when the transform is re-attached or the carrier changes."""
+    AUDIO_BLOCKED = "audio-blocked"
+    """The browser's autoplay policy blocked the avatar's audio: call ``start_audio()`` from a
+    user gesture."""
+    AUDIO_PLAYBACK_CHANGED = "audio-playback-changed"
+    """Payload: True when the avatar's audio can play, False when it is blocked."""
+    DATA_MESSAGE = "data-message"
+    """Payload: a :class:`~avatarplayer.datamsg.DataMessage` (every data message but motion)."""
+    TRANSCRIPT = "transcript"
+    """Payload: a :class:`~avatarplayer.datamsg.TranscriptChunk` (``transcript_chunk`` messages)."""
+    AGENT_STATUS = "agent-status"
+    """Payload: an :class:`~avatarplayer.datamsg.AgentStatus` (``agent_status`` messages)."""
 
 
 class ConnectionState(enum.StrEnum):

@@ -15,20 +15,23 @@ import struct
 from typing import Any
 
 from . import options
+from .datamsg import CONTROL_TOPIC, MOTION_TOPIC
 from .events import ConnectionState
 
 __all__ = ["LiveKitProvider", "DEFAULT_LIVEKIT_CLIENT_URL", "DEFAULT_TRANSFORM_WORKER_URL"]
 
 DEFAULT_LIVEKIT_CLIENT_URL = "/vendor/livekit-client/livekit-client.esm.mjs"
 DEFAULT_TRANSFORM_WORKER_URL = "/worker_transform/motion-transform.js"
-TRANSFORM_MODES = ("auto", "script", "streams")
+TRANSFORM_MODES = ("auto", "script", "streams", "data")
+AUDIO_POLICIES = ("avatar", "all", "none")
 _COMPACT = struct.Struct("<Idd")  # id, arrivalMs, rtpTimestamp: the compact packet header
 ATTACH_ACK_TIMEOUT_MS = 2000
 """A transform the worker has not reported running after this long is attached again."""
 WATCHDOG_MIN_FRAMES = 10
 """Frames the receiver counted, but the worker never saw, that make the watchdog re-attach."""
-MAX_REATTACH = 3
-"""Re-attaching rarely revives a transform that never ran: after this many, report an error."""
+MAX_REATTACH = 2
+"""Re-attaching rarely revives a transform that never ran: after this many, fall back to the
+data-packet carrier."""
 
 # Chromium calls a receiver's script transform reliably only when it is set as the transceiver is
 # created, before negotiation (measured on Chromium 156 with livekit-client 2.16.1 and 2.23.0:
@@ -75,10 +78,18 @@ class LiveKitProvider:
     :param room: an existing livekit-client ``Room`` to share (not disconnected by the player).
     :param livekit_client_url: where the page serves livekit-client's ESM build (local, no CDN).
     :param transform_worker_url: where the page serves ``worker_transform/motion-transform.js``.
-    :param transform_mode: "auto" (RTCRtpScriptTransform, else createEncodedStreams), "script"
-        or "streams".
+    :param transform_mode: "auto" (RTCRtpScriptTransform, else createEncodedStreams, else the
+        data-packet carrier), or force one of "script", "streams", "data".
     :param single_peer_connection: livekit-client >= 2.17 defaults to one peer connection; receiver
         transforms are only reliable on a recvonly transceiver, so this defaults to False.
+    :param data_topic: the topic of the data-packet carrier.
+    :param audio: whose audio the page plays: "avatar" (default: only the avatar participant),
+        "all" remote participants, or "none".
+
+    A shared ``room`` is best handed over before the app connects it: the provider then attaches
+    its transform as the receivers are created (the reliable path). A room that is already
+    connected gets a late attach; if that transform sees no frames, the provider falls back to
+    the data-packet carrier.
     """
 
     def __init__(
@@ -91,6 +102,8 @@ class LiveKitProvider:
         transform_worker_url: str = DEFAULT_TRANSFORM_WORKER_URL,
         transform_mode: str = "auto",
         single_peer_connection: bool = False,
+        data_topic: str = MOTION_TOPIC,
+        audio: str = "avatar",
     ) -> None:
         self.animation_track_name = options.optional_text("animation_track_name", animation_track_name)
         self.animation_track_name_pattern = options.optional_pattern(
@@ -105,6 +118,15 @@ class LiveKitProvider:
         self.transform_worker_url = transform_worker_url
         self.transform_mode = transform_mode
         self.single_peer_connection = options.flag("single_peer_connection", single_peer_connection)
+        self.data_topic = options.optional_text("data_topic", data_topic)
+        if data_topic is None or data_topic in (CONTROL_TOPIC,):
+            raise ValueError(f"data_topic must be a topic name other than {CONTROL_TOPIC!r}, got {data_topic!r}")
+        if audio not in AUDIO_POLICIES:
+            raise ValueError(f"audio must be one of {AUDIO_POLICIES}, got {audio!r}")
+        self.audio = audio
+        if room is not None and (getattr(room, "connect", None) is None or getattr(room, "on", None) is None):
+            raise TypeError(f"room must be a livekit-client Room, got {type(room).__name__}")
+        self.log = _log
         self._shared_room = room
         self.room: Any = room
         self.lk: Any = None
@@ -132,6 +154,36 @@ class LiveKitProvider:
         self.transform_stats: dict[int, dict] = {}
         self.timings: dict[str, float] = {}
         """Start-up costs of the last ``open`` (ms): loading livekit-client, ``room.connect``."""
+        self.carrier: str | None = None
+        """How motion packets arrive now: "script", "streams" or "data"."""
+        self.fallbacks: list[str] = []
+        """Why the provider fell back to another carrier, in order (for the app and the tests)."""
+        self.packets_before_open = 0
+        self.data_packets_ignored = 0
+        self._data_requested: set[str] = set()
+        self._mic_publication: Any = None
+        self._custom_publication: Any = None
+        if room is not None and _in_browser():
+            self._prepare_shared_room(room)
+
+    def _prepare_shared_room(self, room: Any) -> None:
+        """Get ready before the app connects its room: resolve the mode now and, for the script
+        transform, hook RTCPeerConnection so receivers get their transform as they are created."""
+        self._resolved_mode = self._resolve_mode()
+        if room.state == "connected":
+            return
+        if self._resolved_mode == "script":
+            self._install_pc_hook()
+        elif self._resolved_mode == "streams":
+            config = room.options.rtcConfig
+            if config is None:
+                room.options.rtcConfig = _js_object({"encodedInsertableStreams": True})
+            else:
+                config.encodedInsertableStreams = True
+
+    def shares_connected_room(self) -> bool:
+        """True when the app handed over a Room it already connected (``connect()`` needs no URL)."""
+        return self._shared_room is not None and self._shared_room.state == "connected"
 
     # ------------------------------------------------------------------------------ set-up
 
@@ -146,7 +198,14 @@ class LiveKitProvider:
     async def open(self, sink: Any, url: str, token: str) -> None:
         """Connect the room (unless shared and connected) and start listening."""
         self._sink = sink
-        self._resolved_mode = self._resolve_mode()
+        parent = getattr(sink, "logger", None)
+        self.log = parent.getChild("livekit") if isinstance(parent, logging.Logger) else _log
+        if self._shared_room is None or self._pc_hook is None:
+            self._resolved_mode = self._resolve_mode()
+        self.carrier = self._resolved_mode
+        self.fallbacks = []
+        self._data_requested.clear()
+        self.reattach_count = 0
         started = _now_ms()
         self.lk = self.lk or await self._load_livekit()
         self.timings["livekit_client_loaded_ms"] = _now_ms() - started
@@ -162,6 +221,8 @@ class LiveKitProvider:
         if self._mode() == "script":
             self._install_pc_hook()
         if self._shared_room is None or self.room.state != "connected":
+            if not url:
+                raise ValueError("the shared room is not connected: give connect() a url and token")
             before = _now_ms()
             await self.room.connect(url, token, _js_object({"autoSubscribe": True}))
             self.timings["room_connect_ms"] = _now_ms() - before
@@ -171,12 +232,16 @@ class LiveKitProvider:
                 for publication in participant.trackPublications.values():
                     if publication.track is not None and publication.isSubscribed:
                         self._on_track_subscribed(publication.track, publication, participant)
-        _log.info("connected to %s with livekit-client %s", url, getattr(self.lk, "version", "?"))
+        self._audio_status()
+        self.log.info("connected to %s with livekit-client %s (motion via %s)", url or "the shared room",
+                      getattr(self.lk, "version", "?"), self.carrier)
 
     def _install_pc_hook(self) -> None:
         from pyodide.code import run_js
         from pyodide.ffi import create_proxy
 
+        if self._pc_hook is not None:
+            return
         self._pc_hook = run_js(_PC_HOOK_JS)
         proxy = create_proxy(self._on_video_receiver)
         self._proxies.append(proxy)
@@ -184,21 +249,28 @@ class LiveKitProvider:
 
     def _on_video_receiver(self, receiver: Any) -> None:
         """A video transceiver was just created: attach now, before any frame can arrive."""
+        if self.carrier == "data":
+            return
         try:
             self._attach_to_receiver(receiver)
         except Exception:
-            _log.exception("attaching the transform to a new video receiver failed")
+            self.log.exception("attaching the transform to a new video receiver failed")
 
     def _mode(self) -> str:
         """How packets are read in this connection (resolved once per ``open``)."""
         return self._resolved_mode
 
     def _resolve_mode(self) -> str:
+        """The fallback chain: RTCRtpScriptTransform, else createEncodedStreams, else data packets."""
         import js
 
         if self.transform_mode != "auto":
             return self.transform_mode
-        return "script" if hasattr(js, "RTCRtpScriptTransform") else "streams"
+        if hasattr(js, "RTCRtpScriptTransform"):
+            return "script"
+        if hasattr(js, "RTCRtpReceiver") and hasattr(js.RTCRtpReceiver.prototype, "createEncodedStreams"):
+            return "streams"
+        return "data"
 
     def _listen(self) -> None:
         from pyodide.ffi import create_proxy
@@ -211,6 +283,9 @@ class LiveKitProvider:
             events.SignalReconnecting: lambda *a: self._state(ConnectionState.RECONNECTING),
             events.Reconnected: lambda *a: self._state(ConnectionState.CONNECTED),
             events.Disconnected: self._on_disconnected,
+            events.DataReceived: self._on_data_received,
+            events.AudioPlaybackStatusChanged: lambda *a: self._audio_status(),
+            events.ParticipantDisconnected: self._on_participant_disconnected,
         }
         for name, handler in handlers.items():
             proxy = create_proxy(handler)
@@ -236,27 +311,95 @@ class LiveKitProvider:
             if track.kind == "video" and self.is_motion_publication(publication.trackName):
                 self.avatar_identity = participant.identity
                 self._motion_track = track
-                self._attach_transform(track)
+                if self.carrier == "data":
+                    self._request_data_carrier(participant.identity, again=True)
+                    if self._sink is not None:
+                        self._sink.on_motion_attached("data")
+                else:
+                    self._attach_transform(track)
                 for pub in participant.trackPublications.values():  # audio subscribed earlier
                     if pub.kind == "audio" and pub.track is not None:
                         self._attach_audio(pub.track, participant.identity)
-            elif track.kind == "audio" and participant.identity == self.avatar_identity:
+            elif track.kind == "audio" and self._plays_audio_of(participant.identity):
                 self._attach_audio(track, participant.identity)
         except Exception:
-            _log.exception("handling TrackSubscribed failed")
+            self.log.exception("handling TrackSubscribed failed")
+
+    def _plays_audio_of(self, identity: str) -> bool:
+        if self.audio == "all":
+            return True
+        return self.audio == "avatar" and identity == self.avatar_identity
+
+    def _on_participant_disconnected(self, participant: Any) -> None:
+        self._data_requested.discard(participant.identity)
+
+    def _audio_status(self) -> None:
+        room = self.room
+        if room is not None and self._sink is not None and hasattr(self._sink, "on_audio_playback"):
+            self._sink.on_audio_playback(bool(room.canPlaybackAudio))
+
+    # ------------------------------------------------------------------------- data packets
+
+    def _on_data_received(self, payload: Any, participant: Any = None, kind: Any = None, topic: Any = None) -> None:
+        """Motion packets on ``data_topic`` (the data carrier), the worker's acknowledgements on
+        the control topic, and anything else as a data message for the app."""
+        topic = topic if isinstance(topic, str) else None
+        identity = participant.identity if participant is not None else None
+        try:
+            if topic == self.data_topic:
+                if self.carrier == "data" and self._sink is not None:
+                    self._sink.on_packet(payload.to_bytes(), _now_ms())
+                else:
+                    self.data_packets_ignored += 1
+            elif topic == CONTROL_TOPIC:
+                self.log.info("from %s on %s: %s", identity, topic, bytes(payload.to_bytes())[:200].decode("utf-8", "replace"))
+            elif self._sink is not None and hasattr(self._sink, "on_data"):
+                self._sink.on_data(payload.to_bytes(), topic, identity)
+        except Exception:
+            self.log.exception("handling a data message failed")
+
+    def _request_data_carrier(self, identity: str | None, *, again: bool = False) -> None:
+        """Ask the avatar worker to send motion packets as data messages to us (wire-format 3b)."""
+        if identity is None or self.room is None or (identity in self._data_requested and not again):
+            return
+        import js
+
+        self._data_requested.add(identity)
+        message = json.dumps({"type": "carrier", "carrier": "data", "topic": self.data_topic})
+        promise = self.room.localParticipant.publishData(
+            js.TextEncoder.new().encode(message),
+            _js_object({"reliable": True, "topic": CONTROL_TOPIC, "destinationIdentities": [identity]}))
+        promise.catch(_js_catch(self.log, "asking the avatar for the data carrier failed"))
+        self.log.info("asked %s for motion packets on the data topic %r", identity, self.data_topic)
+
+    def fall_back_to_data(self, why: str) -> None:
+        """Stop reading the video carrier and ask for the data-packet carrier instead."""
+        if self.carrier == "data":
+            return
+        self.log.warning("motion via the data-packet carrier from now on: %s", why)
+        self.fallbacks.append(f"{self.carrier} -> data: {why}")
+        self.carrier = "data"
+        track = self._motion_track
+        if track is not None and track.receiver is not None and self._mode() == "script":
+            try:
+                track.receiver.transform = None  # the frames go on to the decoder untouched
+            except Exception:
+                self.log.exception("detaching the transform failed")
+        self._request_data_carrier(self.avatar_identity, again=True)
+        if self._sink is not None:
+            self._sink.on_motion_attached("data")
 
     def _on_track_unsubscribed(self, track: Any, publication: Any, participant: Any) -> None:
         if self._motion_track is not None and track.sid == self._motion_track.sid:
             self._motion_track = None
-        element = self._audio_elements.pop(track.sid, None)
-        if element is not None:
-            track.detach(element)
-            element.remove()
+        attached = self._audio_elements.pop(track.sid, None)
+        if attached is not None:
+            _detach(*attached)
 
     def _attach_audio(self, track: Any, identity: str) -> None:
         import js
 
-        if track.sid in self._audio_elements:
+        if track.sid in self._audio_elements or not self._plays_audio_of(identity):
             return
         if self._mode() == "streams" and getattr(track.receiver, "avatarplayerPiped", None) is None:
             # with encodedInsertableStreams every receiver must be read, or its media stops here
@@ -266,7 +409,7 @@ class LiveKitProvider:
         element = track.attach()
         element.dataset.avatarIdentity = identity
         js.document.body.appendChild(element)
-        self._audio_elements[track.sid] = element
+        self._audio_elements[track.sid] = (track, element)
 
     # ------------------------------------------------------------------------- transform
 
@@ -279,16 +422,20 @@ class LiveKitProvider:
         """
         receiver = track.receiver
         if receiver is None:
-            _log.error("the motion track has no RTCRtpReceiver; cannot read motion packets")
+            self.fall_back_to_data("the motion track has no RTCRtpReceiver")
             return
         attach_id = getattr(receiver, "avatarplayerAttachId", None)
         if attach_id is None or attach_id not in self._ports:
-            attach_id = self._attach_to_receiver(receiver)
+            try:
+                attach_id = self._attach_to_receiver(receiver)
+            except Exception as exc:
+                self.fall_back_to_data(f"the {self._mode()} transform could not be attached ({exc})")
+                return
         self._motion_attach_id = attach_id
         self._attached_at_ms = _now_ms()
         self._last_rtp_frames = None
         if self._sink is not None:
-            self._sink.on_motion_attached(self._mode())
+            self._sink.on_motion_attached(self.carrier)
 
     def _attach_to_receiver(self, receiver: Any, *, replace: bool = False) -> int:
         import js
@@ -319,7 +466,7 @@ class LiveKitProvider:
                             "port": channel.port2, "id": attach_id, "compact": True}),
                 to_js([streams.readable, streams.writable, channel.port2]))
         receiver.avatarplayerAttachId = attach_id
-        _log.info("motion transform attached (%s, #%d)", mode, attach_id)
+        self.log.info("motion transform attached (%s, #%d)", mode, attach_id)
         return attach_id
 
     def _on_port_message(self, event: Any) -> None:
@@ -329,21 +476,26 @@ class LiveKitProvider:
             raw = to_bytes()
             attach_id, arrival_ms, _rtp = _COMPACT.unpack_from(raw)
             self._packets[attach_id] = self._packets.get(attach_id, 0) + 1
+            if self._sink is None:  # a shared room the app connected before the player did
+                self.packets_before_open += 1
+                return
             self._sink.on_packet(raw[_COMPACT.size:], arrival_ms)
             return
         kind = data.type
         if kind == "packet":
             attach_id = data.id
             self._packets[attach_id] = self._packets.get(attach_id, 0) + 1
-            self._sink.on_packet(data.packet.to_bytes(), data.arrivalMs)
+            if self._sink is not None:
+                self._sink.on_packet(data.packet.to_bytes(), data.arrivalMs)
         elif kind == "attached":
-            _log.info("transform #%s running in the worker (%s)", data.id, data.mode)
+            self.log.info("transform #%s running in the worker (%s)", data.id, data.mode)
             self._acknowledged.add(data.id)
         elif kind in ("stats", "ended"):
             stats = (data.stats if kind == "ended" else data).to_py()
             self.transform_stats[stats.get("id")] = stats
             self._passed_through[stats.get("id")] = stats.get("passedThrough", 0)
-            self._sink.on_passed_through(sum(self._passed_through.values()))
+            if self._sink is not None:
+                self._sink.on_passed_through(sum(self._passed_through.values()))
 
     # -------------------------------------------------------------------------- watchdog
 
@@ -352,7 +504,7 @@ class LiveKitProvider:
         re-attach when the motion track's one never started, or when the receiver counts frames
         that the worker never saw. After ``MAX_REATTACH`` tries it reports an error instead."""
         track = self._motion_track
-        if track is None or self._worker is None or self._motion_attach_id is None:
+        if track is None or self._worker is None or self._motion_attach_id is None or self.carrier == "data":
             return
         self.request_stats()
         current = self._motion_attach_id
@@ -383,23 +535,23 @@ class LiveKitProvider:
                     return
             self._last_rtp_frames, self._last_seen_total = rtp_frames, seen
         except Exception:
-            _log.exception("the transform watchdog failed")
+            self.log.exception("the transform watchdog failed")
         finally:
             self._checking = False
 
     def _reattach(self, track: Any, why: str) -> None:
         if self.reattach_count >= MAX_REATTACH:
-            if self.reattach_count == MAX_REATTACH:
-                self.reattach_count += 1
-                error = RuntimeError(f"the motion transform receives no frames ({why}); "
-                                     f"{MAX_REATTACH} re-attachments did not help")
-                _log.error("%s", error)
-                if self._sink is not None:
-                    self._sink.on_error(error)
+            self.fall_back_to_data(f"{why}, and {MAX_REATTACH} re-attachments did not help")
             return
         self.reattach_count += 1
-        _log.warning("re-attaching the motion transform: %s", why)
-        self._motion_attach_id = self._attach_to_receiver(track.receiver, replace=True)
+        self.log.warning("re-attaching the motion transform: %s", why)
+        try:
+            self._motion_attach_id = self._attach_to_receiver(track.receiver, replace=True)
+        except Exception as exc:
+            self.fall_back_to_data(f"re-attaching failed ({exc})")
+            return
+        if self._sink is not None:
+            self._sink.on_motion_attached(self.carrier)
         self._attached_at_ms = _now_ms()
         self._last_rtp_frames = None
 
@@ -407,6 +559,67 @@ class LiveKitProvider:
         """Ask every attached transform for its counters (answers arrive asynchronously)."""
         for port in self._ports.values():
             port.postMessage(_js_object({"type": "stats"}))
+
+    # --------------------------------------------------------------------- audio, microphone
+
+    async def start_audio(self) -> None:
+        """``room.startAudio()``: plays the attached audio elements; needs a user gesture."""
+        if self.room is None:
+            raise RuntimeError("start_audio() needs a room: connect first")
+        await self.room.startAudio()
+        self._audio_status()
+
+    async def start_publishing(self) -> None:
+        """Open the microphone (the browser asks for permission) and publish it."""
+        from .player import MediaDeviceError
+
+        self._require_room("start_publishing")
+        try:
+            publication = await self.room.localParticipant.setMicrophoneEnabled(True)
+        except Exception as exc:  # a JsException carrying the DOMException
+            name = getattr(exc, "name", None) or type(exc).__name__
+            raise MediaDeviceError(f"the microphone could not be opened: {name}: {_js_message(exc)}",
+                                   name, _MEDIA_ERROR_CAUSES.get(name, "other")) from exc
+        self._mic_publication = publication
+        self._pipe_sender(publication)
+        self.log.info("publishing the microphone")
+
+    async def stop_publishing(self) -> None:
+        self._require_room("stop_publishing")
+        await self.room.localParticipant.setMicrophoneEnabled(False)
+        self._mic_publication = None
+
+    async def publish_audio(self, track: Any) -> None:
+        """Publish any audio ``MediaStreamTrack`` as the user's audio (replacing a previous one)."""
+        if getattr(track, "kind", None) != "audio":
+            raise TypeError(f"publish_audio() needs an audio MediaStreamTrack, got {track!r}")
+        self._require_room("publish_audio")
+        if self._custom_publication is not None:
+            await self.unpublish_audio()
+        self._custom_publication = await self.room.localParticipant.publishTrack(
+            track, _js_object({"name": "user-audio", "source": self.lk.Track.Source.Microphone}))
+        self._pipe_sender(self._custom_publication)
+
+    async def unpublish_audio(self) -> None:
+        """Unpublish the :meth:`publish_audio` track without stopping it."""
+        self._require_room("unpublish_audio")
+        publication, self._custom_publication = self._custom_publication, None
+        if publication is not None and publication.track is not None:
+            await self.room.localParticipant.unpublishTrack(publication.track, False)
+
+    def _require_room(self, what: str) -> None:
+        if self.room is None or self.room.state != "connected":
+            raise RuntimeError(f"{what}() needs a connected room")
+
+    def _pipe_sender(self, publication: Any) -> None:
+        """With encodedInsertableStreams every sender must be read too, or its media stops."""
+        if self._mode() != "streams" or publication is None or publication.track is None:
+            return
+        sender = publication.track.sender
+        if sender is not None and getattr(sender, "avatarplayerPiped", None) is None:
+            streams = sender.createEncodedStreams()
+            streams.readable.pipeTo(streams.writable)
+            sender.avatarplayerPiped = True
 
     # ------------------------------------------------------------------------------ close
 
@@ -420,9 +633,11 @@ class LiveKitProvider:
                 room.off(name, proxy)
             if self._shared_room is None:
                 await room.disconnect()
-        for element in self._audio_elements.values():
-            element.remove()
+        for track, element in self._audio_elements.values():
+            _detach(track, element)
         self._audio_elements.clear()
+        self._mic_publication = self._custom_publication = None
+        self._sink = None
         for port in self._ports.values():
             port.onmessage = None
             port.close()
@@ -439,6 +654,34 @@ class LiveKitProvider:
             self._worker = None
         if self._shared_room is None:
             self.room = None
+
+
+_MEDIA_ERROR_CAUSES = {"NotAllowedError": "permission-denied", "SecurityError": "permission-denied",
+                       "NotFoundError": "no-device", "OverconstrainedError": "no-device",
+                       "NotReadableError": "device-busy", "AbortError": "device-busy"}
+
+
+def _detach(track: Any, element: Any) -> None:
+    try:
+        track.detach(element)
+    finally:
+        element.remove()
+
+
+def _in_browser() -> bool:
+    import sys
+
+    return sys.platform == "emscripten"
+
+
+def _js_message(exc: BaseException) -> str:
+    return str(getattr(exc, "message", None) or exc)
+
+
+def _js_catch(log: logging.Logger, what: str) -> Any:
+    from pyodide.ffi import create_once_callable
+
+    return create_once_callable(lambda error: log.error("%s: %s", what, error))
 
 
 def _now_ms() -> float:

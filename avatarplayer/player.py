@@ -17,13 +17,14 @@ from typing import Any, Protocol
 
 from . import options
 from .constants import FRAME_INTERVAL_MS, MAX_BUFFER_DELAY_MS, STALL_TIMEOUT_MS
+from .datamsg import AgentStatus, TranscriptChunk, parse_data_message
 from .events import ConnectionState, EventEmitter, PlayerEvent
 from .pipeline import MotionPipeline, Stalled
 from .summary import SessionSummary
 from .ticker import Ticker
 from .turns import Frame, Transition, TurnEnded, TurnStarted
 
-__all__ = ["AvatarPlayer", "ConnectConfig", "Renderer", "ConnectError"]
+__all__ = ["AvatarPlayer", "ConnectConfig", "Renderer", "ConnectError", "MediaDeviceError"]
 
 
 class Renderer(Protocol):
@@ -36,10 +37,30 @@ class Renderer(Protocol):
 
 
 class ConnectError(ConnectionError):
-    """``connect`` failed: bad URL or token, unreachable server, or time-out. ``cause`` says which."""
+    """``connect`` failed. ``cause`` says why: ``"config"`` (a bad URL or token argument),
+    ``"token"`` (the server rejected the token: wrong key, bad signature, expired),
+    ``"unreachable"`` (nothing answered, or not a LiveKit server) or ``"timeout"``."""
 
     def __init__(self, message: str, cause: str) -> None:
         super().__init__(message)
+        self.cause = cause
+
+
+class ConnectConfigError(ConnectError, ValueError):
+    """The arguments of ``connect`` were wrong (cause ``"config"``); also a ``ValueError``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "config")
+
+
+class MediaDeviceError(RuntimeError):
+    """The microphone could not be opened. ``name`` is the browser's error name
+    (``NotAllowedError``, ``NotFoundError``, ...); ``cause`` is ``"permission-denied"``,
+    ``"no-device"``, ``"device-busy"`` or ``"other"``."""
+
+    def __init__(self, message: str, name: str, cause: str) -> None:
+        super().__init__(message)
+        self.name = name
         self.cause = cause
 
 
@@ -138,6 +159,9 @@ class AvatarPlayer:
         self._config: ConnectConfig | None = None
         self._closing = False
         self.motion_mode: str | None = None
+        """How motion packets reach the player: "script", "streams" or "data" (None before)."""
+        self.can_play_audio = True
+        """False while the browser blocks the avatar's audio (autoplay policy): see start_audio()."""
 
     # ------------------------------------------------------------------------------ events
 
@@ -169,10 +193,25 @@ class AvatarPlayer:
     async def connect(self, config: Any = None, *, url: str | None = None, token: str | None = None,
                       room_name: str | None = None) -> None:
         """Join the room. Accepts keyword arguments, a dict (the token endpoint's JSON works as is)
-        or a :class:`ConnectConfig`. Raises :class:`ConnectError` (state ``failed``) on failure."""
-        cfg = ConnectConfig.of(config, url=url, token=token, room_name=room_name)
+        or a :class:`ConnectConfig`; with a shared room the app connected itself
+        (``LiveKitProvider(room=...)``), no arguments at all.
+
+        On failure the state becomes ``failed``, an ``error`` event fires and
+        :class:`ConnectError` is raised (:class:`ConnectConfigError` for bad arguments).
+        """
         if self._state in (ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.RECONNECTING):
             raise RuntimeError(f"already {self._state.value}: call disconnect() first")
+        try:
+            if config is None and url is None and token is None and _shares_connected_room(self.provider):
+                cfg = ConnectConfig("", "", room_name)  # the app's room is connected already
+            else:
+                cfg = ConnectConfig.of(config, url=url, token=token, room_name=room_name)
+        except ValueError as exc:
+            self._config = None
+            self._set_state(ConnectionState.FAILED)
+            error = ConnectConfigError(f"connect() arguments: {exc}")
+            self._events.emit(PlayerEvent.ERROR, error)
+            raise error from exc
         self._config = cfg
         self._pipeline.start_session(self._clock())
         self._closing = False
@@ -211,6 +250,44 @@ class AvatarPlayer:
         reconnects = self._pipeline.reconnect_count + 1
         await self.connect(self._config)
         self._pipeline.reconnect_count = reconnects
+
+    # ------------------------------------------------------------------------------- audio
+
+    async def start_audio(self) -> None:
+        """Resume the avatar's audio after the browser blocked autoplay. Call it from a user
+        gesture (a click handler); the ``audio-playback-changed`` event reports the outcome."""
+        await self._provider_call("start_audio")
+
+    async def start_publishing(self) -> None:
+        """Ask for the microphone and publish it. Raises :class:`MediaDeviceError` (and emits
+        ``error``) when permission is denied or there is no microphone."""
+        await self._provider_call("start_publishing")
+
+    async def stop_publishing(self) -> None:
+        """Unpublish and stop the microphone."""
+        await self._provider_call("stop_publishing")
+
+    async def publish_audio(self, track: Any) -> None:
+        """Publish any audio ``MediaStreamTrack`` (an audio element's capture, WebAudio, ...)
+        instead of the microphone."""
+        await self._provider_call("publish_audio", track)
+
+    async def unpublish_audio(self) -> None:
+        """Unpublish the track given to :meth:`publish_audio`; the track itself keeps running."""
+        await self._provider_call("unpublish_audio")
+
+    async def _provider_call(self, name: str, *args: Any) -> None:
+        if not self.is_connected and name != "start_audio":
+            raise RuntimeError(f"{name}() needs a connected player (state {self._state.value})")
+        method = getattr(self.provider, name, None)
+        if method is None:
+            raise NotImplementedError(f"{type(self.provider).__name__} has no {name}()")
+        try:
+            await method(*args)
+        except MediaDeviceError as exc:
+            self.logger.error("%s", exc)
+            self._events.emit(PlayerEvent.ERROR, exc)
+            raise
 
     async def _safe_close(self) -> None:
         try:
@@ -257,6 +334,27 @@ class AvatarPlayer:
     def on_motion_attached(self, mode: str) -> None:
         self.motion_mode = mode
         self._events.emit(PlayerEvent.MOTION_TRACK_ATTACHED, mode)
+
+    def on_audio_playback(self, can_play: bool) -> None:
+        """livekit-client's audio playback status: False when autoplay was blocked."""
+        if can_play == self.can_play_audio:
+            return
+        self.can_play_audio = can_play
+        if not can_play:
+            self.logger.warning("the browser blocked the avatar's audio (autoplay policy): "
+                                "call start_audio() from a user gesture")
+            self._events.emit(PlayerEvent.AUDIO_BLOCKED)
+        self._events.emit(PlayerEvent.AUDIO_PLAYBACK_CHANGED, can_play)
+
+    def on_data(self, payload: bytes, topic: str | None, identity: str | None) -> None:
+        """A data message from another participant (motion packets on the data carrier's topic
+        never get here): typed events for the agent's transcript and status."""
+        message = parse_data_message(payload, topic, identity)
+        self._events.emit(PlayerEvent.DATA_MESSAGE, message)
+        if isinstance(message, TranscriptChunk):
+            self._events.emit(PlayerEvent.TRANSCRIPT, message)
+        elif isinstance(message, AgentStatus):
+            self._events.emit(PlayerEvent.AGENT_STATUS, message)
 
     # ------------------------------------------------------------------------------ render
 
@@ -326,6 +424,11 @@ def _adapt_renderer(renderer: Any) -> Any:
         return JsRenderer(renderer)
     raise TypeError(f"renderer must have yield_frames_data(frames, conversation_id) (or a JS yieldFramesData), "
                     f"got {type(renderer).__name__}")
+
+
+def _shares_connected_room(provider: Any) -> bool:
+    check = getattr(provider, "shares_connected_room", None)
+    return bool(check()) if callable(check) else False
 
 
 def _connect_error(exc: BaseException, cfg: ConnectConfig, timeout_s: float) -> ConnectError:

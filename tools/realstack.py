@@ -140,7 +140,7 @@ def read_harness(page, full: bool = True) -> HarnessRun:
     if page.evaluate(f"!!(window.harness && window.harness.{what})"):
         data = json.loads(page.evaluate(f"window.harness.{what}()"))
         if not full:  # the same shape, without the bulk
-            data = {"frames": [None] * data["frames"], "events": [[n, [], 0] for n in data["events"]],
+            data = {"frames": [None] * data["frames"], "events": [[n, args, 0] for n, args in data["events"]],
                     "state": data["state"]}
         run.results = data
     return run

@@ -1,6 +1,8 @@
 // Test/benchmark harness: plain Pyodide (no PyScript) running the real AvatarPlayer.
-// Query: url, token, lk (livekit-client version), mode (auto|script|streams), jitter (1|0),
-//        autoconnect (1|0).
+// Query: url, token, lk (livekit-client version), mode (auto|script|streams|data), jitter (1|0),
+//        autoconnect (1|0), log (info|warning|error|none), shared (0: the player's own room;
+//        "before": the app creates a Room, hands it to the provider, then connects it itself;
+//        "after": the app connects its Room first, then creates the provider), timeout (s).
 const params = new URLSearchParams(location.search);
 const status = document.getElementById("status");
 const t0 = performance.now();
@@ -25,6 +27,9 @@ try {
     mode: params.get("mode") || "auto",
     jitter: params.get("jitter") !== "0",
     autoconnect: params.get("autoconnect") !== "0",
+    logLevel: params.get("log") || "info",
+    shared: params.get("shared") || "",
+    timeout: Number(params.get("timeout") || 15),
   }));
   const source = await (await fetch("player_harness.py")).text();
   show("running player…");

@@ -28,7 +28,8 @@ async def page_config():
     return {"url": params.get("url"), "token": params.get("token"),
             "livekitClientUrl": config["livekitClients"][lk], "transformWorker": config["transformWorker"],
             "mode": params.get("mode") or "auto", "jitter": params.get("jitter") != "0",
-            "autoconnect": params.get("autoconnect") != "0"}
+            "autoconnect": params.get("autoconnect") != "0", "logLevel": params.get("log") or "info",
+            "shared": params.get("shared") or "", "timeout": float(params.get("timeout") or 15)}
 
 
 try:
@@ -74,14 +75,60 @@ class RecordingRenderer:
 
 
 renderer = RecordingRenderer()
-provider = LiveKitProvider(livekit_client_url=cfg["livekitClientUrl"],
+app_room = None  # the app's own Room, when the page tests sharing one (shared=before|after)
+
+
+async def app_connects_its_room():
+    from pyodide.code import run_js
+    from pyodide.ffi import to_js
+
+    lk = await run_js(f"import({json.dumps(cfg['livekitClientUrl'])})")
+    room = lk.Room.new()  # livekit-client's defaults, as an app would
+    js.window.harness.appRoom = room
+    return room, lambda: room.connect(cfg["url"], cfg["token"])
+
+
+def make_provider(room=None):
+    return LiveKitProvider(livekit_client_url=cfg["livekitClientUrl"], room=room,
                            transform_worker_url=cfg["transformWorker"], transform_mode=cfg["mode"])
-player = AvatarPlayer(provider, renderer, log_level="info", enable_jitter_buffer=cfg["jitter"])
+
+
+if cfg.get("shared") == "before":
+    app_room, connect_app_room = await app_connects_its_room()  # noqa: F704
+    provider = make_provider(app_room)
+    await connect_app_room()  # noqa: F704
+elif cfg.get("shared") == "after":
+    app_room, connect_app_room = await app_connects_its_room()  # noqa: F704
+    await connect_app_room()  # noqa: F704
+    provider = make_provider(app_room)
+else:
+    provider = make_provider()
+player = AvatarPlayer(provider, renderer, log_level=cfg.get("logLevel", "info"),
+                      enable_jitter_buffer=cfg["jitter"], connect_timeout_s=cfg.get("timeout", 15.0))
 events = []
 
+
+def describe(value):
+    """Event payloads as JSON-friendly values (data messages as their fields)."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: describe(getattr(value, k)) for k in value.__dataclass_fields__ if k != "payload"} | {
+            "class": type(value).__name__}
+    if isinstance(value, BaseException):
+        return {"class": type(value).__name__, "message": str(value), "cause": getattr(value, "cause", None),
+                "name": getattr(value, "name", None) if isinstance(getattr(value, "name", None), str) else None}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): describe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [describe(v) for v in value]
+    return str(value)
+
+
 for name in ("connected", "disconnected", "connection-state-changed", "stalled", "turn-started",
-             "turn-ended", "error", "motion-track-attached"):
-    player.on(name, lambda *args, name=name: events.append([name, [str(a) for a in args], now_ms()]))
+             "turn-ended", "error", "motion-track-attached", "audio-blocked", "audio-playback-changed",
+             "data-message", "transcript", "agent-status"):
+    player.on(name, lambda *args, name=name: events.append([name, [describe(a) for a in args], now_ms()]))
 
 
 def results():
@@ -103,6 +150,13 @@ def results():
         "installedMs": globals().get("INSTALLED_MS"),
         "timeOrigin": js.performance.timeOrigin,
         "reattaches": provider.reattach_count,
+        "carrier": provider.carrier,
+        "fallbacks": provider.fallbacks,
+        "packetsBeforeOpen": provider.packets_before_open,
+        "audioElements": [{"identity": str(e.dataset.avatarIdentity), "paused": bool(e.paused),
+                           "tag": str(e.tagName)} for e in js.document.querySelectorAll("audio")],
+        "canPlayAudio": player.can_play_audio,
+        "errors": list(js.window.harness.errors),
         "transformStats": {str(k): v for k, v in provider.transform_stats.items()},
         "ticker": {"ticks": player._ticker.ticks, "caughtUp": player._ticker.caught_up,
                    "overruns": player._ticker.overruns,
@@ -119,8 +173,19 @@ marks = {"pythonStart": js.performance.now()}
 
 async def connect():
     marks["connectStart"] = js.performance.now()
-    await player.connect(url=cfg["url"], token=cfg["token"])
+    if app_room is not None and cfg.get("shared") == "after":
+        await player.connect()  # the app's room is connected: nothing to pass
+    else:
+        await player.connect(url=cfg["url"], token=cfg["token"])
     marks["connected"] = js.performance.now()
+
+
+async def run(code):
+    """Tests drive the player with Python statements (await allowed) in this namespace; the value
+    of a final expression is returned as JSON."""
+    from pyodide.code import eval_code_async
+
+    return json.dumps(describe(await eval_code_async(code, globals())))
 
 
 arrivals = []
@@ -153,7 +218,8 @@ player.on_packet = recording_on_packet  # the provider calls the sink's on_packe
 player._ticker._on_tick = timed_tick
 def progress():
     """Cheap to poll: counts and event names only (results() serializes every frame)."""
-    return json.dumps({"frames": len(renderer.frames), "events": [e[0] for e in events],
+    return json.dumps({"frames": len(renderer.frames),
+                       "events": [[e[0], e[1] if e[0] == "connection-state-changed" else []] for e in events],
                        "state": player.connection_state})
 
 
@@ -161,6 +227,7 @@ js.window.harness.results = create_proxy(results)
 js.window.harness.progress = create_proxy(progress)
 js.window.harness.disconnect = create_proxy(disconnect)  # JS gets a Promise (a Python awaitable)
 js.window.harness.connect = create_proxy(connect)
+js.window.harness.run = create_proxy(run)
 js.window.harness.player = player
 js.window.harness.phase = "ready"
 if cfg["autoconnect"]:
@@ -172,3 +239,4 @@ if cfg["autoconnect"]:
     except Exception as exc:
         js.window.harness.phase = "error"
         js.window.harness.errors.push(repr(exc))
+        js.window.harness.connectError = json.dumps(describe(exc))

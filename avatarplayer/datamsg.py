@@ -1,0 +1,89 @@
+"""Data messages from the agent side of the room, as typed Python values.
+
+Agents send small JSON messages over LiveKit data packets, shaped
+``{"type": "transcript_chunk" | "agent_status" | ..., "data": ...}``. :func:`parse_data_message`
+turns one into a :class:`TranscriptChunk`, an :class:`AgentStatus` or, for any other payload, a
+plain :class:`DataMessage`. It never raises: a payload that is not such JSON is still a
+:class:`DataMessage` (``type`` None, ``data`` None), so the app can read the raw bytes.
+
+Pure Python: runs under CPython and Pyodide.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["AgentStatus", "DataMessage", "TranscriptChunk", "parse_data_message",
+           "MOTION_TOPIC", "CONTROL_TOPIC"]
+
+MOTION_TOPIC = "avatarplayer.motion"
+"""Default topic of the data-packet carrier (wire-format.md 3b): one motion packet per message."""
+CONTROL_TOPIC = "avatarplayer.control"
+"""Player <-> avatar worker requests, e.g. ``{"type": "carrier", "carrier": "data"}``."""
+
+MAX_JSON_BYTES = 256 * 1024
+"""Larger payloads are not parsed as JSON (they are still delivered as raw bytes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataMessage:
+    """Any data message: ``type``/``data`` when it was ``{"type": ..., "data": ...}`` JSON."""
+
+    type: str | None
+    data: Any
+    topic: str | None
+    participant_identity: str | None
+    payload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptChunk(DataMessage):
+    """``{"type": "transcript_chunk", "data": {"text": ..., "role": ..., "final": ...}}``.
+    ``data`` may also be the text itself."""
+
+    text: str = ""
+    role: str | None = None
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus(DataMessage):
+    """``{"type": "agent_status", "data": {"status": "listening" | "thinking" | "speaking"}}``
+    (``data`` may also be the status string)."""
+
+    status: str = ""
+
+
+def parse_data_message(payload: bytes, topic: str | None = None,
+                       participant_identity: str | None = None) -> DataMessage:
+    """Classify one data message. Never raises."""
+    payload = bytes(payload)
+    base = {"topic": topic, "participant_identity": participant_identity, "payload": payload}
+    decoded = _json(payload)
+    if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
+        return DataMessage(type=None, data=decoded, **base)
+    kind, data = decoded["type"], decoded.get("data")
+    if kind == "transcript_chunk":
+        if isinstance(data, str):
+            return TranscriptChunk(type=kind, data=data, text=data, **base)
+        if isinstance(data, dict) and isinstance(data.get("text", ""), str):
+            role = data.get("role")
+            return TranscriptChunk(type=kind, data=data, text=data.get("text", ""),
+                                   role=role if isinstance(role, str) else None,
+                                   final=data.get("final") is True, **base)
+    elif kind == "agent_status":
+        status = data.get("status") if isinstance(data, dict) else data
+        if isinstance(status, str):
+            return AgentStatus(type=kind, data=data, status=status, **base)
+    return DataMessage(type=kind, data=data, **base)
+
+
+def _json(payload: bytes) -> Any:
+    if not payload or len(payload) > MAX_JSON_BYTES or payload[:1] not in b'{["':
+        return None
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None

@@ -1,0 +1,44 @@
+"""Helpers shared by the parity tests (issue 4): the harness page, Python run inside it, workers."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from realstack import HarnessRun, harness_url, read_harness, wait_for  # noqa: F401 (re-exported)
+
+
+def new_room() -> str:
+    return f"e2e-{uuid.uuid4().hex[:10]}"
+
+
+def open_harness(page, app, server, room: str, *, identity: str = "viewer", can_publish: bool = False,
+                 **params: str) -> None:
+    token = server.token(identity, room, can_publish=can_publish)
+    page.goto(harness_url(app, server, token, **params))
+    deadline = time.monotonic() + 60
+    while page.evaluate("window.harness && window.harness.phase") in (None, "booting"):
+        if time.monotonic() > deadline:
+            pytest.fail("the harness page did not boot in 60 s")
+        time.sleep(0.2)
+
+
+def py(page, code: str):
+    """Run Python (statements, ``await`` allowed) in the harness page's namespace; the value of the
+    last expression comes back as JSON. An exception in it fails the test with the traceback."""
+    return json.loads(page.evaluate("(code) => window.harness.run(code)", code))
+
+
+def explain(run: HarnessRun, *workers) -> str:
+    text = run.explain() + f"\ncarrier={run.results.get('carrier')} fallbacks={run.results.get('fallbacks')}"
+    for worker in workers:
+        text += "\nworker:\n" + worker.tail()
+    return text
+
+
+def events_of(run: HarnessRun, name: str) -> list[list]:
+    """The payloads of every ``name`` event, in order."""
+    return [e[1] for e in run.results.get("events", []) if e[0] == name]
