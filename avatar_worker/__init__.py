@@ -4,7 +4,9 @@ It joins as an ``agent`` participant, publishes a 48 kHz mono audio track (sourc
 and a VP8 motion track named ``avatar-motion`` (source camera) whose every frame is a tiny valid
 VP8 key frame carrying one motion packet (``wire-format.md``), paced at 25 fps against absolute
 deadlines. While silent it sends IDLE heartbeats; a turn is TRANSITION, START ... END,
-TRANSITION_END.
+TRANSITION_END. Viewers may ask for the same packets as lossy data messages too (the data-packet
+carrier); on request it also sends agent status / transcript messages, reports the audio it
+hears from the others, and swaps its motion track mid-turn (tests of a player's recovery).
 
 Modules, by responsibility:
 
@@ -12,6 +14,11 @@ Modules, by responsibility:
 - :mod:`~avatar_worker.token` access tokens
 - :mod:`~avatar_worker.pacing` the absolute-deadline 25 fps clock
 - :mod:`~avatar_worker.streamer` the real-time loop (heartbeats, turns, send log, stats)
+- :mod:`~avatar_worker.carrier` the data-packet carrier and the control messages asking for it
+- :mod:`~avatar_worker.messaging` data messages: the transport interface, logged JSON messages
+- :mod:`~avatar_worker.agent_data` agent status and transcript messages around each turn
+- :mod:`~avatar_worker.audio_report` per-second levels of the other participants' audio
+- :mod:`~avatar_worker.republish` replacing the motion track mid-turn
 - :mod:`~avatar_worker.turns` planning a turn tick by tick
 - :mod:`~avatar_worker.script` scripted mode: deterministic payloads, fault injection
 - :mod:`~avatar_worker.speech` speech mode: WAV / espeak-ng playback

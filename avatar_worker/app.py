@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 from typing import Any
 
+from .agent_data import AgentMessages
+from .audio_report import AudioReport
+from .carrier import DataCarrier
 from .config import WorkerConfig
+from .messaging import MessageSender
 from .motion_gen import MotionGenerator
 from .pacing import try_realtime
 from .publisher import Publisher
+from .republish import RepublishAfter
 from .script import inject, scripted_frames
 from .speech import Speech, load_speech, plan_speech_turn
-from .streamer import MotionStreamer, SendLog, TurnResult
+from .streamer import MotionStreamer, SendLog, TurnObserver, TurnResult
 from .turns import Turn, build_turn
 
 __all__ = ["run"]
@@ -45,7 +51,22 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
 
     publisher = Publisher(config.livekit)
     send_log = SendLog(config.send_log) if config.send_log else None
-    streamer = MotionStreamer(publisher, send_log=send_log)
+    messages = MessageSender(publisher, send_log=send_log)
+    carrier = DataCarrier(publisher, messages=messages,
+                          everyone_topic=config.data_topic if config.data_carrier else None)
+    publisher.hooks.append(carrier)
+    report = AudioReport(config.audio_report) if config.audio_report else None
+    if report is not None:
+        publisher.hooks.append(report)
+    observers: list[TurnObserver] = []
+    if config.agent_data:
+        observers.append(AgentMessages(messages))
+    republisher = None
+    if config.republish_after is not None:
+        republisher = RepublishAfter(functools.partial(publisher.republish_video, config.republish_gap_ms / 1000),
+                                     config.republish_after, send_log=send_log)
+        observers.append(republisher)
+    streamer = MotionStreamer(publisher, send_log=send_log, data_path=carrier, observers=observers)
     tasks: list[asyncio.Future[Any]] = []
     outcome = "stopped"
     abandoned = ""
@@ -101,10 +122,14 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if send_log is not None:
-            send_log.close()
+        if republisher is not None:
+            await republisher.close()
         if not abandoned:
             await publisher.close()  # idempotent; after abort() it only releases what is left
+        if report is not None:
+            await report.close()
+        if send_log is not None:
+            send_log.close()
 
     summary: dict[str, Any] = {
         "event": "summary",
@@ -115,6 +140,9 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
         "next_seq": streamer.next_seq,
         "keyframe_requests": publisher.keyframe_requests,
         "rejoins": publisher.rejoins,
+        "recovered_after_s": publisher.rejoin_took,
+        "data_dropped": publisher.data_dropped,
+        "data_messages": messages.sent,
         "realtime": realtime,
     }
     log.info("exit: %d frames sent, %d idle, %d late (max %.1f ms), %d dropped by injection",

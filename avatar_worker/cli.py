@@ -4,6 +4,15 @@
     python -m avatar_worker --room demo --text "Hi there" --repeat-every-s 10
     python -m avatar_worker --room bench --mode scripted --frames 500 --wait-for-participant \\
         --loss 0.05 --seed 7 --send-log sent.jsonl --exit-when-done
+    python -m avatar_worker --room demo --text "Hello there" --agent-data --audio-report heard.jsonl \\
+        --data-carrier --republish-after 50 --send-log sent.jsonl
+
+The last one also sends every motion packet as a lossy data message on ``avatarplayer.motion``
+to everyone else (without ``--data-carrier`` only to viewers who ask, see
+:mod:`avatar_worker.carrier`), agent status and transcript messages on ``avatarplayer.agent``
+(:mod:`avatar_worker.agent_data`), writes one line per second of every other participant's
+audio to ``heard.jsonl`` (:mod:`avatar_worker.audio_report`), and swaps the motion track for a
+fresh one after 50 frames of the first turn (:mod:`avatar_worker.republish`).
 
 Connection settings come from ``--url/--api-key/--api-secret`` or ``LIVEKIT_URL``,
 ``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``. Logs go to stderr; the last line on stdout is a JSON
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .audio import AudioError
+from .carrier import DEFAULT_DATA_TOPIC
 from .config import WorkerConfig
 from .publisher import LiveKitSettings, PublisherError
 from .script import Injection
@@ -88,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed for injected faults and generated motion")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
+    extra = p.add_argument_group("data messages, audio report, republishing")
+    extra.add_argument("--data-carrier", action="store_true",
+                       help="also send every motion packet as a lossy data message to every other participant "
+                            "from the start (viewers can ask for it anyway on topic avatarplayer.control)")
+    extra.add_argument("--data-topic", default=DEFAULT_DATA_TOPIC, help="data topic of --data-carrier")
+    extra.add_argument("--audio-report", type=Path, default=None,
+                       help="JSON lines: per-second RMS/peak of every other participant's audio track")
+    extra.add_argument("--agent-data", action="store_true",
+                       help="agent_status and transcript_chunk data messages (topic avatarplayer.agent) per turn")
+    extra.add_argument("--republish-after", type=_positive_int, default=None,
+                       help="replace the motion track with a fresh one after N frames of the first turn")
+    extra.add_argument("--republish-gap-ms", type=_non_negative_int, default=300,
+                       help="pause between unpublishing the old motion track and publishing the new one, so "
+                            "viewers see the old one go before the new one comes")
+
     script = p.add_argument_group("scripted mode")
     script.add_argument("--frames", type=_positive_int, default=500, help="frames per turn")
     script.add_argument("--turns", type=_positive_int, default=1)
@@ -138,6 +163,12 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         send_log=args.send_log,
         seed=args.seed,
         realtime=args.realtime,
+        data_carrier=args.data_carrier,
+        data_topic=args.data_topic,
+        audio_report=args.audio_report,
+        agent_data=args.agent_data,
+        republish_after=args.republish_after,
+        republish_gap_ms=args.republish_gap_ms,
         frames=args.frames,
         turns=args.turns,
         injection=Injection(args.loss, args.reorder, args.duplicate, args.bad, seed=args.seed),

@@ -8,6 +8,7 @@ from typing import Literal
 
 from avatarplayer.motion import Compression
 
+from .carrier import DEFAULT_DATA_TOPIC, check_topic
 from .script import Injection
 
 __all__ = ["LiveKitSettings", "WorkerConfig", "Mode"]
@@ -59,6 +60,20 @@ class WorkerConfig:
     seed: int = 0
     realtime: bool = False
     """Run the pacing loop in the SCHED_RR class (needs CAP_SYS_NICE): steady ticks on a busy host."""
+    data_carrier: bool = False
+    """Send every packet on the data carrier to every other participant without being asked
+    (viewers can always ask for it: see :mod:`avatar_worker.carrier`)."""
+    data_topic: str = DEFAULT_DATA_TOPIC
+    """The data topic ``data_carrier`` uses."""
+    audio_report: Path | None = None
+    """Subscribe to the others' audio and write per-second levels here (JSON lines)."""
+    agent_data: bool = False
+    """Agent status and transcript data messages around each turn (topic ``avatarplayer.agent``)."""
+    republish_after: int | None = None
+    """Replace the motion track with a fresh one after this many frames of the first turn."""
+    republish_gap_ms: int = 300
+    """Time between unpublishing the old motion track and publishing the new one (see
+    :meth:`avatar_worker.publisher.Publisher.republish_video`)."""
 
     # scripted mode
     frames: int = 500
@@ -91,7 +106,7 @@ class WorkerConfig:
             raise ValueError(f"leave_mode must be 'disconnect' or 'crash', got {self.leave_mode!r}")
         if self.compression not in (None, "gzip", "zlib"):
             raise ValueError(f"compression must be gzip or zlib, got {self.compression!r}")
-        for name in ("lead_in_ms", "turn_gap_ms", "tail_ms"):
+        for name in ("lead_in_ms", "turn_gap_ms", "tail_ms", "republish_gap_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.exit_after_ms is not None and self.exit_after_ms <= 0:
@@ -100,3 +115,6 @@ class WorkerConfig:
             raise ValueError("repeat_every_s must be > 0")
         if self.wav is not None and self.text is not None:
             raise ValueError("give either wav or text, not both")
+        if self.republish_after is not None and self.republish_after < 1:
+            raise ValueError("republish_after must be >= 1")
+        check_topic(self.data_topic)  # ControlError is a ValueError

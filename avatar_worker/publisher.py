@@ -14,6 +14,12 @@ What the Python SDK (livekit 1.2.1, Rust core) does by itself, and what is left 
   come back ~0.1 s later. We do not rejoin after DUPLICATE_IDENTITY or PARTICIPANT_REMOVED:
   someone replaced or removed us on purpose, and two workers fighting over one identity would
   kick each other forever.
+- A server restarted on the same address: the SDK's own attempts back off, so after a 5–6 s
+  outage it came back 1.4–4 s after the server did. While it reconnects we probe the server's
+  port; once the server has been seen unreachable and is reachable again, the SDK gets
+  ``resume_grace`` seconds to recover by itself, and then we drop its attempt and join afresh
+  (frames flow again 0.4–0.9 s after the server is up). A graceful stop (SERVER_SHUTDOWN) is a
+  plain rejoin: ~0.1–0.2 s.
 
 The motion track is fed through ``rtc.EncodedVideoSource``: every frame we capture is sent as-is
 (``video_encoder=ENCODER_BACKEND_PRE_ENCODED``); the source does not pace, the streamer does.
@@ -21,6 +27,11 @@ Frames are handed to the native source only while the track is published on a co
 so the send log's ``sent`` means "given to WebRTC". (Checked with frame-id metadata: frames
 captured before publication are not queued up and sent late; the first frames after publication
 may be dropped while the encoder starts; worker → SFU → subscriber takes 13–20 ms on loopback.)
+
+Data messages (:meth:`Publisher.send_data`) are queued and sent in order by two pump tasks, one for
+reliable and one for lossy messages, so the real-time loop never waits on the SDK. Other parts of
+the worker see every room the publisher joins through :class:`RoomHook` objects (data they
+receive, participants leaving, remote audio tracks).
 """
 
 from __future__ import annotations
@@ -28,7 +39,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from livekit import rtc
 
@@ -36,7 +51,7 @@ from .audio import CHANNELS, SAMPLE_RATE
 from .config import LiveKitSettings
 from .token import mint_token
 
-__all__ = ["LiveKitSettings", "Publisher", "PublisherError", "VIDEO_SIZE"]
+__all__ = ["LiveKitSettings", "Publisher", "PublisherError", "RoomHook", "VIDEO_SIZE", "server_address"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +69,46 @@ class PublisherError(RuntimeError):
     """Could not connect or publish (bad URL, rejected token, server unreachable)."""
 
 
+class RoomHook(Protocol):
+    """Something that watches every room the publisher joins (the first and each rejoin)."""
+
+    def attach(self, room: rtc.Room) -> None:
+        """Register event handlers on ``room``, before it connects."""
+        ...
+
+    def joined(self, room: rtc.Room) -> None:
+        """``room`` is connected and our tracks are published (its participants are known)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    payload: bytes
+    topic: str
+    reliable: bool
+    destinations: tuple[str, ...]
+
+
+def server_address(url: str) -> tuple[str, int]:
+    """Host and TCP port of a LiveKit URL (ws, wss, http or https)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    return parts.hostname, parts.port or (443 if parts.scheme in ("wss", "https") else 80)
+
+
+async def _reachable(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True
+
+
 async def _quietly_leave(room: rtc.Room) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(room.disconnect(), 5.0)
@@ -66,11 +121,19 @@ class Publisher:
     publisher; rooms and tracks come and go with reconnections.
     """
 
+    LOSSY_QUEUE = 64
+    """Lossy data messages waiting to be sent; more are dropped (stale motion is useless)."""
+    RELIABLE_QUEUE = 1024
+
     def __init__(self, settings: LiveKitSettings, *, rejoin: bool = True,
-                 rejoin_backoff: tuple[float, float] = (0.5, 5.0)) -> None:
+                 rejoin_backoff: tuple[float, float] = (0.5, 5.0), resume_grace: float = 0.5,
+                 probe_interval: float = 0.25) -> None:
         self.settings = settings
         self.rejoin = rejoin
         self._backoff = rejoin_backoff
+        self.resume_grace = resume_grace
+        self.probe_interval = probe_interval
+        self.hooks: list[RoomHook] = []
         self.video_source: rtc.EncodedVideoSource | None = None
         self.audio_source: rtc.AudioSource | None = None
         self.room: rtc.Room | None = None
@@ -78,8 +141,18 @@ class Publisher:
         self._audio_pub: rtc.LocalTrackPublication | None = None
         self._live = False
         """The video track is published on a connected room: frames may go to the source."""
+        self._connected = False
+        """The room is connected (not reconnecting): data messages may go out."""
         self._closing = False
         self._rejoin_task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._queues: dict[bool, asyncio.Queue[_Outgoing]] = {}
+        self._pumps: list[asyncio.Task[None]] = []
+        self.data_dropped = 0
+        """Data messages not sent: not connected, queue full, or refused by the SDK."""
+        self.rejoin_took: list[float] = []
+        """Seconds from losing the connection to being published again, per recovery."""
+        self._lost_at: float | None = None
         self._changed = asyncio.Event()
         self._frames_since_feedback = 0
         self.keyframe_requests = 0
@@ -94,6 +167,11 @@ class Publisher:
             self.video_source = rtc.EncodedVideoSource(*VIDEO_SIZE)
             # The queue only has to absorb scheduling jitter: we capture in 40 ms pieces on time.
             self.audio_source = rtc.AudioSource(SAMPLE_RATE, CHANNELS, queue_size_ms=200)
+        if not self._pumps:
+            for reliable, size in ((True, self.RELIABLE_QUEUE), (False, self.LOSSY_QUEUE)):
+                queue: asyncio.Queue[_Outgoing] = asyncio.Queue(size)
+                self._queues[reliable] = queue
+                self._pumps.append(asyncio.create_task(self._pump(queue), name=f"data-pump-{reliable}"))
         await self._join()
 
     async def _join(self) -> None:
@@ -102,7 +180,10 @@ class Publisher:
                            attributes=s.attributes or None)
         room = rtc.Room()
         self._watch(room)
-        # Nothing here consumes remote media yet: subscribing would only cost bandwidth and CPU.
+        for hook in self.hooks:
+            hook.attach(room)
+        # Only what a hook asks for is subscribed (remote audio for --audio-report): anything
+        # else would only cost bandwidth and CPU.
         options = rtc.RoomOptions(auto_subscribe=False, connect_timeout=s.connect_timeout)
         try:
             await asyncio.wait_for(room.connect(s.url, token, options), timeout=s.connect_timeout + 5)
@@ -121,13 +202,28 @@ class Publisher:
         except Exception as exc:
             await _quietly_leave(room)
             raise PublisherError(f"could not publish in room {s.room!r}: {exc}") from exc
-        self._live = True
+        self._live = self._connected = True
+        self._recovered()
         self._notify("connected")
         log.info("joined room %r as %r (sid %s); publishing %r and %r",
                  s.room, s.identity, room.local_participant.sid, s.video_track_name, s.audio_track_name)
+        for hook in self.hooks:
+            try:
+                hook.joined(room)
+            except Exception:
+                log.exception("room hook %r failed", hook)
 
     async def _publish(self, room: rtc.Room) -> None:
-        assert self.video_source is not None and self.audio_source is not None
+        assert self.audio_source is not None
+        s = self.settings
+        self._video_pub = await self._publish_video(room)
+        audio = rtc.LocalAudioTrack.create_audio_track(s.audio_track_name, self.audio_source)
+        audio_options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        self._audio_pub = await room.local_participant.publish_track(audio, audio_options)
+
+    async def _publish_video(self, room: rtc.Room) -> rtc.LocalTrackPublication:
+        """A new motion track on the (long-lived) video source, published on ``room``."""
+        assert self.video_source is not None
         s = self.settings
         video = rtc.LocalVideoTrack.create_video_track(s.video_track_name, self.video_source)
         video_options = rtc.TrackPublishOptions(
@@ -140,24 +236,26 @@ class Publisher:
             degradation_preference=rtc.DegradationPreference.MAINTAIN_FRAMERATE,  # type: ignore[arg-type]
             video_encoding=rtc.VideoEncoding(max_bitrate=s.video_max_bitrate, max_framerate=50.0),
         )
-        self._video_pub = await room.local_participant.publish_track(video, video_options)
-        audio = rtc.LocalAudioTrack.create_audio_track(s.audio_track_name, self.audio_source)
-        audio_options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        self._audio_pub = await room.local_participant.publish_track(audio, audio_options)
+        return await room.local_participant.publish_track(video, video_options)
 
     def _watch(self, room: rtc.Room) -> None:
         @room.on("reconnecting")
         def _reconnecting() -> None:
             if room is self.room:
                 # Frames captured while nothing is sent would sit in the passthrough queue.
-                self._live = False
+                self._live = self._connected = False
+                self._lost()
                 self._notify("reconnecting")
                 log.warning("connection lost; the SDK is reconnecting")
+                if self.rejoin and (self._probe_task is None or self._probe_task.done()):
+                    self._probe_task = asyncio.get_running_loop().create_task(self._probe_server(room))
 
         @room.on("reconnected")
         def _reconnected() -> None:
             if room is self.room:
                 self._live = self._video_pub is not None
+                self._connected = True
+                self._recovered()
                 self._notify("reconnected")
                 log.info("reconnected")
 
@@ -170,7 +268,8 @@ class Publisher:
         def _disconnected(reason: rtc.DisconnectReason.ValueType) -> None:
             if room is not self.room:
                 return
-            self._live = False
+            self._live = self._connected = False
+            self._lost()
             self._notify("disconnected")
             name = rtc.DisconnectReason.Name(reason)
             if self._closing or reason == rtc.DisconnectReason.CLIENT_INITIATED:
@@ -180,8 +279,7 @@ class Publisher:
                 log.error("disconnected from the room (%s); not rejoining", name)
                 return
             log.warning("disconnected from the room (%s); rejoining", name)
-            if self._rejoin_task is None or self._rejoin_task.done():
-                self._rejoin_task = asyncio.get_running_loop().create_task(self._rejoin_loop())
+            self._start_rejoin()
 
         @room.on("participant_connected")
         def _joined(participant: rtc.RemoteParticipant) -> None:
@@ -198,14 +296,50 @@ class Publisher:
             log.info("local track %r subscribed", track.name)
             self._changed.set()
 
+    def _start_rejoin(self) -> None:
+        if self._rejoin_task is None or self._rejoin_task.done():
+            self._rejoin_task = asyncio.get_running_loop().create_task(self._rejoin_loop())
+
+    def _lost(self) -> None:
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+
+    def _recovered(self) -> None:
+        if self._lost_at is not None:
+            took = time.monotonic() - self._lost_at
+            self._lost_at = None
+            self.rejoin_took.append(round(took, 3))
+            log.info("publishing again %.2f s after the connection was lost", took)
+
+    async def _probe_server(self, room: rtc.Room) -> None:
+        """While ``room`` reconnects: once the server was unreachable and answers again, give
+        the SDK ``resume_grace`` seconds, then join afresh (see the module docstring)."""
+        try:
+            host, port = server_address(self.settings.url)
+        except ValueError:
+            return
+        seen_down = False
+        back_since: float | None = None
+        while room is self.room and not self._connected and not self._closing:
+            if await _reachable(host, port):
+                if seen_down:
+                    now = time.monotonic()
+                    back_since = back_since or now
+                    if now - back_since >= self.resume_grace:
+                        log.warning("the server is back but the SDK is still reconnecting; joining again")
+                        self._start_rejoin()
+                        return
+            else:
+                seen_down, back_since = True, None
+            await asyncio.sleep(self.probe_interval)
+
     async def _rejoin_loop(self) -> None:
         delay, cap = self._backoff
         old = self.room
         self.room = None
         self._video_pub = self._audio_pub = None
         if old is not None:
-            with contextlib.suppress(Exception):
-                await old.disconnect()
+            await _quietly_leave(old)  # may be the SDK's own reconnection, still under way
         while not self._closing:
             try:
                 await self._join()
@@ -220,11 +354,11 @@ class Publisher:
 
     async def close(self) -> None:
         """Unpublish both tracks, leave the room, release the sources. Idempotent."""
+        if not self._closing and self._connected:
+            await self.flush_data()  # e.g. the last agent status: it would be lost with the pump
         self._closing = True
-        self._live = False
-        if self._rejoin_task is not None:
-            self._rejoin_task.cancel()
-            await asyncio.gather(self._rejoin_task, return_exceptions=True)
+        self._live = self._connected = False
+        await self._stop_tasks()
         room = self.room
         if room is not None and room.isconnected():
             for pub in (self._video_pub, self._audio_pub):
@@ -243,12 +377,20 @@ class Publisher:
     async def abort(self) -> None:
         """Leave without unpublishing first: a worker that dies mid-turn, as seen by the room."""
         self._closing = True
-        self._live = False
+        self._live = self._connected = False
+        await self._stop_tasks()
         if self.room is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.room.disconnect(), 5.0)
         await self._release_sources()
         self._notify("closed")
+
+    async def _stop_tasks(self) -> None:
+        tasks = [t for t in (self._rejoin_task, self._probe_task, *self._pumps) if t is not None]
+        self._pumps = []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _release_sources(self) -> None:
         for source in (self.video_source, self.audio_source):
@@ -278,6 +420,10 @@ class Publisher:
             return []
         return list(self.room.remote_participants.values())
 
+    def other_identities(self) -> list[str]:
+        """The identities of everyone in the room but us."""
+        return [participant.identity for participant in self.other_participants()]
+
     async def wait_for_viewer(self, *, subscribed_timeout: float = 10.0) -> rtc.RemoteParticipant:
         """Wait until another participant is in the room and, if possible, subscribed to us.
 
@@ -300,6 +446,98 @@ class Publisher:
             except asyncio.TimeoutError:
                 log.warning("no subscription to the motion track after %.0f s; going on", subscribed_timeout)
         return viewer
+
+    # ------------------------------------------------------------------------ data messages
+
+    def send_data(self, payload: bytes, *, topic: str, reliable: bool,
+                  destinations: Sequence[str] = ()) -> bool:
+        """Queue a data message (sent in order by a pump task; never blocks).
+
+        ``destinations`` empty means everyone else. False, and nothing queued, while not
+        connected, when nobody else is in the room, or when the queue is full (counted in
+        :attr:`data_dropped`, except "nobody there").
+        """
+        queue = self._queues.get(reliable)
+        room = self.room
+        if queue is None or room is None or not self._connected:
+            self.data_dropped += 1
+            return False
+        if not room.remote_participants:
+            return False
+        try:
+            queue.put_nowait(_Outgoing(payload, topic, reliable, tuple(destinations)))
+        except asyncio.QueueFull:
+            self.data_dropped += 1
+            return False
+        return True
+
+    async def _pump(self, queue: asyncio.Queue[_Outgoing]) -> None:
+        while True:
+            item = await queue.get()
+            try:
+                await self._publish_data(item)
+            finally:
+                queue.task_done()
+
+    async def _publish_data(self, item: _Outgoing) -> None:
+        room = self.room
+        if room is None or not self._connected:
+            self.data_dropped += 1
+            return
+        try:
+            await asyncio.wait_for(room.local_participant.publish_data(
+                item.payload, reliable=item.reliable, topic=item.topic,
+                destination_identities=list(item.destinations)), 5.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # e.g. the connection dropped meanwhile
+            self.data_dropped += 1
+            log.debug("data message on %r not sent: %s", item.topic, exc or type(exc).__name__)
+
+    async def flush_data(self, timeout: float = 2.0) -> bool:
+        """Wait until the queued reliable messages went out (True) or ``timeout`` passed."""
+        queue = self._queues.get(True)
+        if queue is None or not self._pumps:
+            return True
+        try:
+            await asyncio.wait_for(queue.join(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # --------------------------------------------------------------------------- republish
+
+    async def republish_video(self, gap: float = 0.3) -> tuple[str, str] | None:
+        """Unpublish the motion track and publish a fresh one on the same source: same name, new
+        track sid. Frames captured meanwhile are refused. Returns ``(old_sid, new_sid)``, or
+        None when not connected (or the room changed meanwhile).
+
+        ``gap`` seconds pass between the two: the SDK tells the server about an unpublication
+        only with its next (debounced) renegotiation, so a new track published at once reaches
+        viewers ~0.1 s *before* the old one is gone. With the gap viewers see the old track
+        unsubscribed first, then the new one subscribed.
+        """
+        room, old = self.room, self._video_pub
+        if room is None or old is None or not self._connected:
+            return None
+        old_sid = old.sid
+        self._live = False
+        try:
+            await room.local_participant.unpublish_track(old_sid)
+            if self._video_pub is old:
+                self._video_pub = None
+            await asyncio.sleep(gap)
+            if room is not self.room:
+                return None
+            self._video_pub = await self._publish_video(room)
+        except Exception as exc:
+            log.error("republishing the motion track failed: %s", exc)
+            return None
+        finally:
+            if room is self.room and self._connected and self._video_pub is not None:
+                self._live = True
+        log.info("republished %r: %s -> %s", self.settings.video_track_name, old_sid, self._video_pub.sid)
+        return old_sid, self._video_pub.sid
 
     # ---------------------------------------------------------------------------- the sink
 

@@ -25,6 +25,8 @@ class Speech:
     frames: tuple[bytes, ...]
     envelope: tuple[float, ...]
     source: str
+    text: str | None = None
+    """The words spoken (synthesized speech); ``None`` for a WAV file."""
 
     @property
     def duration_s(self) -> float:
@@ -36,6 +38,7 @@ def load_speech(*, wav: str | Path | None = None, text: str | None = None, voice
     if wav is not None:
         pcm = pcm_audio.load_wav(wav)
         source = str(wav)
+        text = None
     else:
         text = text or DEFAULT_TEXT
         pcm = pcm_audio.synthesize(text, voice=voice)
@@ -43,7 +46,7 @@ def load_speech(*, wav: str | Path | None = None, text: str | None = None, voice
     frames = pcm_audio.split_frames(pcm)
     if not frames:
         raise pcm_audio.AudioError(f"no audio in {source}")
-    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), source)
+    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), source, text)
 
 
 async def plan_speech_turn(
@@ -72,4 +75,4 @@ async def plan_speech_turn(
             frames.append(TurnFrame(message, speech.frames[i]))
         await asyncio.sleep(0)
     return build_turn(frames, first_seq, transition=transition, redundant=redundant,
-                      compression=compression, label=req_id or "speech")
+                      compression=compression, label=req_id or "speech", text=speech.text)

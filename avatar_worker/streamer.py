@@ -3,6 +3,10 @@
 While no turn is playing it sends IDLE heartbeats; a turn handed to :meth:`MotionStreamer.play`
 is played tick by tick from the next deadline on. Sequence numbers are owned here, so they keep
 increasing across turns.
+
+Every packet goes on the video carrier (the :class:`MotionSink`) and, when a :class:`DataPath` is
+attached, also on the data carrier (wire-format.md §3b). :class:`TurnObserver` objects hear when
+a turn starts, when each of its frames has left and when it ends (agent messages, republishing).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -23,7 +27,7 @@ from .audio import SILENCE
 from .pacing import FrameClock, TickTime
 from .turns import TRANSITION_END_PACKET, Emission, Tick, Turn, idle_tick
 
-__all__ = ["MotionSink", "MotionStreamer", "SendLog", "StreamStats", "TurnResult"]
+__all__ = ["DataPath", "MotionSink", "MotionStreamer", "SendLog", "StreamStats", "TurnObserver", "TurnResult"]
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +44,39 @@ class MotionSink(Protocol):
         ...
 
 
-class SendLog:
-    """JSON lines, one per emission: ``{"seq", "t_ms", "flags", "sent", "kind", "tick"}``.
+class DataPath(Protocol):
+    """The data-packet carrier: motion packets as lossy data messages (wire-format.md §3b)."""
 
+    def send_packet(self, packet: bytes) -> bool:
+        """Hand one motion packet (not a carrier frame) to the data carrier, without blocking;
+        True if it went to at least one participant."""
+        ...
+
+
+class TurnObserver:
+    """Hears about turns as the streamer plays them; the methods do nothing unless overridden.
+
+    Called from the real-time loop: implementations must not block (schedule work instead).
+    ``number`` counts the turns the streamer started, from 1.
+    """
+
+    def turn_started(self, turn: Turn, number: int) -> None:
+        """The turn's first tick is about to go out."""
+
+    def frame_sent(self, turn: Turn, number: int, frames: int) -> None:
+        """The turn's ``frames``-th motion frame tick (1-based, dropped frames included) went out."""
+
+    def turn_ended(self, turn: Turn, number: int, completed: bool) -> None:
+        """The turn's last tick went out (``completed``), or it was interrupted or stopped.
+        Not called after :meth:`MotionStreamer.abort`: a worker dying mid-turn tells no one."""
+
+
+class SendLog:
+    """JSON lines, one per emission: ``{"seq", "t_ms", "flags", "sent", "data", "kind", "tick"}``.
+
+    ``sent``: the packet went out on the video carrier (handed to WebRTC); ``data``: it went out
+    on the data carrier too (handed to the SDK for at least one participant). Other components add
+    records of their own kinds (``data-message``, ``republish``), all with ``kind`` and ``t_ms``.
     ``t_ms`` is ``time.time() * 1000`` at capture, so tests can line it up with receive times
     measured in another process on the same host. Flushed once a second (every 25 records), so
     a test or benchmark can follow it live (e.g. wait until the turn has started).
@@ -88,6 +122,8 @@ class StreamStats:
     dropped_by_injection: int = 0
     refused: int = 0
     """Frames the native video source did not accept."""
+    data_sent: int = 0
+    """Packets handed to the data carrier (counted once, however many participants get them)."""
     late: int = 0
     resyncs: int = 0
     max_late_ms: float = 0.0
@@ -134,6 +170,9 @@ class _Playing:
     """Its TRANSITION_END has gone out."""
     abort_after: bool = False
     finished: bool = False
+    number: int = 0
+    """1-based count of the turns started, 0 until this one starts."""
+    frames_played: int = 0
 
 
 class MotionStreamer:
@@ -147,15 +186,21 @@ class MotionStreamer:
         send_log: SendLog | None = None,
         wall_clock: Callable[[], float] = time.time,
         first_seq: int = 0,
+        data_path: DataPath | None = None,
+        observers: Sequence[TurnObserver] = (),
     ) -> None:
         self.sink = sink
         self.clock = clock or FrameClock()
         self.send_log = send_log
+        self.data_path = data_path
+        self.observers: list[TurnObserver] = list(observers)
         self.stats = StreamStats()
         self._wall = wall_clock
         self._next_seq = first_seq
         self._queue: deque[_Playing] = deque()
         self._playing: _Playing | None = None
+        self._ended: list[tuple[_Playing, bool]] = []
+        """Finished turns whose observers have not heard it yet (told after the tick is sent)."""
         self._owe_transition_end = False
         self._stopping = False
         self._aborted = False
@@ -225,8 +270,11 @@ class MotionStreamer:
                 if self._aborted:
                     self._fail_all()
                     break
-                await self._send(self._next_tick(), tick_time)
+                tick, playing = self._next_tick()
+                await self._send(tick, tick_time)
+                self._after_tick(tick, playing)
         finally:
+            self._notify_ended()
             self._running = False
             self.stats.late = self.clock.late
             self.stats.resyncs = self.clock.resyncs
@@ -241,15 +289,15 @@ class MotionStreamer:
         self._queue.clear()
         self._owe_transition_end = False
 
-    def _next_tick(self) -> Tick:
+    def _next_tick(self) -> tuple[Tick, _Playing | None]:
+        """The tick to send now, and the turn it belongs to (None: a heartbeat or a closing
+        TRANSITION_END of an interrupted turn)."""
         if self._owe_transition_end and self._playing is None:
             # close an interrupted turn before anything else, even a turn queued right after
             self._owe_transition_end = False
-            return Tick((Emission(TRANSITION_END_PACKET, "transition_end", int(Flags.TRANSITION_END)),))
+            return Tick((Emission(TRANSITION_END_PACKET, "transition_end", int(Flags.TRANSITION_END)),)), None
         if self._playing is None and self._queue:
-            self._playing = self._queue.popleft()
-            self._playing.started_at = self._wall()
-            self.stats.turns_started += 1
+            self._start(self._queue.popleft())
         playing = self._playing
         if playing is not None:
             tick = playing.turn.ticks[playing.position]
@@ -257,8 +305,39 @@ class MotionStreamer:
             playing.closed = playing.closed or any(e.kind == "transition_end" for e in tick.emissions)
             if playing.position >= len(playing.turn.ticks):
                 self._finish(playing, completed=True)
-            return tick
-        return idle_tick()
+            return tick, playing
+        return idle_tick(), None
+
+    def _start(self, playing: _Playing) -> None:
+        self._playing = playing
+        playing.started_at = self._wall()
+        self.stats.turns_started += 1
+        playing.number = self.stats.turns_started
+        for observer in self.observers:
+            self._tell(observer.turn_started, playing.turn, playing.number)
+
+    def _after_tick(self, tick: Tick, playing: _Playing | None) -> None:
+        """Tell the observers about a frame that went out and about turns that ended."""
+        if playing is not None and any(e.kind in ("frame", "reordered") for e in tick.emissions):
+            playing.frames_played += 1
+            for observer in self.observers:
+                self._tell(observer.frame_sent, playing.turn, playing.number, playing.frames_played)
+        self._notify_ended()
+
+    def _notify_ended(self) -> None:
+        ended, self._ended = self._ended, []
+        if self._aborted:
+            return
+        for playing, completed in ended:
+            for observer in self.observers:
+                self._tell(observer.turn_ended, playing.turn, playing.number, completed)
+
+    @staticmethod
+    def _tell(method: Callable[..., None], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:  # an observer's bug must not stop the motion clock
+            log.exception("turn observer %r failed", method)
 
     def _finish(self, playing: _Playing, *, completed: bool) -> None:
         if playing is self._playing:
@@ -266,6 +345,8 @@ class MotionStreamer:
         if playing.finished:
             return
         playing.finished = True
+        if playing.number:
+            self._ended.append((playing, completed))
         ended = self._wall()
         if completed:
             self.stats.turns_completed += 1
@@ -302,6 +383,7 @@ class MotionStreamer:
     def _emit(self, emission: Emission, when: TickTime) -> None:
         t_ms = self._wall() * 1000
         accepted = False
+        on_data = False
         if emission.sent:
             # Capture times are on time.monotonic, the clock WebRTC stamps audio with on Linux
             # (CLOCK_MONOTONIC), and taken from the deadline rather than the wake-up, so RTP
@@ -317,6 +399,7 @@ class MotionStreamer:
                     setattr(self.stats, counter, getattr(self.stats, counter) + 1)
             else:
                 self.stats.refused += 1
+            on_data = self._send_data(emission)
         else:
             self.stats.dropped_by_injection += 1
         if self.send_log is not None:
@@ -325,6 +408,20 @@ class MotionStreamer:
                 "t_ms": round(t_ms, 3),
                 "flags": emission.flags,
                 "sent": emission.sent and accepted,
+                "data": on_data,
                 "kind": emission.kind,
                 "tick": when.index,
             })
+
+    def _send_data(self, emission: Emission) -> bool:
+        """The packet on the data carrier too, if one is attached (queued: never blocks)."""
+        if self.data_path is None:
+            return False
+        try:
+            on_data = self.data_path.send_packet(emission.data_bytes)
+        except Exception:
+            log.exception("data carrier send failed")
+            return False
+        if on_data:
+            self.stats.data_sent += 1
+        return on_data

@@ -50,7 +50,15 @@ class Emission:
     WebRTC's encoder queue drops a frame when a newer one is already waiting, so two frames
     must never be captured at the same instant."""
     sent: bool = True
-    """False: dropped on purpose (loss injection) — logged, never captured."""
+    """False: dropped on purpose (loss injection) — logged, never captured, on any carrier."""
+    data_packet: bytes | None = None
+    """The packet for the data carrier (wire-format.md §3b) when it differs from ``packet``:
+    frames always travel REDUNDANT there. ``None``: the same bytes as ``packet``."""
+
+    @property
+    def data_bytes(self) -> bytes:
+        """What the data carrier sends for this emission."""
+        return self.packet if self.data_packet is None else self.data_packet
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,8 @@ class Turn:
     first_seq: int
     frames: int
     label: str = "turn"
+    text: str | None = None
+    """What the avatar says in this turn (for transcripts); ``None`` when unknown."""
 
     @property
     def next_seq(self) -> int:
@@ -102,12 +112,14 @@ def build_turn(
     redundant: bool = False,
     compression: Compression = None,
     label: str = "turn",
+    text: str | None = None,
 ) -> Turn:
     """Plan a turn: [TRANSITION], frames (START on the first, END on the last), TRANSITION_END.
 
     The TRANSITION packet carries the first frame's ``Message`` as the pose to blend into, and
     takes its own tick (silent), as does the closing TRANSITION_END. With ``redundant`` every
-    frame packet also carries the two previous frames of the same turn.
+    frame packet also carries the two previous frames of the same turn. Either way every frame
+    also gets a REDUNDANT variant for the data carrier (:attr:`Emission.data_bytes`).
     """
     if not frames:
         raise ValueError("a turn needs at least one frame")
@@ -124,12 +136,14 @@ def build_turn(
             flags |= Flags.START
         if i == last:
             flags |= Flags.END
-        previous: tuple[bytes | None, ...] = ()
-        if redundant:
-            flags |= Flags.REDUNDANT
-            previous = (frames[i - 1].message if i >= 1 else None, frames[i - 2].message if i >= 2 else None)
         seq = first_seq + i
-        packet = encode_packet(MotionPacket(flags, seq, frame.message, previous), compression)
-        ticks.append(Tick((Emission(packet, "frame", packet[0], seq),), frame.audio))
+        previous = (frames[i - 1].message if i >= 1 else None, frames[i - 2].message if i >= 2 else None)
+        with_previous = encode_packet(MotionPacket(flags | Flags.REDUNDANT, seq, frame.message, previous),
+                                      compression)
+        if redundant:
+            packet, data_packet = with_previous, None
+        else:
+            packet, data_packet = encode_packet(MotionPacket(flags, seq, frame.message), compression), with_previous
+        ticks.append(Tick((Emission(packet, "frame", packet[0], seq, data_packet=data_packet),), frame.audio))
     ticks.append(Tick((Emission(TRANSITION_END_PACKET, "transition_end", int(Flags.TRANSITION_END)),)))
-    return Turn(tuple(ticks), first_seq, len(frames), label)
+    return Turn(tuple(ticks), first_seq, len(frames), label, text)
