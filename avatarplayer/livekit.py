@@ -25,7 +25,7 @@ DEFAULT_TRANSFORM_WORKER_URL = "/worker_transform/motion-transform.js"
 TRANSFORM_MODES = ("auto", "script", "streams", "data")
 AUDIO_POLICIES = ("avatar", "all", "none")
 _COMPACT = struct.Struct("<Idd")  # id, arrivalMs, rtpTimestamp: the compact packet header
-ATTACH_ACK_TIMEOUT_MS = 2000
+ATTACH_ACK_TIMEOUT_MS = 1500
 """A transform the worker has not reported running after this long is attached again."""
 WATCHDOG_MIN_FRAMES = 10
 """Frames the receiver counted, but the worker never saw, that make the watchdog re-attach."""
@@ -146,6 +146,7 @@ class LiveKitProvider:
         self._last_rtp_frames: int | None = None
         self._last_seen_total = 0
         self._checking = False
+        self._late_attach = False
         self.reattach_count = 0
         self._pc_hook: Any = None
         self._passed_through: dict[int, int] = {}
@@ -159,8 +160,12 @@ class LiveKitProvider:
         self.fallbacks: list[str] = []
         """Why the provider fell back to another carrier, in order (for the app and the tests)."""
         self.packets_before_open = 0
+        self.foreign_packets = 0
+        """Packets from a video track other than the motion track (ignored)."""
         self.data_packets_ignored = 0
         self._data_requested: set[str] = set()
+        self._data_acked: set[str | None] = set()
+        self._data_requested_at = 0.0
         self._mic_publication: Any = None
         self._custom_publication: Any = None
         if room is not None and _in_browser():
@@ -205,6 +210,7 @@ class LiveKitProvider:
         self.carrier = self._resolved_mode
         self.fallbacks = []
         self._data_requested.clear()
+        self._data_acked.clear()
         self.reattach_count = 0
         started = _now_ms()
         self.lk = self.lk or await self._load_livekit()
@@ -306,7 +312,7 @@ class LiveKitProvider:
         else:
             self._state(ConnectionState.FAILED, ConnectionError(f"the room disconnected (reason {reason})"))
 
-    def _on_track_subscribed(self, track: Any, publication: Any, participant: Any) -> None:
+    def _on_track_subscribed(self, track: Any, publication: Any, participant: Any, *_: Any) -> None:
         try:
             if track.kind == "video" and self.is_motion_publication(publication.trackName):
                 self.avatar_identity = participant.identity
@@ -330,8 +336,9 @@ class LiveKitProvider:
             return True
         return self.audio == "avatar" and identity == self.avatar_identity
 
-    def _on_participant_disconnected(self, participant: Any) -> None:
+    def _on_participant_disconnected(self, participant: Any, *_: Any) -> None:
         self._data_requested.discard(participant.identity)
+        self._data_acked.discard(participant.identity)
 
     def _audio_status(self) -> None:
         room = self.room
@@ -340,7 +347,8 @@ class LiveKitProvider:
 
     # ------------------------------------------------------------------------- data packets
 
-    def _on_data_received(self, payload: Any, participant: Any = None, kind: Any = None, topic: Any = None) -> None:
+    def _on_data_received(self, payload: Any, participant: Any = None, kind: Any = None, topic: Any = None,
+                          *_: Any) -> None:
         """Motion packets on ``data_topic`` (the data carrier), the worker's acknowledgements on
         the control topic, and anything else as a data message for the app."""
         topic = topic if isinstance(topic, str) else None
@@ -352,19 +360,35 @@ class LiveKitProvider:
                 else:
                     self.data_packets_ignored += 1
             elif topic == CONTROL_TOPIC:
-                self.log.info("from %s on %s: %s", identity, topic, bytes(payload.to_bytes())[:200].decode("utf-8", "replace"))
+                self._on_control(payload.to_bytes(), identity)
             elif self._sink is not None and hasattr(self._sink, "on_data"):
                 self._sink.on_data(payload.to_bytes(), topic, identity)
         except Exception:
             self.log.exception("handling a data message failed")
 
+    def _on_control(self, payload: bytes, identity: str | None) -> None:
+        try:
+            message = json.loads(payload.decode("utf-8"))
+        except ValueError:
+            return
+        if isinstance(message, dict) and message.get("type") == "carrier-ack" and message.get("carrier") == "data":
+            self._data_acked.add(identity)
+            self.log.info("%s sends motion packets on the data topic %r", identity, message.get("topic"))
+        elif isinstance(message, dict) and message.get("type") == "carrier-error":
+            self.log.error("%s cannot use the data carrier: %s", identity, message.get("error"))
+
     def _request_data_carrier(self, identity: str | None, *, again: bool = False) -> None:
-        """Ask the avatar worker to send motion packets as data messages to us (wire-format 3b)."""
+        """Ask the avatar worker to send motion packets as data messages to us (wire-format 3b).
+        Repeated from :meth:`poll` until the worker acknowledges: a request sent while either side
+        is still joining can be lost."""
         if identity is None or self.room is None or (identity in self._data_requested and not again):
             return
         import js
 
         self._data_requested.add(identity)
+        if again:
+            self._data_acked.discard(identity)
+        self._data_requested_at = _now_ms()
         message = json.dumps({"type": "carrier", "carrier": "data", "topic": self.data_topic})
         promise = self.room.localParticipant.publishData(
             js.TextEncoder.new().encode(message),
@@ -389,7 +413,7 @@ class LiveKitProvider:
         if self._sink is not None:
             self._sink.on_motion_attached("data")
 
-    def _on_track_unsubscribed(self, track: Any, publication: Any, participant: Any) -> None:
+    def _on_track_unsubscribed(self, track: Any, publication: Any, participant: Any, *_: Any) -> None:
         if self._motion_track is not None and track.sid == self._motion_track.sid:
             self._motion_track = None
         attached = self._audio_elements.pop(track.sid, None)
@@ -425,7 +449,8 @@ class LiveKitProvider:
             self.fall_back_to_data("the motion track has no RTCRtpReceiver")
             return
         attach_id = getattr(receiver, "avatarplayerAttachId", None)
-        if attach_id is None or attach_id not in self._ports:
+        self._late_attach = attach_id is None or attach_id not in self._ports
+        if self._late_attach:
             try:
                 attach_id = self._attach_to_receiver(receiver)
             except Exception as exc:
@@ -479,13 +504,16 @@ class LiveKitProvider:
             if self._sink is None:  # a shared room the app connected before the player did
                 self.packets_before_open += 1
                 return
+            if self._motion_attach_id is not None and attach_id != self._motion_attach_id:
+                self.foreign_packets += 1  # another video track that carries packets: not the avatar's
+                return
             self._sink.on_packet(raw[_COMPACT.size:], arrival_ms)
             return
         kind = data.type
         if kind == "packet":
             attach_id = data.id
             self._packets[attach_id] = self._packets.get(attach_id, 0) + 1
-            if self._sink is not None:
+            if self._sink is not None and self._motion_attach_id in (None, attach_id):
                 self._sink.on_packet(data.packet.to_bytes(), data.arrivalMs)
         elif kind == "attached":
             self.log.info("transform #%s running in the worker (%s)", data.id, data.mode)
@@ -502,9 +530,15 @@ class LiveKitProvider:
     def poll(self, now_ms: float) -> None:
         """Called about once a second by the player: ask the transforms for their counters and
         re-attach when the motion track's one never started, or when the receiver counts frames
-        that the worker never saw. After ``MAX_REATTACH`` tries it reports an error instead."""
+        that the worker never saw; after ``MAX_REATTACH`` tries, fall back to the data carrier.
+        On the data carrier, repeat the request until the avatar worker acknowledges it."""
         track = self._motion_track
-        if track is None or self._worker is None or self._motion_attach_id is None or self.carrier == "data":
+        if self.carrier == "data":
+            identity = self.avatar_identity
+            if identity is not None and identity not in self._data_acked and now_ms - self._data_requested_at > 900:
+                self._request_data_carrier(identity, again=True)
+            return
+        if track is None or self._worker is None or self._motion_attach_id is None:
             return
         self.request_stats()
         current = self._motion_attach_id
@@ -540,6 +574,10 @@ class LiveKitProvider:
             self._checking = False
 
     def _reattach(self, track: Any, why: str) -> None:
+        if self._late_attach and self.carrier == "script":
+            # attached after the receiver was negotiated: re-attaching never revived one (Chromium 156)
+            self.fall_back_to_data(f"{why} (a late attach)")
+            return
         if self.reattach_count >= MAX_REATTACH:
             self.fall_back_to_data(f"{why}, and {MAX_REATTACH} re-attachments did not help")
             return

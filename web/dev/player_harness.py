@@ -156,6 +156,7 @@ def results():
         "audioElements": [{"identity": str(e.dataset.avatarIdentity), "paused": bool(e.paused),
                            "tag": str(e.tagName)} for e in js.document.querySelectorAll("audio")],
         "canPlayAudio": player.can_play_audio,
+        "audioClicks": audio_clicks,
         "errors": list(js.window.harness.errors),
         "transformStats": {str(k): v for k, v in provider.transform_stats.items()},
         "ticker": {"ticks": player._ticker.ticks, "caughtUp": player._ticker.caught_up,
@@ -228,6 +229,21 @@ js.window.harness.progress = create_proxy(progress)
 js.window.harness.disconnect = create_proxy(disconnect)  # JS gets a Promise (a Python awaitable)
 js.window.harness.connect = create_proxy(connect)
 js.window.harness.run = create_proxy(run)
+audio_clicks = []
+
+
+async def on_start_audio_click(event):
+    """The page's "Start audio" button: a user gesture, which is what start_audio() needs."""
+    try:
+        await player.start_audio()
+        audio_clicks.append({"ok": True, "canPlayAudio": player.can_play_audio})
+    except Exception as exc:
+        audio_clicks.append({"ok": False, "error": repr(exc)})
+
+
+_button = js.document.getElementById("start-audio")
+if _button is not None:
+    _button.addEventListener("click", create_proxy(on_start_audio_click))
 js.window.harness.player = player
 js.window.harness.phase = "ready"
 if cfg["autoconnect"]:

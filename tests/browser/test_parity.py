@@ -1,0 +1,321 @@
+"""AvatarPlayer parity with the JavaScript RTC adapter (issue 4), each point in Chromium against the
+real LiveKit server and the real avatar worker. Failure messages start with the session summary."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import bootstrap  # tools/, on sys.path through conftest
+from avatar_worker.script import payload_for
+from realstack import start_worker
+from webapp import build_app
+
+from .parity import events_of, explain, new_room, open_harness, py, read_harness, wait_for
+
+
+@pytest.fixture(scope="module")
+def app(livekit_server):
+    bootstrap.ensure_web_wheels()
+    with build_app(livekit_server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default") as server:
+        yield server
+
+
+@pytest.fixture
+def room():
+    return new_room()
+
+
+def seqs_of(run, frames: int) -> list[int | None]:
+    """The worker's seq of every rendered frame (None for a frame it never made)."""
+    seq_of = {payload_for(seq): seq for seq in range(frames)}
+    return [seq_of.get(frame) for frame in run.frames]
+
+
+def assert_in_order(run, frames: int, why: str) -> list[int]:
+    seqs = seqs_of(run, frames)
+    assert None not in seqs, "the renderer got a frame the worker never sent\n" + why
+    assert seqs == sorted(set(seqs)), "rendered out of order or twice\n" + why
+    return seqs
+
+
+# --------------------------------------------------------------------- 2. transform robustness
+
+# A transform that runs but never hands anything to the player: what a dead attachment looks like.
+DEAD_TRANSFORM = """
+(() => {
+  const Native = window.RTCRtpScriptTransform;
+  const source = "onrtctransform = (e) => e.transformer.readable.pipeTo(e.transformer.writable);";
+  const url = URL.createObjectURL(new Blob([source], {type: "text/javascript"}));
+  let left = %d;
+  window.RTCRtpScriptTransform = function (worker, options, transfer) {
+    if (left > 0) { left -= 1; window.deadTransforms = (window.deadTransforms || 0) + 1;
+                    return new Native(new Worker(url), {}, []); }
+    return new Native(worker, options, transfer);
+  };
+})();
+"""
+
+FORCE = {
+    "streams": "delete window.RTCRtpScriptTransform;",
+    "data": "delete window.RTCRtpScriptTransform; delete RTCRtpReceiver.prototype.createEncodedStreams;",
+}
+
+
+@pytest.mark.parametrize("missing, expected", [("streams", "streams"), ("data", "data")],
+                         ids=["no-script-transform", "no-encoded-transforms-at-all"])
+def test_fallback_chain_when_the_browser_lacks_transforms(browser_page, app, livekit_server, room, tmp_path,
+                                                          missing, expected):
+    """RTCRtpScriptTransform missing -> createEncodedStreams; both missing -> the data carrier
+    (the worker sends REDUNDANT packets on a data topic once the player asks)."""
+    browser_page.add_init_script(FORCE[missing])
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "300", "--tail-ms", "1500")
+    try:
+        open_harness(browser_page, app, livekit_server, room)
+        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=90)
+    finally:
+        worker.stop()
+    why = explain(run, worker)
+    assert run.phase == "connected" and run.results["motionMode"] == expected, why
+    assert run.results["carrier"] == expected, why
+    seqs = assert_in_order(run, 300, why)
+    assert len(seqs) >= 297, why  # (data messages are lossy: REDUNDANT covers single losses)
+    assert run.summary["packetsMalformed"] == 0 and "error" not in run.event_names(), why
+    if expected == "data":
+        sent = worker.sent()
+        assert any(r.get("data") for r in sent if r.get("kind") == "frame"), "the worker never used the data carrier"
+
+
+@pytest.mark.parametrize("dead", [1, 3], ids=["first-attach-dead", "every-attach-dead"])
+def test_watchdog_reattaches_a_dead_transform_then_falls_back_to_data(browser_page, app, livekit_server, room,
+                                                                      tmp_path, dead):
+    """The receiver's getStats() shows frames the transform never delivered: re-attach (a dead
+    first attachment is revived), and after 2 failed re-attachments use the data carrier."""
+    browser_page.add_init_script(DEAD_TRANSFORM % dead)
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "400", "--lead-in-ms", "8000",
+                          "--tail-ms", "1500")
+    try:
+        open_harness(browser_page, app, livekit_server, room)
+        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=120)
+    finally:
+        worker.stop()
+    why = explain(run, worker) + f"\ndead transforms made: {browser_page.evaluate('window.deadTransforms')}"
+    seqs = assert_in_order(run, 400, why)
+    attached = [e[0] for e in events_of(run, "motion-track-attached")]
+    if dead == 1:
+        assert run.results["reattaches"] == 1 and run.results["carrier"] == "script", why
+        assert attached == ["script", "script"], why
+    else:
+        assert run.results["reattaches"] == 2 and run.results["carrier"] == "data", why
+        assert attached[-1] == "data" and len(run.results["fallbacks"]) == 1, why
+    assert len(seqs) >= 390, why  # frames flow once revived / on the data carrier
+
+
+def test_motion_track_republished_is_attached_again(browser_page, app, livekit_server, room, tmp_path):
+    """The worker unpublishes its motion track mid-turn and publishes a new one: the player
+    attaches to the new subscription and the turn goes on."""
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "400", "--republish-after", "150",
+                          "--tail-ms", "1500")
+    try:
+        open_harness(browser_page, app, livekit_server, room)
+        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=90)
+    finally:
+        worker.stop()
+    why = explain(run, worker)
+    assert any(r.get("kind") == "republish" for r in worker.sent()), "the worker did not republish\n" + why
+    seqs = assert_in_order(run, 400, why)
+    assert len(events_of(run, "motion-track-attached")) >= 2, why
+    assert seqs[-1] >= 390 and len([s for s in seqs if s > 160]) >= 200, why  # frames after the new track
+
+
+# --------------------------------------------------------------------------- 8. loss recovery
+
+
+def test_redundant_packets_recover_ten_percent_loss(browser_page, app, livekit_server, room, tmp_path):
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "500", "--redundant", "--loss", "0.10",
+                          "--seed", "5", "--tail-ms", "1500")
+    try:
+        open_harness(browser_page, app, livekit_server, room)
+        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=90)
+    finally:
+        worker.stop()
+    why = explain(run, worker)
+    lost = 500 - len(worker.sent_frames())
+    assert lost >= 30, f"the injection dropped only {lost} frames\n" + why
+    seqs = assert_in_order(run, 500, why)
+    s = run.summary
+    assert len(seqs) >= 495 and s["framesRendered"] >= 495, why  # >= 99 %
+    assert s["framesRecovered"] >= lost * 0.8, why  # recovered frames are counted
+
+
+# ------------------------------------------------------------------------ 6. turns and data
+
+
+def test_turn_events_and_agent_data_messages(browser_page, app, livekit_server, room, tmp_path):
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "100", "--turns", "2", "--agent-data",
+                          "--tail-ms", "1500")
+    try:
+        open_harness(browser_page, app, livekit_server, room)
+        run = wait_for(browser_page, lambda r: r.event_names().count("turn-ended") >= 2
+                       and r.event_names().count("agent-status") >= 4, timeout_s=90)
+    finally:
+        worker.stop()
+    why = explain(run, worker)
+    started = [e[0] for e in events_of(run, "turn-started")]
+    ended = events_of(run, "turn-ended")
+    assert len(started) == 2 and [e[0] for e in ended] == started, why  # each turn, with its id
+    assert set(run.results["conversations"]) == set(started), why  # the renderer got the same ids
+    statuses = [e[0]["status"] for e in events_of(run, "agent-status")]
+    assert statuses[:4] == ["speaking", "listening", "speaking", "listening"], why
+    chunks = [e[0] for e in events_of(run, "transcript")]
+    assert chunks and all(c["class"] == "TranscriptChunk" and c["role"] == "agent" for c in chunks), why
+    assert any(c["final"] for c in chunks) and all(isinstance(c["text"], str) and c["text"] for c in chunks), why
+    generic = [e[0] for e in events_of(run, "data-message")]
+    assert len(generic) == len(chunks) + len(statuses), why  # every message also as a data-message
+    assert all(g["topic"] == "avatarplayer.agent" and g["participant_identity"] == "avatar-worker"
+               for g in generic), why
+
+
+# ------------------------------------------------------------------------ 5. sharing a Room
+
+
+@pytest.mark.parametrize("shared", ["before", "after"])
+def test_a_room_the_app_created_and_connected_itself(browser_page, app, livekit_server, room, tmp_path, shared):
+    """``LiveKitProvider(room=app_room)``: handed over before the app connects it (the transform
+    is attached as receivers are created), or after (late attach, data carrier if it is dead).
+    ``disconnect()`` leaves the app's room connected."""
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "300", "--lead-in-ms", "2500",
+                          "--tail-ms", "1500")
+    try:
+        open_harness(browser_page, app, livekit_server, room, shared=shared)
+        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=120)
+        browser_page.evaluate("window.harness.disconnect()")
+        run = wait_for(browser_page, lambda r: r.results.get("state") == "disconnected", timeout_s=20)
+        app_room_state = browser_page.evaluate("window.harness.appRoom.state")
+    finally:
+        worker.stop()
+    why = explain(run, worker) + f"\napp room state: {app_room_state}"
+    seqs = assert_in_order(run, 300, why)
+    assert len(seqs) >= 290, why
+    if shared == "before":
+        assert run.results["carrier"] == "script" and not run.results["fallbacks"], why
+    assert app_room_state == "connected", why  # the player does not close a room it does not own
+    assert not run.errors, why
+
+
+# ------------------------------------------------------------------------ 4. audio playback
+
+
+def test_only_the_avatars_audio_is_attached(browser_page, app, livekit_server, room, tmp_path):
+    """A second participant publishing a microphone (another worker with a tone and a non-motion
+    video track) is not heard: only the avatar's audio gets an element."""
+    avatar = start_worker(livekit_server, room, tmp_path / "avatar", "--frames", "250", "--tail-ms", "1500")
+    other = start_worker(livekit_server, room, tmp_path / "other", "--identity", "second-user",
+                         "--audio-track-name", "microphone", "--motion-track-name", "camera",
+                         "--frames", "400", wait_for_viewer=False)
+    try:
+        open_harness(browser_page, app, livekit_server, room)
+        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=90)
+        subscribed = py(browser_page, """
+[[p.identity, pub.trackName, pub.kind, bool(pub.isSubscribed)]
+ for p in provider.room.remoteParticipants.values() for pub in p.trackPublications.values()]
+""")
+    finally:
+        avatar.stop()
+        other.stop()
+    why = explain(run, avatar, other) + f"\nsubscriptions: {subscribed}"
+    assert ["second-user", "microphone", "audio", True] in subscribed, why  # it was there to be heard
+    elements = run.results["audioElements"]
+    assert [e["identity"] for e in elements] == ["avatar-worker"], why
+    assert not elements[0]["paused"], why
+    assert_in_order(run, 250, why)  # the other track's packets never reached the renderer
+
+
+# --------------------------------------------------------------------------- 7. logging, options
+
+
+RAISING_HANDLERS = """
+calls = []
+def bad_sync(*args):
+    calls.append("sync")
+    raise ValueError("sync handler failure")
+async def bad_async(*args):
+    calls.append("async")
+    raise ValueError("async handler failure")
+for name in ("turn-started", "connection-state-changed"):
+    player.on(name, bad_sync)
+    player.on(name, bad_async)
+"""
+
+
+@pytest.mark.parametrize("level", ["none", "warning"])
+def test_log_level_and_handler_isolation(browser_page, browser_log, app, livekit_server, room, tmp_path, level):
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "150", "--tail-ms", "1500")
+    try:
+        open_harness(browser_page, app, livekit_server, room, autoconnect="0", log=level)
+        py(browser_page, RAISING_HANDLERS)
+        browser_page.evaluate("window.harness.connect()")
+        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=90)
+        calls = py(browser_page, "calls")
+        handler_errors = py(browser_page, "player._events.handler_errors")
+    finally:
+        worker.stop()
+    why = explain(run, worker)
+    assert_in_order(run, 150, why)
+    assert run.summary["framesRendered"] >= 148, why  # the raising handlers broke nothing
+    assert "sync" in calls and "async" in calls and handler_errors == len(calls), why
+    browser_page.close()  # the console log is complete once the page is closed
+    ours = [line for line in browser_log.console if "avatarplayer" in line and "handler" in line]
+    if level == "none":
+        assert not [line for line in browser_log.console if ":avatarplayer." in line], "\n".join(ours)
+    else:
+        assert any("sync handler failure" in line for line in browser_log.console), browser_log.dump()
+        assert any("async handler failure" in line for line in browser_log.console), browser_log.dump()
+        assert not [line for line in browser_log.console if line.startswith("[warning] INFO:avatarplayer.")], \
+            "info lines at log_level='warning'"
+
+
+BAD_OPTIONS = """
+cases = {
+    "log_level": dict(log_level="loud"),
+    "enable_jitter_buffer": dict(enable_jitter_buffer="yes"),
+    "max_buffer_delay_ms": dict(max_buffer_delay_ms=-5),
+    "stall_timeout_ms": dict(stall_timeout_ms="3s"),
+    "connect_timeout_s": dict(connect_timeout_s=0),
+}
+provider_cases = {
+    "animation_track_name_pattern": dict(animation_track_name_pattern="(unclosed"),
+    "transform_mode": dict(transform_mode="magic"),
+    "audio": dict(audio="everyone"),
+    "room": dict(room=42),
+    "data_topic": dict(data_topic=""),
+}
+out = {}
+for name, kwargs in cases.items():
+    try:
+        AvatarPlayer(make_provider(), RecordingRenderer(), **kwargs)
+        out[name] = None
+    except (TypeError, ValueError) as exc:
+        out[name] = str(exc)
+for name, kwargs in provider_cases.items():
+    try:
+        LiveKitProvider(**kwargs)
+        out[name] = None
+    except (TypeError, ValueError) as exc:
+        out[name] = str(exc)
+try:
+    AvatarPlayer(make_provider(), object())
+    out["renderer"] = None
+except TypeError as exc:
+    out["renderer"] = str(exc)
+out
+"""
+
+
+def test_every_option_is_validated_at_construction_in_the_browser(browser_page, app, livekit_server, room):
+    open_harness(browser_page, app, livekit_server, room, autoconnect="0")
+    out = py(browser_page, BAD_OPTIONS)
+    for name, message in out.items():
+        assert message is not None and name in message, f"{name}: {message!r}"
