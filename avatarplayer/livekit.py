@@ -623,9 +623,16 @@ class LiveKitProvider:
         self.log.info("publishing the microphone")
 
     async def stop_publishing(self) -> None:
+        """Unpublish the microphone and stop it (the browser's "in use" indicator goes off).
+        livekit-client's ``setMicrophoneEnabled(false)`` only mutes it, still published."""
         self._require_room("stop_publishing")
-        await self.room.localParticipant.setMicrophoneEnabled(False)
+        local = self.room.localParticipant
+        publication = local.getTrackPublication(self.lk.Track.Source.Microphone)
         self._mic_publication = None
+        custom = self._custom_publication
+        if publication is not None and publication.track is not None and (
+                custom is None or publication.trackSid != custom.trackSid):
+            await local.unpublishTrack(publication.track, True)
 
     async def publish_audio(self, track: Any) -> None:
         """Publish any audio ``MediaStreamTrack`` as the user's audio (replacing a previous one)."""

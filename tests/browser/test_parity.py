@@ -319,3 +319,161 @@ def test_every_option_is_validated_at_construction_in_the_browser(browser_page, 
     out = py(browser_page, BAD_OPTIONS)
     for name, message in out.items():
         assert message is not None and name in message, f"{name}: {message!r}"
+
+
+# ------------------------------------------------------------------ 3. microphone, custom audio
+
+
+def audio_records(path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_report(path, predicate, timeout_s: float = 20.0) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = audio_records(path)
+        if predicate(records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.25)
+
+
+def loud_seconds(records: list[dict], sid: str, rms: float = 200.0) -> int:
+    return sum(1 for r in records if r.get("kind") == "audio" and r.get("sid") == sid and r["rms"] >= rms)
+
+
+def track_event(records: list[dict], event: str, identity: str = "viewer") -> list[dict]:
+    return [r for r in records if r.get("kind") == "audio-track" and r.get("event") == event
+            and r.get("identity") == identity]
+
+
+OSCILLATOR = """() => {
+  const ctx = new AudioContext();
+  const osc = ctx.createOscillator();
+  const gain = ctx.createGain();
+  gain.gain.value = 0.5;
+  const dest = ctx.createMediaStreamDestination();
+  osc.connect(gain).connect(dest);
+  osc.start();
+  window.customTrack = dest.stream.getAudioTracks()[0];
+  return ctx.state;
+}"""
+
+
+def test_microphone_and_custom_audio_reach_the_avatar_worker(browser_page, app, livekit_server, room, tmp_path):
+    """Chromium's fake microphone plays a 440 Hz WAV; the worker measures what it receives from
+    the user, per second. Then a WebAudio oscillator track through publish_audio()."""
+    report = tmp_path / "audio.jsonl"
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "2000", "--audio-report", str(report))
+    try:
+        open_harness(browser_page, app, livekit_server, room, can_publish=True)
+        wait_for(browser_page, lambda r: r.results.get("state") == "connected", timeout_s=30)
+
+        py(browser_page, "await player.start_publishing()")
+        records = wait_for_report(report, lambda rs: any(loud_seconds(rs, t["sid"]) >= 3
+                                                          for t in track_event(rs, "subscribed")))
+        mic = track_event(records, "subscribed")
+        assert mic and loud_seconds(records, mic[0]["sid"]) >= 3, f"no sound from the microphone: {records[-8:]}"
+        py(browser_page, "await player.stop_publishing()")
+        records = wait_for_report(report, lambda rs: track_event(rs, "unsubscribed"))
+        assert track_event(records, "unsubscribed"), f"the microphone was not unpublished: {records[-5:]}"
+
+        assert browser_page.evaluate(OSCILLATOR) == "running"
+        py(browser_page, "await player.publish_audio(js.window.customTrack)")
+        records = wait_for_report(report, lambda rs: len(track_event(rs, "subscribed")) >= 2
+                                  and loud_seconds(rs, track_event(rs, "subscribed")[1]["sid"]) >= 2)
+        custom = track_event(records, "subscribed")[1:]
+        assert custom and custom[0]["track"] == "user-audio", records[-8:]
+        assert loud_seconds(records, custom[0]["sid"], rms=1000) >= 2, f"no sound from the custom track: {records[-8:]}"
+        py(browser_page, "await player.unpublish_audio()")
+        records = wait_for_report(report, lambda rs: len(track_event(rs, "unsubscribed")) >= 2)
+        assert len(track_event(records, "unsubscribed")) >= 2, records[-5:]
+        assert browser_page.evaluate("window.customTrack.readyState") == "live"  # not stopped
+        run = read_harness(browser_page)
+    finally:
+        worker.stop()
+    why = explain(run, worker)
+    assert "error" not in run.event_names() and run.results["state"] == "connected", why
+
+
+def isolated_page(playwright_instance, args: list[str]):
+    """A page in a browser of its own (flags that must differ from the shared browser's), with
+    the same off-loopback guard."""
+    from .conftest import CHROMIUM, is_loopback_url
+
+    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+    page = browser.new_context().new_page()
+    page.off_loopback = []
+    page.console_lines = []
+    page.context.on("request", lambda req: None if is_loopback_url(req.url) else page.off_loopback.append(req.url))
+    page.on("console", lambda msg: page.console_lines.append(msg.text))
+    return browser, page
+
+
+def test_microphone_permission_denied_is_an_error_event_and_a_named_exception(playwright_instance, browser_args,
+                                                                            app, livekit_server, room, tmp_path):
+    args = [a for a in browser_args if not a.startswith("--use-fake-ui-for-media-stream")]
+    browser, page = isolated_page(playwright_instance, args)  # no fake UI: Chromium denies the prompt
+    try:
+        open_harness(page, app, livekit_server, room, can_publish=True)
+        wait_for(page, lambda r: r.results.get("state") == "connected", timeout_s=30)
+        out = py(page, """
+try:
+    await player.start_publishing()
+    result = None
+except Exception as exc:
+    result = exc
+result
+""")
+        run = read_harness(page)
+    finally:
+        browser.close()
+    why = explain(run)
+    assert out and out["class"] == "MediaDeviceError", why + f"\n{out}"
+    assert out["name"] == "NotAllowedError" and "NotAllowedError" in out["message"], out
+    assert out["cause"] == "permission-denied", out
+    errors = events_of(run, "error")
+    assert len(errors) == 1 and errors[0][0]["class"] == "MediaDeviceError", why
+    assert run.results["state"] == "connected", why  # a denied microphone does not end the session
+    assert not page.off_loopback, page.off_loopback
+
+
+# ------------------------------------------------------------- 4. autoplay blocked, start_audio
+
+
+def test_autoplay_blocked_is_an_event_and_start_audio_resumes(playwright_instance, browser_args, app,
+                                                              livekit_server, room, tmp_path):
+    """With a user-gesture autoplay policy the avatar's audio element cannot start by itself: the
+    player says so (``audio-blocked``); a click on a button that calls start_audio() plays it.
+
+    The test does not touch the page until the block is seen: Playwright's evaluate() counts as
+    a user gesture, which would unblock autoplay."""
+    args = [a for a in browser_args if not a.startswith("--autoplay-policy")]
+    args.append("--autoplay-policy=user-gesture-required")
+    browser, page = isolated_page(playwright_instance, args)
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "1000")
+    try:
+        token = livekit_server.token("viewer", room, can_publish=False)
+        from realstack import harness_url
+
+        with page.expect_console_message(lambda m: "blocked the avatar's audio" in m.text, timeout=60_000):
+            page.goto(harness_url(app, livekit_server, token))
+        run = read_harness(page)
+        why = explain(run, worker)
+        assert run.event_names().count("audio-blocked") == 1, why
+        assert events_of(run, "audio-playback-changed") == [[False]], why
+        assert run.results["canPlayAudio"] is False, why
+        assert [e["paused"] for e in run.results["audioElements"]] == [True], why
+
+        page.click("#start-audio")
+        run = wait_for(page, lambda r: "audio-playback-changed" in r.event_names()
+                       and r.event_names().count("audio-playback-changed") >= 2, timeout_s=15)
+    finally:
+        worker.stop()
+        browser.close()
+    why = explain(run, worker)
+    assert events_of(run, "audio-playback-changed") == [[False], [True]], why
+    assert run.results["audioClicks"] == [{"ok": True, "canPlayAudio": True}], why
+    assert [e["paused"] for e in run.results["audioElements"]] == [False], why
+    assert not page.off_loopback, page.off_loopback
