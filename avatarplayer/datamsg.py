@@ -25,6 +25,8 @@ CONTROL_TOPIC = "avatarplayer.control"
 
 MAX_JSON_BYTES = 256 * 1024
 """Larger payloads are not parsed as JSON (they are still delivered as raw bytes)."""
+MAX_JSON_DEPTH = 64
+"""Deeper JSON is not parsed: deep nesting overflows Pyodide's stack, which is fatal there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +83,35 @@ def parse_data_message(payload: bytes, topic: str | None = None,
 
 
 def _json(payload: bytes) -> Any:
-    if not payload or len(payload) > MAX_JSON_BYTES or payload[:1] not in b'{["':
+    if not payload or len(payload) > MAX_JSON_BYTES or payload[:1] not in b'{["' or _too_deep(payload):
         return None
     try:
         return json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
+
+
+def _too_deep(payload: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when brackets nest deeper than ``limit`` (strings and escapes are skipped). Cheap for
+    ordinary messages: the scan runs only when there are more than ``limit`` opening brackets."""
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in payload:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False

@@ -226,3 +226,124 @@ def test_ticker_catches_up_missed_ticks_and_resyncs_after_a_long_stall():
     assert seen[:4] == [0.0, 130.0, 130.0, 130.0]
     assert ticker.caught_up == 2 and ticker.overruns == 1
     assert seen[4:] == [1000.0]
+
+
+def test_bad_connect_arguments_fail_the_player_with_a_named_error():
+    from avatarplayer.player import ConnectConfigError
+
+    async def main():
+        player, provider, _, states = make()
+        errors = []
+        player.on("error", errors.append)
+        with pytest.raises(ValueError, match="url") as info:  # a ConnectConfigError is a ValueError
+            await player.connect(url="not-a-url", token="t")
+        return player, provider, states, errors, info.value
+
+    player, provider, states, errors, exc = asyncio.run(main())
+    assert isinstance(exc, ConnectConfigError) and exc.cause == "config" and errors == [exc]
+    assert states == ["failed"] and provider.opened == []
+    with pytest.raises(RuntimeError, match="previous connect"):  # nothing to reconnect with
+        asyncio.run(player.reconnect())
+
+
+class SharedRoomProvider(StandInProvider):
+    def shares_connected_room(self):
+        return True
+
+
+def test_a_shared_connected_room_needs_no_connect_arguments():
+    async def main():
+        player, provider, _, states = make(provider=SharedRoomProvider())
+        await player.connect()
+        return provider, states
+
+    provider, states = asyncio.run(main())
+    assert states == ["connecting", "connected"] and provider.opened == [("", "")]
+
+
+def test_audio_blocked_and_resumed_events_fire_on_changes_only():
+    player, *_ = make()
+    seen = []
+    player.on("audio-blocked", lambda: seen.append("blocked"))
+    player.on("audio-playback-changed", lambda ok: seen.append(ok))
+    for can_play in (True, False, False, True, True):
+        player.on_audio_playback(can_play)
+    assert seen == ["blocked", False, True] and player.can_play_audio is True
+
+
+def test_data_messages_become_typed_events():
+    from avatarplayer.datamsg import AgentStatus, TranscriptChunk
+
+    player, *_ = make()
+    seen = {name: [] for name in ("data-message", "transcript", "agent-status")}
+    for name, bucket in seen.items():
+        player.on(name, bucket.append)
+    player.on_data(b'{"type": "agent_status", "data": {"status": "thinking"}}', "agent", "a")
+    player.on_data(b'{"type": "transcript_chunk", "data": {"text": "hi", "final": true}}', "agent", "a")
+    player.on_data(b"\x00binary", None, "a")
+    assert [type(m).__name__ for m in seen["data-message"]] == ["AgentStatus", "TranscriptChunk", "DataMessage"]
+    assert isinstance(seen["agent-status"][0], AgentStatus) and seen["agent-status"][0].status == "thinking"
+    assert isinstance(seen["transcript"][0], TranscriptChunk) and seen["transcript"][0].final is True
+
+
+class MicProvider(StandInProvider):
+    def __init__(self, error=None):
+        super().__init__()
+        self.error, self.calls = error, []
+
+    async def start_publishing(self):
+        self.calls.append("start")
+        if self.error:
+            raise self.error
+
+
+def test_microphone_calls_need_a_connection_and_a_denial_is_an_error_event():
+    from avatarplayer.player import MediaDeviceError
+
+    denied = MediaDeviceError("the microphone could not be opened: NotAllowedError", "NotAllowedError",
+                              "permission-denied")
+
+    async def main():
+        player, provider, *_ = make(provider=MicProvider(error=denied), log_level="none")
+        errors = []
+        player.on("error", errors.append)
+        with pytest.raises(RuntimeError, match="connected"):
+            await player.start_publishing()
+        await player.connect(url="ws://127.0.0.1:7880", token="t")
+        with pytest.raises(MediaDeviceError) as info:
+            await player.start_publishing()
+        with pytest.raises(NotImplementedError, match="publish_audio"):
+            await player.publish_audio(object())
+        await player.disconnect()
+        return provider, errors, info.value
+
+    provider, errors, exc = asyncio.run(main())
+    assert provider.calls == ["start"] and errors == [denied] and exc.cause == "permission-denied"
+
+
+@pytest.mark.parametrize("level, logged", [("none", False), ("warning", True)])
+def test_log_level_none_logs_nothing_and_handler_errors_are_isolated(caplog, level, logged):
+    async def main():
+        player, provider, *_ = make(log_level=level)
+
+        def bad(*_):
+            raise ValueError("boom")
+
+        async def bad_async(*_):
+            raise ValueError("async boom")
+
+        player.on("connection-state-changed", bad)
+        player.on("connection-state-changed", bad_async)
+        await player.connect(url="ws://127.0.0.1:7880", token="t")
+        await asyncio.sleep(0)
+        await player.disconnect()
+        await asyncio.sleep(0.01)
+        return player
+
+    with caplog.at_level("INFO"):
+        player = asyncio.run(main())
+    assert player._events.handler_errors == 6 and player.connection_state == "disconnected"
+    ours = [r for r in caplog.records if r.name.startswith("avatarplayer")]
+    assert bool(ours) is logged
+    if logged:
+        assert any("boom" in str(r.exc_info[1]) for r in ours if r.exc_info)
