@@ -42,11 +42,21 @@ data-packet carrier."""
 _PC_HOOK_JS = """
 (() => {
   if (globalThis.__avatarplayerPcHook) return globalThis.__avatarplayerPcHook;
-  const hook = { onVideoReceiver: null, offered: new WeakSet() };
+  const hook = { onVideoReceiver: null, pipeSenders: false, offered: new WeakSet() };
   const offer = (receiver) => {
     if (!receiver || !receiver.track || receiver.track.kind !== "video" || hook.offered.has(receiver)) return;
     hook.offered.add(receiver);
     if (hook.onVideoReceiver) hook.onVideoReceiver(receiver);
+  };
+  // With encodedInsertableStreams a sender sends nothing until its encoded streams are read, and
+  // they can only be created right after the sender is: pipe them straight through, here.
+  const pipe = (sender) => {
+    if (!hook.pipeSenders || !sender || sender.avatarplayerPiped) return;
+    try {
+      const { readable, writable } = sender.createEncodedStreams();
+      readable.pipeTo(writable).catch(() => {});
+      sender.avatarplayerPiped = true;
+    } catch (e) { hook.pipeErrors = (hook.pipeErrors || 0) + 1; }
   };
   const Native = globalThis.RTCPeerConnection;
   class AvatarPlayerPeerConnection extends Native {
@@ -56,8 +66,14 @@ _PC_HOOK_JS = """
     }
     addTransceiver(trackOrKind, init) {
       const transceiver = super.addTransceiver(trackOrKind, init);
+      if (typeof trackOrKind !== "string") pipe(transceiver.sender);
       offer(transceiver.receiver);
       return transceiver;
+    }
+    addTrack(track, ...streams) {
+      const sender = super.addTrack(track, ...streams);
+      pipe(sender);
+      return sender;
     }
   }
   globalThis.RTCPeerConnection = AvatarPlayerPeerConnection;
@@ -177,9 +193,9 @@ class LiveKitProvider:
         self._resolved_mode = self._resolve_mode()
         if room.state == "connected":
             return
-        if self._resolved_mode == "script":
+        if self._resolved_mode in ("script", "streams"):
             self._install_pc_hook()
-        elif self._resolved_mode == "streams":
+        if self._resolved_mode == "streams":
             config = room.options.rtcConfig
             if config is None:
                 room.options.rtcConfig = _js_object({"encodedInsertableStreams": True})
@@ -224,7 +240,7 @@ class LiveKitProvider:
             if self._mode() == "streams":
                 self.room.options.rtcConfig = _js_object({"encodedInsertableStreams": True})
         self._listen()
-        if self._mode() == "script":
+        if self._mode() in ("script", "streams"):
             self._install_pc_hook()
         if self._shared_room is None or self.room.state != "connected":
             if not url:
@@ -249,6 +265,7 @@ class LiveKitProvider:
         if self._pc_hook is not None:
             return
         self._pc_hook = run_js(_PC_HOOK_JS)
+        self._pc_hook.pipeSenders = self._mode() == "streams"
         proxy = create_proxy(self._on_video_receiver)
         self._proxies.append(proxy)
         self._pc_hook.onVideoReceiver = proxy
@@ -662,15 +679,20 @@ class LiveKitProvider:
             return
         sender = publication.track.sender
         if sender is not None and getattr(sender, "avatarplayerPiped", None) is None:
-            streams = sender.createEncodedStreams()
-            streams.readable.pipeTo(streams.writable)
-            sender.avatarplayerPiped = True
+            try:  # the PC hook pipes new senders; this covers one it did not see
+                streams = sender.createEncodedStreams()
+                streams.readable.pipeTo(streams.writable)
+                sender.avatarplayerPiped = True
+            except Exception as exc:
+                self.log.warning("the %s sender sends nothing: its encoded streams are not read (%s)",
+                                 publication.kind, exc)
 
     # ------------------------------------------------------------------------------ close
 
     async def close(self) -> None:
         if self._pc_hook is not None:
             self._pc_hook.onVideoReceiver = None
+            self._pc_hook.pipeSenders = False
             self._pc_hook = None
         room = self.room
         if room is not None:

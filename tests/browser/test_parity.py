@@ -361,13 +361,16 @@ OSCILLATOR = """() => {
 }"""
 
 
-def test_microphone_and_custom_audio_reach_the_avatar_worker(browser_page, app, livekit_server, room, tmp_path):
+@pytest.mark.parametrize("mode", ["auto", "streams"])
+def test_microphone_and_custom_audio_reach_the_avatar_worker(browser_page, app, livekit_server, room, tmp_path,
+                                                             mode):
     """Chromium's fake microphone plays a 440 Hz WAV; the worker measures what it receives from
-    the user, per second. Then a WebAudio oscillator track through publish_audio()."""
+    the user, per second. Then a WebAudio oscillator track through publish_audio(). With
+    createEncodedStreams every sender must be piped by the player, or nothing is sent."""
     report = tmp_path / "audio.jsonl"
     worker = start_worker(livekit_server, room, tmp_path, "--frames", "2000", "--audio-report", str(report))
     try:
-        open_harness(browser_page, app, livekit_server, room, can_publish=True)
+        open_harness(browser_page, app, livekit_server, room, can_publish=True, mode=mode)
         wait_for(browser_page, lambda r: r.results.get("state") == "connected", timeout_s=30)
 
         py(browser_page, "await player.start_publishing()")
@@ -395,6 +398,8 @@ def test_microphone_and_custom_audio_reach_the_avatar_worker(browser_page, app, 
         worker.stop()
     why = explain(run, worker)
     assert "error" not in run.event_names() and run.results["state"] == "connected", why
+    assert run.results["motionMode"] == ("streams" if mode == "streams" else "script"), why
+    assert run.summary["framesReceived"] > 0, why  # the motion path works alongside the microphone
 
 
 def isolated_page(playwright_instance, args: list[str]):

@@ -242,7 +242,7 @@ async def on_start_audio_click(event):
 
 
 _button = js.document.getElementById("start-audio")
-if _button is not None:
+if getattr(_button, "addEventListener", None) is not None:  # (a missing element is JS null)
     _button.addEventListener("click", create_proxy(on_start_audio_click))
 js.window.harness.player = player
 js.window.harness.phase = "ready"
