@@ -49,7 +49,8 @@ def _event_ms(run, name: str) -> float | None:
     return next((e[2] - origin for e in run.results.get("events", []) if e[0] == name), None)
 
 
-def one_run(server, app, browser, frames: int, lk: str, page_kind: str, workdir: Path) -> dict:
+def one_run(server, app, browser, frames: int, lk: str, page_kind: str, workdir: Path,
+            mode: str = "auto") -> dict:
     from avatar_worker.script import payload_for
 
     room = f"bench-{uuid.uuid4().hex[:8]}"
@@ -64,7 +65,7 @@ def one_run(server, app, browser, frames: int, lk: str, page_kind: str, workdir:
         time.sleep(1.0)
         page = browser.new_page()
         page.goto(harness_url(app, server, server.token("bench-viewer", room, can_publish=False),
-                              page=page_kind, lk=lk))
+                              page=page_kind, lk=lk, mode=mode))
         run = wait_for(page, lambda r: "turn-ended" in r.event_names(), timeout_s=frames * 0.04 + 60)
         page.close()
     finally:
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--lk", default="2.23.0", help="livekit-client version served to the page")
     parser.add_argument("--page", default="pyodide", choices=["pyodide", "pyscript"])
+    parser.add_argument("--mode", default="auto", choices=["auto", "script", "streams", "data"],
+                        help="motion carrier: the transforms, or the data-packet carrier")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
 
@@ -125,7 +128,8 @@ def main() -> None:
             build_app(server, rooms=r"bench-[a-z0-9]+") as app, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
         for i in range(args.runs):
-            runs.append(one_run(server, app, browser, args.frames, args.lk, args.page, Path(tmp) / f"run{i}"))
+            runs.append(one_run(server, app, browser, args.frames, args.lk, args.page, Path(tmp) / f"run{i}",
+                                args.mode))
             print(f"run {i + 1}/{args.runs}: latency p95 {runs[-1]['latency_ms']['p95']:.1f} ms", file=sys.stderr)
         browser.close()
 

@@ -9,7 +9,8 @@ face renderer is a later piece of work; this one shows that frames arrive, in ti
 
 Tests read ``window.demo``: ``phase`` ("loading" → "ready"), ``state`` (the connection state),
 ``summary`` (``session_summary.as_dict()``, refreshed twice a second), ``framesRendered`` (frames
-drawn since the last connect), ``rendererMode`` ("face" or "bars"), ``audioBlocked``, ``errors`` and
+drawn since the last connect), ``rendererMode`` ("face" or "bars"), ``audioBlocked``, ``mic``
+("off", "on", "busy"), ``agentStatus``, ``transcript`` (lines ``{role, text, final}``), ``errors`` and
 ``timings`` (ms since navigation start). ``?autoconnect=1`` connects without a click.
 """
 
@@ -447,6 +448,9 @@ def show_state(state: str) -> None:
     badge.dataset.state = state
     element("connect").disabled = state not in ("disconnected", "failed")
     element("disconnect").disabled = state not in ("connected", "reconnecting")
+    mic = element("mic")
+    if mic is not None and getattr(mic.dataset, "state", None) != "busy":
+        mic.disabled = state != "connected"
 
 
 def on_state(state) -> None:
@@ -465,6 +469,92 @@ player.on("turn-ended", lambda cid, reason: log_event(f"turn ended ({reason})"))
 player.on("stalled", lambda: log_event("stalled: no motion for 3 s"))
 player.on("motion-track-attached", lambda mode: log_event(f"motion track attached ({mode})"))
 player.on("error", lambda exc: log_event(f"error: {exc}"))
+
+
+def on_audio_playback(can_play) -> None:
+    demo.audioBlocked = not can_play
+    element("audio-blocked").hidden = bool(can_play)
+    log_event("sound on" if can_play else "audio blocked by the browser: click Enable sound")
+
+
+player.on("audio-playback-changed", on_audio_playback)
+
+# --------------------------------------------------------------------------- agent and transcript
+
+transcript_lines: list[dict] = []
+
+
+def on_agent_status(message) -> None:
+    badge = element("agent-status")
+    badge.textContent = message.status
+    badge.dataset.status = message.status
+    demo.agentStatus = message.status
+
+
+def on_transcript(chunk) -> None:
+    """Chunks of one speaker's turn extend its last line until a final one closes it."""
+    role = chunk.role or "agent"
+    last = transcript_lines[-1] if transcript_lines else None
+    if last is not None and last["role"] == role and not last["final"]:
+        last["text"] = (last["text"] + " " + chunk.text).strip()
+        last["final"] = chunk.final
+    else:
+        transcript_lines.append({"role": role, "text": chunk.text, "final": chunk.final})
+    del transcript_lines[:-12]
+    items = element("transcript")
+    items.innerHTML = ""
+    for line in transcript_lines:
+        li = document.createElement("li")
+        li.dataset.role = line["role"]
+        who = document.createElement("strong")
+        who.textContent = "You" if line["role"] == "user" else "Avatar"
+        li.append(who, " " + line["text"])
+        items.append(li)
+    items.scrollTop = items.scrollHeight
+    demo.transcript = js.JSON.parse(json.dumps(transcript_lines))
+
+
+player.on("agent-status", on_agent_status)
+player.on("transcript", on_transcript)
+
+# ------------------------------------------------------------------------------------ microphone
+
+mic_on = False
+
+
+def show_mic(state: str) -> None:
+    button = element("mic")
+    button.textContent = {"on": "Microphone on", "off": "Microphone off", "busy": "Microphone…"}[state]
+    button.setAttribute("aria-pressed", "true" if state == "on" else "false")
+    button.dataset.state = state
+    button.disabled = state == "busy" or player.connection_state != "connected"
+    demo.mic = state
+
+
+async def toggle_mic() -> None:
+    global mic_on
+    show_mic("busy")
+    element("mic-denied").hidden = True
+    try:
+        if mic_on:
+            await player.stop_publishing()
+            mic_on = False
+        else:
+            await player.start_publishing()
+            mic_on = True
+            log_event("microphone on: talk to the avatar")
+    except Exception as exc:
+        if getattr(exc, "cause", None) == "permission-denied":
+            element("mic-denied").hidden = False
+            log_event("microphone blocked by the browser")
+        else:
+            show_error(f"Microphone: {exc}")
+    show_mic("on" if mic_on else "off")
+
+
+@when("click", "#mic")
+async def on_mic(event) -> None:
+    await toggle_mic()
 
 
 async def connect() -> None:
@@ -486,7 +576,10 @@ async def connect() -> None:
 
 
 async def disconnect() -> None:
+    global mic_on
     element("disconnect").disabled = True
+    mic_on = False
+    show_mic("off")
     try:
         await player.disconnect()
     except Exception as exc:
@@ -505,27 +598,12 @@ async def on_disconnect(event) -> None:
 
 
 @when("click", "#enable-audio")
-def on_enable_audio(event) -> None:
+async def on_enable_audio(event) -> None:
     """Resume the avatar's audio from this click (a user gesture)."""
-    start_audio = getattr(player, "start_audio", None)
-    if start_audio is not None:
-        asyncio.ensure_future(start_audio())
-        return
-    room = player.get_native_client()  # livekit-client's own way, until the player has start_audio()
-    if room is not None:
-        room.startAudio()  # called synchronously inside the click, so the gesture counts
-    for audio in document.querySelectorAll("audio[data-avatar-identity]"):
-        audio.play()
-
-
-def audio_blocked() -> bool:
-    room = player.get_native_client()
-    if room is None or player.connection_state != "connected":
-        return False
     try:
-        return not room.canPlaybackAudio
-    except Exception:
-        return False
+        await player.start_audio()
+    except Exception as exc:
+        show_error(f"Sound could not start: {exc}")
 
 
 def fmt(value, unit="", digits=0) -> str:
@@ -561,12 +639,6 @@ def refresh_panel() -> None:
     for id_, key in (("t-connected", "connectedMs"), ("t-first", "firstFrameMs")):
         value = timings[key]
         element(id_).textContent = "–" if click is None or value is None else f"{value - click:.0f} ms after click"
-    blocked = audio_blocked()
-    if blocked != bool(demo.audioBlocked):
-        demo.audioBlocked = blocked
-        element("audio-blocked").hidden = not blocked
-        if blocked:
-            log_event("audio blocked by the browser")
 
 
 async def panel_loop() -> None:
