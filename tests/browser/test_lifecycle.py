@@ -95,6 +95,7 @@ def test_bad_connects_fail_fast_with_named_causes_and_the_failed_state(browser_p
         for name, (url, token, timeout, cause) in cases.items():
             out = py(browser_page, f"await attempt({url!r}, {token!r}, {timeout})")
             why = f"{name}: {out}"
+            print(f"\n{name}: {out['raised'] and out['raised']['cause']} after {out['ms']:.0f} ms")
             assert out["raised"] and out["raised"]["cause"] == cause, why
             assert out["state"] == "failed", why
             assert out["states"] == (["failed"] if cause == "config" else ["connecting", "failed"]), why
