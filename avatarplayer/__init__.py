@@ -18,6 +18,12 @@ The pure core, importable anywhere (CPython or Pyodide, no browser needed):
 * :mod:`avatarplayer.stall` – :class:`StallDetector`; :mod:`avatarplayer.turns` – turn tracking.
 * :mod:`avatarplayer.pipeline` – :class:`MotionPipeline`: all of the above, packets in,
   render-ordered events out; :class:`SessionSummary` its counters.
+
+The reference renderer, :class:`FaceRenderer` (:mod:`avatarplayer.canvasface`), draws a stylized
+face on a ``<canvas>`` from each frame's FLAME values; it needs the ``protobuf`` wheel in the page
+and is imported on first use, so ``import avatarplayer`` stays light::
+
+    renderer = FaceRenderer(js.document.getElementById("avatar"))
 """
 
 from .events import ConnectionState, PlayerEvent
@@ -41,11 +47,25 @@ from .turns import Frame, Transition, TurnEnded, TurnStarted, TurnTracker, new_c
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    if name == "FaceRenderer":  # lazily: the player alone does not need the renderer
+        from .canvasface import FaceRenderer
+
+        return FaceRenderer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"FaceRenderer"})
+
+
 __all__ = [
     "AvatarPlayer",
     "ConnectConfig",
     "ConnectError",
     "ConnectionState",
+    "FaceRenderer",
     "LiveKitProvider",
     "PlayerEvent",
     "Renderer",
