@@ -20,6 +20,7 @@ import json
 from collections import deque
 
 import js
+from pyodide.ffi import create_proxy
 from pyodide.http import pyfetch
 from pyscript import when
 
@@ -323,6 +324,8 @@ async def panel_loop() -> None:
 
 # keep references: a task nobody holds may be garbage-collected
 tasks = [asyncio.ensure_future(panel_loop())]
+# the renderer's state, read in the same JS task as the canvas pixels (tests sample both at once)
+demo.faceSnapshot = create_proxy(lambda: json.dumps(renderer.snapshot()))
 element("boot").hidden = True
 show_state("disconnected")
 demo.phase = "ready"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import signal
 import subprocess
 import sys
@@ -197,3 +198,97 @@ def test_serve_refuses_a_remote_host_without_allow_remote():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "--allow-remote" in result.stderr
+
+
+# The canvas regions (fractions of its width and height) that hold the eyes and the mouth of the
+# reference face; generous, so that the small head sway keeps them inside.
+REGIONS = {"eyes": (0.34, 0.30, 0.66, 0.46), "mouth": (0.38, 0.52, 0.62, 0.68)}
+
+SAMPLE_JS = """(regions) => {
+  const canvas = document.getElementById("avatar");
+  const ctx = canvas.getContext("2d");
+  const grids = {}, darks = {};
+  for (const [name, [x0, y0, x1, y1]] of Object.entries(regions)) {
+    const x = Math.round(x0 * canvas.width), y = Math.round(y0 * canvas.height);
+    const w = Math.round((x1 - x0) * canvas.width), h = Math.round((y1 - y0) * canvas.height);
+    const px = ctx.getImageData(x, y, w, h).data;
+    const gx = 12, gy = 8, sums = new Array(gx * gy).fill(0), counts = new Array(gx * gy).fill(0);
+    let dark = 0;
+    for (let j = 0; j < h; j++) for (let i = 0; i < w; i++) {
+      const k = (j * w + i) * 4, cell = Math.floor(j * gy / h) * gx + Math.floor(i * gx / w);
+      const luma = 0.299 * px[k] + 0.587 * px[k + 1] + 0.114 * px[k + 2];
+      sums[cell] += luma;
+      counts[cell] += 1;
+      if (luma < 70) dark += 1;
+    }
+    grids[name] = sums.map((s, i) => s / counts[i]);
+    darks[name] = dark / (w * h);
+  }
+  return { grids, darks, face: JSON.parse(window.demo.faceSnapshot()) };
+}"""
+
+
+def grid_distance(a: list[float], b: list[float]) -> float:
+    """Mean absolute luminance difference (0..255) between two region grids."""
+    return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
+
+
+def sample_face(page, seconds: float, every_ms: int = 80) -> list[dict]:
+    samples = []
+    for _ in range(int(seconds * 1000 / every_ms)):
+        samples.append(page.evaluate(SAMPLE_JS, REGIONS))
+        page.wait_for_timeout(every_ms)
+    return samples
+
+
+def spread(samples: list[dict], region: str) -> float:
+    """The largest change of a region between any two samples."""
+    grids = [s["grids"][region] for s in samples]
+    return max(grid_distance(a, b) for i, a in enumerate(grids) for b in grids[i + 1:])
+
+
+def test_the_face_blinks_in_idle_and_its_mouth_moves_with_speech(demo: Demo, browser_page, tmp_path: Path):
+    """Pixels, not counters: a face that does not move fails. In idle the eye region changes (a
+    blink) while the mouth stays still; while the avatar speaks the mouth region changes far more
+    than it does in idle. Canvas screenshots of both are kept next to the test's tmp files."""
+    page = browser_page
+    page.set_viewport_size({"width": 1100, "height": 820})
+    page.goto(demo.url, wait_until="domcontentloaded")
+    wait_demo(page, demo, "window.demo && window.demo.phase === 'ready'", PYTHON_READY_TIMEOUT_S,
+              "Python ready")
+    idle = sample_face(page, 7.0)
+    if not any(s["face"]["blink"] >= 0.7 for s in idle[5:]):  # blinks come every 2-6 s
+        idle += sample_face(page, 6.0)
+    page.locator("#avatar").screenshot(path=str(tmp_path / "face-idle.png"))
+    assert all(s["face"]["mode"] == "idle" for s in idle), idle[-1]["face"]
+    blinks = [s for s in idle if s["face"]["blink"] >= 0.7]
+    assert blinks, "no blink in 7 s of idle"
+    pairs = list(zip(idle, idle[1:]))  # neighbouring samples, 80 ms apart
+    closing = [grid_distance(idle[j]["grids"]["eyes"], s["grids"]["eyes"])  # vs open eyes just before
+               for i, s in enumerate(idle) if s["face"]["blink"] >= 0.7
+               for j in [next((j for j in range(i - 1, max(-1, i - 5), -1) if idle[j]["face"]["blink"] < 0.05), None)]
+               if j is not None]
+    steady = [grid_distance(a["grids"]["eyes"], b["grids"]["eyes"]) for a, b in pairs
+              if a["face"]["blink"] < 0.05 and b["face"]["blink"] < 0.05]
+    assert closing, "no sample caught the eyes closing"
+    blink_change, open_change = max(closing), statistics.median(steady)
+    closed_mouth = statistics.median(s["face"]["jaw"] for s in idle)
+    mouth_reference = min(idle, key=lambda s: abs(s["face"]["jaw"] - closed_mouth))["grids"]["mouth"]
+    idle_mouth = [grid_distance(s["grids"]["mouth"], mouth_reference) for s in idle]
+
+    page.click("#connect")
+    wait_demo(page, demo, "window.demo.framesRendered > 10", 60, "the avatar speaking")
+    speaking = [s for s in sample_face(page, 4.0) if s["face"]["mode"] == "turn"]
+    page.locator("#avatar").screenshot(path=str(tmp_path / "face-speaking.png"))
+    assert len(speaking) >= 20, "the turn ended too soon to sample it"
+    jaws = [s["face"]["jaw"] for s in speaking]
+    mouth = [grid_distance(s["grids"]["mouth"], mouth_reference) for s in speaking]
+    follows = statistics.correlation(jaws, mouth)
+    print(f"\nface: eyes change {blink_change:.1f} in a blink vs {open_change:.1f} open; mouth change idle "
+          f"max {max(idle_mouth):.1f}, speaking max {max(mouth):.1f}; jaw {min(jaws):.2f}..{max(jaws):.2f}; "
+          f"pixels follow the jaw: r = {follows:.2f}; screenshots in {tmp_path}")
+    assert blink_change >= 4.0 and blink_change >= 3 * open_change, \
+        f"closing the eyes changed their pixels by {blink_change:.1f}, open eyes by {open_change:.1f} per 80 ms"
+    assert max(jaws) - min(jaws) >= 0.3, f"the jaw did not follow the speech: {jaws}"
+    assert max(mouth) >= 1.5 * max(idle_mouth), f"the mouth moved {max(mouth):.1f} speaking, {max(idle_mouth):.1f} idle"
+    assert follows >= 0.6, f"the mouth pixels do not follow the jaw (r = {follows:.2f})"
