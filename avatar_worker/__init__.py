@@ -22,6 +22,10 @@ Modules, by responsibility:
 - :mod:`~avatar_worker.turns` planning a turn tick by tick
 - :mod:`~avatar_worker.script` scripted mode: deterministic payloads, fault injection
 - :mod:`~avatar_worker.speech` speech mode: WAV / espeak-ng playback
+- :mod:`~avatar_worker.modes` the modes with drivers of their own:
+  :mod:`~avatar_worker.demo` (greets, listens with :mod:`~avatar_worker.vad`, answers) and
+  :mod:`~avatar_worker.replay` (a recorded animation, byte for byte; ``REPLAY.md``;
+  :mod:`~avatar_worker.record` writes one)
 - :mod:`~avatar_worker.motion_gen` FLAME poses from the audio envelope, blinks, head, gaze
 - :mod:`~avatar_worker.audio` PCM helpers
 - :mod:`~avatar_worker.app` one run; :mod:`~avatar_worker.cli` the command line

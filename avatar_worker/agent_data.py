@@ -13,7 +13,9 @@ Reliable JSON data messages (UTF-8) to everyone, on topic ``avatarplayer.agent``
 - ``{"type": "agent_status", "data": {"status": "listening"}}`` once the turn is over.
 
 ``n`` counts the turns the worker started, from 1. Every message is also logged in the send log
-(``{"kind": "data-message", ...}``, see :class:`avatar_worker.messaging.MessageSender`).
+(``{"kind": "data-message", ...}``, see :class:`avatar_worker.messaging.MessageSender`). Demo
+mode (:mod:`avatar_worker.demo`) adds ``thinking`` and the user's side of the transcript
+(:func:`user_transcript_chunk`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "chunk_due",
     "split_transcript",
     "transcript_chunk",
+    "user_transcript_chunk",
 ]
 
 AGENT_TOPIC = "avatarplayer.agent"
@@ -44,13 +47,20 @@ _WORD = re.compile(r"\S+\s*")
 
 
 def agent_status(status: str) -> dict[str, Any]:
-    """An ``agent_status`` message (``speaking`` or ``listening``)."""
+    """An ``agent_status`` message (``speaking``, ``listening``, or ``thinking`` in demo mode)."""
     return {"type": "agent_status", "data": {"status": status}}
 
 
 def transcript_chunk(text: str, turn: int, final: bool) -> dict[str, Any]:
     """A ``transcript_chunk`` message spoken by the agent."""
     return {"type": "transcript_chunk", "data": {"role": "agent", "text": text, "turn": turn, "final": final}}
+
+
+def user_transcript_chunk(text: str, utterance: int, final: bool = True) -> dict[str, Any]:
+    """A ``transcript_chunk`` message for what a user said (demo mode: ``utterance`` counts the
+    answered utterances from 1)."""
+    return {"type": "transcript_chunk", "data": {"role": "user", "text": text, "utterance": utterance,
+                                                 "final": final}}
 
 
 def split_transcript(text: str, parts: int = CHUNKS) -> list[str]:

@@ -15,6 +15,7 @@ from .audio_report import AudioReport
 from .carrier import DataCarrier
 from .config import WorkerConfig
 from .messaging import MessageSender
+from .modes import mode_runner
 from .motion_gen import MotionGenerator
 from .pacing import try_realtime
 from .publisher import Publisher
@@ -48,6 +49,9 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
         # synthesize / convert before joining, so a bad file fails fast and no one sees a half-start
         speech = await asyncio.to_thread(load_speech, wav=config.wav, text=config.text, voice=config.voice)
         log.info("speech: %s, %.2f s, %d frames", speech.source, speech.duration_s, len(speech.frames))
+    runner = mode_runner(config)  # demo / replay: they load what they need before joining too
+    if runner is not None:
+        await runner.prepare()
 
     publisher = Publisher(config.livekit)
     send_log = SendLog(config.send_log) if config.send_log else None
@@ -66,6 +70,8 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
         republisher = RepublishAfter(functools.partial(publisher.republish_video, config.republish_gap_ms / 1000),
                                      config.republish_after, send_log=send_log)
         observers.append(republisher)
+    if runner is not None:
+        runner.install(publisher, messages, observers)
     streamer = MotionStreamer(publisher, send_log=send_log, data_path=carrier, observers=observers)
     tasks: list[asyncio.Future[Any]] = []
     outcome = "stopped"
@@ -78,7 +84,8 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
         realtime = config.realtime and try_realtime()
         await publisher.start()
         stream_task = asyncio.create_task(streamer.run(), name="motion-streamer")
-        driver = (_scripted(config, streamer, publisher) if speech is None
+        driver = (runner.drive(streamer, functools.partial(_lead_in, config, publisher)) if runner is not None
+                  else _scripted(config, streamer, publisher) if speech is None
                   else _speech(config, speech, streamer, publisher))
         driver_task = asyncio.create_task(driver, name="driver")
         driver_task.add_done_callback(_log_driver_failure)
@@ -124,6 +131,8 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
                 await task
         if republisher is not None:
             await republisher.close()
+        if runner is not None:
+            await runner.close()
         if not abandoned:
             await publisher.close()  # idempotent; after abort() it only releases what is left
         if report is not None:
@@ -144,6 +153,7 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
         "data_dropped": publisher.data_dropped,
         "data_messages": messages.sent,
         "realtime": realtime,
+        **(runner.summary() if runner is not None else {}),
     }
     log.info("exit: %d frames sent, %d idle, %d late (max %.1f ms), %d dropped by injection",
              summary["frames_sent"], summary["idle_sent"], summary["late"], summary["max_late_ms"],

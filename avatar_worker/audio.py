@@ -82,7 +82,9 @@ def load_wav(path: str | Path) -> bytes:
     with tempfile.TemporaryDirectory(prefix="avatar-audio-") as tmp:
         out = Path(tmp) / "converted.wav"
         proc = subprocess.run(
-            [sox, str(path), "-r", str(SAMPLE_RATE), "-c", str(CHANNELS), "-b", "16", "-e", "signed-integer", str(out)],
+            # -D: no dither, so a conversion is deterministic (recordings, tests)
+            [sox, "-D", str(path), "-r", str(SAMPLE_RATE), "-c", str(CHANNELS), "-b", "16", "-e", "signed-integer",
+             str(out)],
             capture_output=True, text=True,
         )
         if proc.returncode != 0:

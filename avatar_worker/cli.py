@@ -4,6 +4,9 @@
     python -m avatar_worker --room demo --text "Hi there" --repeat-every-s 10
     python -m avatar_worker --room bench --mode scripted --frames 500 --wait-for-participant \\
         --loss 0.05 --seed 7 --send-log sent.jsonl --exit-when-done
+    python -m avatar_worker --room demo --mode demo --reply both              # greets, answers (demo.py)
+    python -m avatar_worker --room demo --mode replay --replay-dir rec/       # a recording (REPLAY.md)
+    python -m avatar_worker --room demo --mode agents --agent-identity agent-1  # LiveKit Agents (agents.py)
     python -m avatar_worker --room demo --text "Hello there" --agent-data --audio-report heard.jsonl \\
         --data-carrier --republish-after 50 --send-log sent.jsonl
 
@@ -37,6 +40,7 @@ from .audio import AudioError
 from .carrier import DEFAULT_DATA_TOPIC
 from .config import WorkerConfig
 from .publisher import LiveKitSettings, PublisherError
+from .replay import ReplayError
 from .script import Injection
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -79,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument("--audio-track-name", default="avatar-audio")
 
     run = p.add_argument_group("run")
-    run.add_argument("--mode", choices=("speech", "scripted"), default="speech")
+    run.add_argument("--mode", choices=("speech", "scripted", "demo", "replay", "agents"), default="speech",
+                     help="speech: say --text/--wav; scripted: test frames; demo: greet and answer what "
+                          "participants say (avatar_worker/demo.py); replay: play a recording (--replay-dir); "
+                          "agents: the LiveKit Agents avatar contract (--agent-identity; avatar_worker/agents.py)")
     run.add_argument("--wait-for-participant", action="store_true",
                      help="start the first turn only once someone else joined and subscribed")
     run.add_argument("--lead-in-ms", type=_non_negative_int, default=1500,
@@ -130,10 +137,35 @@ def build_parser() -> argparse.ArgumentParser:
     speech = p.add_argument_group("speech mode")
     source = speech.add_mutually_exclusive_group()
     source.add_argument("--wav", type=Path, default=None, help="any WAV sox can read")
-    source.add_argument("--text", default=None, help="synthesized offline with espeak-ng")
+    source.add_argument("--text", default=None, help="synthesized offline with espeak-ng (demo mode: the greeting)")
     speech.add_argument("--voice", default=None, help="espeak-ng voice, e.g. en-us")
     speech.add_argument("--repeat-every-s", type=float, default=None)
     speech.add_argument("--avatar-id", default="")
+
+    demo = p.add_argument_group("demo mode (--text / --wav / --voice: the greeting)")
+    demo.add_argument("--reply", choices=("echo", "speak", "both"), default="both",
+                      help="answer an utterance with the user's own audio played back, a short espeak-ng "
+                           "sentence, or a spoken lead-in then the echo (default: %(default)s)")
+    demo.add_argument("--vad-start-ms", type=_positive_int, default=150,
+                      help="loud audio that starts an utterance (default: %(default)s)")
+    demo.add_argument("--vad-end-ms", type=_positive_int, default=600,
+                      help="silence that ends an utterance (default: %(default)s)")
+    demo.add_argument("--max-utterance-s", type=float, default=10.0,
+                      help="longer utterances are cut here (default: %(default)s)")
+    demo.add_argument("--barge-in-ms", type=_non_negative_int, default=500,
+                      help="a user speaking this long over the avatar stops it; 0: never (default: %(default)s)")
+    demo.add_argument("--max-replies", type=_positive_int, default=None,
+                      help="stop answering after N replies (with --exit-when-done: exit)")
+
+    agents = p.add_argument_group("agents mode (a LiveKit Agents voice pipeline drives the avatar)")
+    agents.add_argument("--agent-identity", default=None,
+                        help="the agent's participant identity: sets lk.publish_on_behalf, and only this "
+                             "participant may send lk.audio_stream and call lk.clear_buffer")
+
+    replay = p.add_argument_group("replay mode (--repeat-every-s repeats it)")
+    replay.add_argument("--replay-dir", type=Path, default=None,
+                        help="a recording: messages.bin + audio.wav (avatar_worker/REPLAY.md; "
+                             "python -m avatar_worker.record makes one)")
     return p
 
 
@@ -180,6 +212,14 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         voice=args.voice,
         repeat_every_s=args.repeat_every_s,
         avatar_id=args.avatar_id,
+        reply=args.reply,
+        vad_start_ms=args.vad_start_ms,
+        vad_end_ms=args.vad_end_ms,
+        max_utterance_s=args.max_utterance_s,
+        barge_in_ms=args.barge_in_ms,
+        max_replies=args.max_replies,
+        replay_dir=args.replay_dir,
+        agent_identity=args.agent_identity,
     )
 
 
@@ -220,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AudioError as exc:
         logging.getLogger("avatar_worker").error("%s", exc)
         print(json.dumps({"event": "summary", "outcome": "audio-failed", "error": str(exc)}), flush=True)
+        return 1
+    except ReplayError as exc:
+        logging.getLogger("avatar_worker").error("%s", exc)
+        print(json.dumps({"event": "summary", "outcome": "replay-failed", "error": str(exc)}), flush=True)
         return 1
     print(json.dumps(summary), flush=True)
     if summary.get("outcome") == "crashed":

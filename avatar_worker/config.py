@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -13,7 +13,7 @@ from .script import Injection
 
 __all__ = ["LiveKitSettings", "WorkerConfig", "Mode"]
 
-Mode = Literal["scripted", "speech"]
+Mode = Literal["scripted", "speech", "demo", "replay", "agents"]
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,31 @@ class WorkerConfig:
     repeat_every_s: float | None = None
     avatar_id: str = ""
 
+    # demo mode (avatar_worker/demo.py); wav / text / voice give the greeting
+    reply: Literal["echo", "speak", "both"] = "both"
+    """What the demo answers an utterance with: the user's own audio played back, a short spoken
+    sentence, or a spoken lead-in then the echo."""
+    vad_start_ms: int = 150
+    vad_end_ms: int = 600
+    max_utterance_s: float = 10.0
+    barge_in_ms: int = 500
+    """A user who speaks this long over the avatar stops it; 0: never."""
+    max_replies: int | None = None
+    """Stop after this many replies (the driver is done: with ``exit_when_done`` the run ends)."""
+
+    # replay mode (avatar_worker/replay.py); repeat_every_s repeats it
+    replay_dir: Path | None = None
+
+    # agents mode (avatar_worker/agents.py): the LiveKit Agents avatar contract
+    agent_identity: str | None = None
+    """The agent the worker publishes for: the only sender of ``lk.audio_stream`` and caller of
+    ``lk.clear_buffer`` it accepts; also set as the ``lk.publish_on_behalf`` attribute."""
+
     def __post_init__(self) -> None:
-        if self.mode not in ("scripted", "speech"):
-            raise ValueError(f"mode must be 'scripted' or 'speech', got {self.mode!r}")
+        if self.mode not in ("scripted", "speech", "demo", "replay", "agents"):
+            raise ValueError(f"mode must be 'scripted', 'speech', 'demo', 'replay' or 'agents', got {self.mode!r}")
+        self._check_demo_and_replay()
+        self._check_agents()
         if self.frames < 1:
             raise ValueError("frames must be >= 1")
         if self.turns < 1:
@@ -118,3 +140,38 @@ class WorkerConfig:
         if self.republish_after is not None and self.republish_after < 1:
             raise ValueError("republish_after must be >= 1")
         check_topic(self.data_topic)  # ControlError is a ValueError
+
+    def _check_demo_and_replay(self) -> None:
+        if (self.mode == "replay") != (self.replay_dir is not None):
+            raise ValueError("replay mode needs a replay directory (--replay-dir), and only replay mode takes one")
+        if self.mode == "demo" and self.repeat_every_s is not None:
+            raise ValueError("demo mode greets each participant once and answers what they say: "
+                             "it takes no repeat_every_s (--repeat-every-s)")
+        if self.reply not in ("echo", "speak", "both"):
+            raise ValueError(f"reply must be 'echo', 'speak' or 'both', got {self.reply!r}")
+        if self.vad_start_ms < 10 or self.vad_end_ms < 10:
+            raise ValueError("vad_start_ms and vad_end_ms must be >= 10")
+        if not self.vad_start_ms / 1000 <= self.max_utterance_s <= 60:
+            raise ValueError("max_utterance_s must be within vad_start_ms .. 60 s")
+        if self.barge_in_ms < 0:
+            raise ValueError("barge_in_ms must be >= 0")
+        if self.max_replies is not None and self.max_replies < 1:
+            raise ValueError("max_replies must be >= 1")
+
+    def _check_agents(self) -> None:
+        if (self.mode == "agents") != bool(self.agent_identity):
+            raise ValueError("agents mode needs the agent's identity (--agent-identity), and only agents mode "
+                             "takes one")
+        if self.mode != "agents":
+            return
+        if self.agent_identity == self.livekit.identity:
+            raise ValueError("the agent's identity must differ from the worker's")
+        if self.agent_data or self.republish_after is not None:
+            raise ValueError("agents mode takes no --agent-data (the agent reports its own state) "
+                             "and no --republish-after")
+        if self.repeat_every_s is not None or self.wav is not None or self.text is not None:
+            raise ValueError("agents mode plays what the agent sends: no --wav, --text or --repeat-every-s")
+        # livekit-agents: the agent's room I/O takes this participant's audio as its own speech
+        attributes = {**self.livekit.attributes, "lk.publish_on_behalf": self.agent_identity}
+        if attributes != self.livekit.attributes:
+            self.livekit = replace(self.livekit, attributes=attributes)

@@ -72,7 +72,10 @@ class TurnObserver:
 
 
 class SendLog:
-    """JSON lines, one per emission: ``{"seq", "t_ms", "flags", "sent", "data", "kind", "tick"}``.
+    """JSON lines, one per emission: ``{"seq", "t_ms", "flags", "sent", "data", "kind", "tick"}``,
+    plus ``"msg_len"`` and ``"msg_sha256"`` (length and hex SHA-256 of the serialized ``Message``
+    the packet carries, as the renderer gets it) for ``frame`` records and the packets that copy
+    one (``transition``, ``reordered``, ``duplicate``).
 
     ``sent``: the packet went out on the video carrier (handed to WebRTC); ``data``: it went out
     on the data carrier too (handed to the SDK for at least one participant). Other components add
@@ -403,7 +406,7 @@ class MotionStreamer:
         else:
             self.stats.dropped_by_injection += 1
         if self.send_log is not None:
-            self.send_log.write({
+            record = {
                 "seq": emission.seq,
                 "t_ms": round(t_ms, 3),
                 "flags": emission.flags,
@@ -411,7 +414,11 @@ class MotionStreamer:
                 "data": on_data,
                 "kind": emission.kind,
                 "tick": when.index,
-            })
+            }
+            if emission.msg_sha256 is not None:
+                record["msg_len"] = emission.msg_len
+                record["msg_sha256"] = emission.msg_sha256
+            self.send_log.write(record)
 
     def _send_data(self, emission: Emission) -> bool:
         """The packet on the data carrier too, if one is attached (queued: never blocks)."""

@@ -8,6 +8,7 @@ A 20 s turn is 500 ticks of ~2.5 KB (motion + audio), nothing to worry about in 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -54,6 +55,10 @@ class Emission:
     data_packet: bytes | None = None
     """The packet for the data carrier (wire-format.md §3b) when it differs from ``packet``:
     frames always travel REDUNDANT there. ``None``: the same bytes as ``packet``."""
+    msg_len: int | None = None
+    """Length of the serialized ``Message`` the packet carries (frames and TRANSITION packets)."""
+    msg_sha256: str | None = None
+    """Hex SHA-256 of that ``Message`` (as the renderer gets it, after any decompression)."""
 
     @property
     def data_bytes(self) -> bytes:
@@ -128,7 +133,8 @@ def build_turn(
     ticks: list[Tick] = []
     if transition:
         packet = encode_packet(MotionPacket(Flags.TRANSITION, None, frames[0].message), compression)
-        ticks.append(Tick((Emission(packet, "transition", packet[0]),)))
+        ticks.append(Tick((Emission(packet, "transition", packet[0], msg_len=len(frames[0].message),
+                                    msg_sha256=hashlib.sha256(frames[0].message).hexdigest()),)))
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         flags = Flags(0)
@@ -144,6 +150,8 @@ def build_turn(
             packet, data_packet = with_previous, None
         else:
             packet, data_packet = encode_packet(MotionPacket(flags, seq, frame.message), compression), with_previous
-        ticks.append(Tick((Emission(packet, "frame", packet[0], seq, data_packet=data_packet),), frame.audio))
+        ticks.append(Tick((Emission(packet, "frame", packet[0], seq, data_packet=data_packet,
+                                    msg_len=len(frame.message), msg_sha256=hashlib.sha256(frame.message).hexdigest()),),
+                          frame.audio))
     ticks.append(Tick((Emission(TRANSITION_END_PACKET, "transition_end", int(Flags.TRANSITION_END)),)))
     return Turn(tuple(ticks), first_seq, len(frames), label, text)

@@ -1,0 +1,479 @@
+"""Demo mode (``--mode demo``): a tiny voice agent that needs no cloud service.
+
+- **Greeting.** When someone joins (any participant that is not an agent), the avatar greets
+  them: ``--text`` (espeak-ng) or ``--wav``, by default :data:`GREETING`. The first greeting waits
+  until a viewer subscribed to the motion track (up to 10 s), every greeting then waits
+  ``--lead-in-ms`` (the browser attaches its frame transform only after it learns of the
+  subscription). Someone who leaves and is back within :data:`REJOIN_GRACE_S` (a network blip)
+  is not greeted again, nor is anyone already greeted when the worker itself rejoins.
+- **Listening.** The worker subscribes to the microphone of every participant that is not an
+  agent (so never to its own audio, nor another avatar's) and runs a
+  :class:`avatar_worker.vad.VoiceActivityDetector` per track (``--vad-start-ms``,
+  ``--vad-end-ms``, ``--max-utterance-s``).
+- **Replying.** For each utterance: a ``transcript_chunk`` with role ``user`` (there is no
+  speech recognition, so its text is its length, ``"(2.3 s of speech)"``), ``agent_status``
+  ``thinking``, then a reply turn (``--reply``):
+
+  - ``echo``: the user's own recorded utterance played back (level-normalized), the jaw moving
+    with its envelope like any speech;
+  - ``speak``: a short espeak-ng sentence from a small rotating set (:data:`SPEAK_REPLIES`),
+    e.g. "You spoke for 2.3 seconds.";
+  - ``both`` (default): a short spoken lead-in (:data:`LEAD_INS`), then the echo.
+
+  The reply turn brings ``speaking``, the agent's ``transcript_chunk`` pieces and ``listening``
+  (:class:`avatar_worker.agent_data.AgentMessages`).
+- **Turn taking.** An utterance that ends while the avatar is thinking or speaking (greeting
+  included) is not answered. **Barge-in** (``--barge-in-ms``, default 500, 0 turns it off): a
+  user who starts speaking while the avatar thinks or speaks and goes on for that long stops it —
+  the reply is dropped (or the turn interrupted: TRANSITION_END, an empty final transcript piece,
+  ``listening``), and that utterance is answered when it ends.
+
+Data messages (reliable JSON, topic ``avatarplayer.agent``; see :mod:`avatar_worker.agent_data`)::
+
+    {"type": "transcript_chunk", "data": {"role": "user", "text": "(2.3 s of speech)",
+                                          "utterance": 1, "final": true}}
+    {"type": "agent_status", "data": {"status": "thinking"}}
+    {"type": "agent_status", "data": {"status": "speaking"}}           # the reply turn starts
+    {"type": "transcript_chunk", "data": {"role": "agent", "text": ..., "turn": 2, "final": ...}}
+    {"type": "agent_status", "data": {"status": "listening"}}          # it is over
+
+``utterance`` counts the answered utterances from 1; ``turn`` counts the worker's turns (the
+greeting is turn 1).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import audio as pcm_audio
+from .agent_data import AGENT_TOPIC, AgentMessages, agent_status, user_transcript_chunk
+from .config import WorkerConfig
+from .messaging import MessageSender
+from .motion_gen import MotionGenerator
+from .speech import Speech, load_speech, plan_speech_turn
+from .vad import Utterance, VadSettings, VoiceActivityDetector
+
+if TYPE_CHECKING:
+    from livekit import rtc
+
+    from .publisher import Publisher
+    from .streamer import MotionStreamer, TurnResult
+
+__all__ = ["GREETING", "LEAD_INS", "SPEAK_REPLIES", "DemoAgent", "compose_reply", "normalize"]
+
+log = logging.getLogger(__name__)
+
+GREETING = "Hello! I'm the avatarplayer demo. Say something and I will answer."
+SPEAK_REPLIES = (
+    "You spoke for {seconds} seconds.",
+    "I heard {seconds} seconds of your voice. Say something else!",
+    "Thank you! That was {seconds} seconds of speech.",
+    "Nice! {seconds} seconds. I am only a demo, but I am listening.",
+)
+"""``--reply speak``: one per utterance, in turn."""
+LEAD_INS = (
+    "You spoke for {seconds} seconds. Here is what I heard.",
+    "I heard this.",
+    "Here is what you said.",
+)
+"""``--reply both``: spoken before the echo, one per utterance, in turn."""
+ECHO_GAP_S = 0.2
+"""Silence between the lead-in and the echo."""
+REJOIN_GRACE_S = 3.0
+STALE_S = 5.0
+"""An utterance still waiting this long after it ended is dropped (the moment has passed)."""
+ReplyMode = Literal["echo", "speak", "both"]
+
+
+# ------------------------------------------------------------------------ composing replies
+
+
+def normalize(pcm: bytes, *, peak: float = 0.7, max_gain: float = 8.0) -> bytes:
+    """int16 PCM scaled so its peak is ``peak`` of full scale (gain at most ``max_gain``)."""
+    samples = array.array("h")
+    samples.frombytes(pcm[: len(pcm) - len(pcm) % 2])
+    if not samples:
+        return b""
+    top = max(max(samples), -min(samples))
+    if top == 0:
+        return samples.tobytes()
+    gain = min(max_gain, peak * 32767 / top)
+    if abs(gain - 1.0) < 0.01:
+        return samples.tobytes()
+    return array.array("h", (max(-32768, min(32767, int(s * gain))) for s in samples)).tobytes()
+
+
+def _seconds(utterance: Utterance) -> str:
+    return f"{utterance.duration_s:.1f}"
+
+
+def compose_reply(utterance: Utterance, mode: ReplyMode, index: int, *, voice: str | None = None,
+                  synthesize: Callable[..., bytes] = pcm_audio.synthesize) -> Speech:
+    """The reply to ``utterance`` (48 kHz PCM) as speech; ``index`` picks the sentence (0, 1, ...).
+    Blocking (synthesis, envelope): run it in a thread."""
+    seconds = _seconds(utterance)
+    echo_text = f"(your {seconds} seconds, played back)"
+    pieces: list[bytes] = []
+    if mode == "speak":
+        text = SPEAK_REPLIES[index % len(SPEAK_REPLIES)].format(seconds=seconds)
+        pieces.append(synthesize(text, voice=voice))
+    else:
+        if mode == "both":
+            lead = LEAD_INS[index % len(LEAD_INS)].format(seconds=seconds)
+            pieces += [synthesize(lead, voice=voice), bytes(2 * round(ECHO_GAP_S * pcm_audio.SAMPLE_RATE))]
+            text = f"{lead} {echo_text}"
+        else:
+            text = echo_text
+        pieces.append(normalize(utterance.pcm))
+    frames = pcm_audio.split_frames(b"".join(pieces))
+    if not frames:
+        raise pcm_audio.AudioError("an empty reply")
+    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), f"reply ({mode})", text)
+
+
+# ------------------------------------------------------------------------------ the agent
+
+
+@dataclass
+class _Listener:
+    """One remote microphone track being listened to."""
+
+    identity: str
+    sid: str
+    vad: VoiceActivityDetector
+    task: asyncio.Task[None] | None = None
+    started_at: float | None = None
+    """time.monotonic() when its current utterance started (None outside one)."""
+    barged: bool = False
+    """Its current utterance interrupted the avatar: answer it even if the avatar is busy."""
+
+
+@dataclass
+class _Heard:
+    identity: str
+    utterance: Utterance
+    ended_wall: float
+    """time.time() when the detector decided it was over."""
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class DemoAgent:
+    """The ``demo`` mode: a :class:`avatar_worker.modes.ModeRunner` and a publisher room hook."""
+
+    def __init__(self, config: WorkerConfig, *, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.reply_mode: ReplyMode = config.reply
+        self.vad_settings = VadSettings(start_ms=config.vad_start_ms, end_ms=config.vad_end_ms,
+                                        max_utterance_ms=round(config.max_utterance_s * 1000),
+                                        tail_ms=min(200, config.vad_end_ms))
+        self.barge_in_s = config.barge_in_ms / 1000
+        self._clock = clock
+        self._wall = wall_clock
+        self.greeting: Speech | None = None
+        self.publisher: Publisher | None = None
+        self.messages: MessageSender | None = None
+        self.streamer: MotionStreamer | None = None
+        self.generator = MotionGenerator(config.seed)
+        self.listeners: dict[str, _Listener] = {}
+        """track sid → listener"""
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._greeting_tasks: dict[str, asyncio.Task[None]] = {}
+        self._greeted: set[str] = set()
+        self._left: dict[str, float] = {}
+        self._busy_since: float | None = None
+        """time.monotonic() when the avatar started thinking or speaking; None while listening."""
+        self._speaking = False
+        self._cancelled = False
+        self.stats = {"greetings": 0, "speech_starts": 0, "utterances": 0, "replies": 0, "ignored": 0,
+                      "barge_ins": 0, "stale": 0}
+        self.reply_latency_ms: list[float] = []
+        """Per reply (the last 100): from the end of the user's speech to the reply turn's first tick."""
+
+    # ---------------------------------------------------------------------- ModeRunner
+
+    async def prepare(self) -> None:
+        config = self.config
+        text = config.text if config.wav is None else None
+        self.greeting = await asyncio.to_thread(load_speech, wav=config.wav, text=text or GREETING,
+                                                voice=config.voice)
+        log.info("demo: greeting %s, %.2f s; replies: %s; VAD start %d ms, end %d ms, max %.1f s; barge-in %s",
+                 self.greeting.source, self.greeting.duration_s, self.reply_mode, config.vad_start_ms,
+                 config.vad_end_ms, config.max_utterance_s,
+                 f"after {config.barge_in_ms} ms" if config.barge_in_ms else "off")
+
+    def install(self, publisher: Publisher, messages: MessageSender, observers: list[Any]) -> None:
+        self.publisher = publisher
+        self.messages = messages
+        publisher.hooks.append(self)
+        if not any(isinstance(observer, AgentMessages) for observer in observers):
+            observers.append(AgentMessages(messages))  # --agent-data already added one
+
+    async def drive(self, streamer: MotionStreamer, lead_in: Callable[[], Awaitable[None]]) -> str:
+        """Greet and answer until stopped (or ``--max-replies`` replies: ``"done"``)."""
+        self.streamer = streamer
+        while True:
+            kind, item = await self.events.get()
+            if kind == "greet":
+                await self._greet(item)
+            elif kind == "utterance":
+                if self._clock() - item.queued_at > STALE_S:
+                    self.stats["stale"] += 1
+                    continue
+                await self._reply(item)
+                if self.config.max_replies is not None and self.stats["replies"] >= self.config.max_replies:
+                    log.info("demo: %d replies given (--max-replies)", self.stats["replies"])
+                    await asyncio.sleep(self.config.tail_ms / 1000)
+                    return "done"
+
+    def summary(self) -> dict[str, Any]:
+        return {"demo": {**self.stats, "reply_latency_ms": self.reply_latency_ms}}
+
+    async def close(self) -> None:
+        tasks = [*self._greeting_tasks.values(), *(l.task for l in self.listeners.values() if l.task)]
+        self._greeting_tasks.clear()
+        self.listeners.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------------ room hook
+
+    def attach(self, room: rtc.Room) -> None:
+        from livekit import rtc
+
+        @room.on("participant_connected")
+        def _connected(participant: rtc.RemoteParticipant) -> None:
+            self.arrived(participant.identity, _is_agent(participant))
+
+        @room.on("participant_disconnected")
+        def _disconnected(participant: rtc.RemoteParticipant) -> None:
+            self.departed(participant.identity)
+
+        @room.on("track_published")
+        def _published(publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
+            if _wanted(publication, participant):
+                publication.set_subscribed(True)
+
+        @room.on("track_subscribed")
+        def _subscribed(track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                        participant: rtc.RemoteParticipant) -> None:
+            if _wanted(publication, participant) and track.sid not in self.listeners:
+                listener = self.listen(participant.identity, track.sid)
+                listener.task = asyncio.get_running_loop().create_task(self._read(listener, track),
+                                                                       name=f"demo-ears-{track.sid}")
+
+        @room.on("track_unsubscribed")
+        def _unsubscribed(track: rtc.Track | None, publication: rtc.RemoteTrackPublication,
+                          participant: rtc.RemoteParticipant) -> None:
+            self.unlisten(publication.sid)
+
+        @room.on("disconnected")
+        def _gone(*_: Any) -> None:
+            for sid in list(self.listeners):
+                self.unlisten(sid)
+
+    def joined(self, room: rtc.Room) -> None:
+        for participant in room.remote_participants.values():
+            if participant.identity not in self._greeted:
+                self.arrived(participant.identity, _is_agent(participant))
+            for publication in participant.track_publications.values():
+                if _wanted(publication, participant) and not publication.subscribed:
+                    publication.set_subscribed(True)
+
+    # ------------------------------------------------------------------------ greetings
+
+    def arrived(self, identity: str, is_agent: bool = False) -> None:
+        """``identity`` is in the room: greet it (unless it is an agent or just had a blip)."""
+        if is_agent:
+            return
+        left = self._left.pop(identity, None)
+        if left is not None and self._clock() - left < REJOIN_GRACE_S and identity in self._greeted:
+            log.info("demo: %r is back after a blip; no second greeting", identity)
+            return
+        if identity not in self._greeting_tasks:
+            self._greeting_tasks[identity] = asyncio.get_running_loop().create_task(
+                self._greet_when_ready(identity), name=f"demo-greet-{identity}")
+
+    def departed(self, identity: str) -> None:
+        self._left[identity] = self._clock()
+        task = self._greeting_tasks.pop(identity, None)
+        if task is not None:
+            task.cancel()
+
+    async def _greet_when_ready(self, identity: str) -> None:
+        try:
+            if self.publisher is not None:
+                await self.publisher.wait_for_viewer()  # the first viewer's subscription, <= 10 s
+            await asyncio.sleep(self.config.lead_in_ms / 1000)
+            self.events.put_nowait(("greet", identity))
+        finally:
+            if self._greeting_tasks.get(identity) is asyncio.current_task():
+                del self._greeting_tasks[identity]
+
+    async def _greet(self, identity: str) -> None:
+        if self.publisher is not None and identity not in self.publisher.other_identities():
+            return  # gone meanwhile
+        assert self.greeting is not None, "prepare() first"
+        self._greeted.add(identity)
+        self.stats["greetings"] += 1
+        log.info("demo: greeting %r", identity)
+        self._busy()
+        try:
+            await self._play(self.greeting, f"greeting-{self.stats['greetings']}")
+        finally:
+            self._idle()
+
+    # ------------------------------------------------------------------------ listening
+
+    def listen(self, identity: str, sid: str) -> _Listener:
+        """Start listening to track ``sid`` of ``identity`` (the caller feeds it with :meth:`hear`)."""
+        listener = _Listener(identity, sid, VoiceActivityDetector(self.vad_settings))
+        self.listeners[sid] = listener
+        log.info("demo: listening to %r (track %s)", identity, sid)
+        return listener
+
+    def unlisten(self, sid: str) -> None:
+        listener = self.listeners.pop(sid, None)
+        if listener is None:
+            return
+        if listener.task is not None:
+            listener.task.cancel()
+        log.info("demo: stopped listening to %r (track %s)", listener.identity, sid)
+
+    async def _read(self, listener: _Listener, track: rtc.Track) -> None:
+        from livekit import rtc
+
+        stream = rtc.AudioStream(track, sample_rate=pcm_audio.SAMPLE_RATE, num_channels=1)
+        try:
+            async for event in stream:
+                self.hear(listener, event.frame.data)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("demo: reading track %s failed", listener.sid)
+        finally:
+            await asyncio.shield(stream.aclose())
+
+    def hear(self, listener: _Listener, pcm: bytes | memoryview) -> None:
+        """Feed ``listener``'s detector; act on utterances and barge-ins."""
+        for event in listener.vad.feed(pcm):
+            if event.kind == "start":
+                listener.started_at = self._clock()
+                listener.barged = False
+                self.stats["speech_starts"] += 1
+                log.info("demo: %r started speaking", listener.identity)
+            else:
+                self._utterance_ended(listener, event)
+        if self._barge_in_due(listener):
+            self._barge_in(listener)
+
+    def _barge_in_due(self, listener: _Listener) -> bool:
+        return (self.barge_in_s > 0 and self._busy_since is not None and not listener.barged
+                and listener.vad.in_speech and listener.started_at is not None
+                and listener.started_at >= self._busy_since and listener.vad.voiced_s >= self.barge_in_s)
+
+    def _barge_in(self, listener: _Listener) -> None:
+        listener.barged = True
+        self._cancelled = True
+        self.stats["barge_ins"] += 1
+        log.info("demo: %r speaks over the avatar: stopping the %s", listener.identity,
+                 "turn" if self._speaking else "reply")
+        if self._speaking and self.streamer is not None:
+            self.streamer.interrupt()
+
+    def _utterance_ended(self, listener: _Listener, utterance: Utterance) -> None:
+        listener.started_at = None
+        barged, listener.barged = listener.barged, False
+        log.info("demo: %r spoke %.2f s (%s)", listener.identity, utterance.duration_s, utterance.reason)
+        if self._busy_since is not None and not barged:
+            self.stats["ignored"] += 1
+            log.info("demo: not answering: the avatar is %s", "speaking" if self._speaking else "thinking")
+            return
+        self.events.put_nowait(("utterance", _Heard(listener.identity, utterance, self._wall(),
+                                                    queued_at=self._clock())))
+
+    # ------------------------------------------------------------------------- replying
+
+    def _busy(self) -> None:
+        self._busy_since = self._clock()
+        self._cancelled = False
+
+    def _idle(self) -> None:
+        self._busy_since = None
+        self._speaking = False
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.messages is not None:
+            self.messages.send(message, topic=AGENT_TOPIC)
+
+    async def _reply(self, heard: _Heard) -> None:
+        utterance = heard.utterance
+        index = self.stats["utterances"]
+        self.stats["utterances"] += 1
+        self._send(user_transcript_chunk(f"({_seconds(utterance)} s of speech)", index + 1))
+        self._send(agent_status("thinking"))
+        self._busy()
+        try:
+            try:
+                speech = await asyncio.to_thread(compose_reply, utterance, self.reply_mode, index,
+                                                 voice=self.config.voice)
+            except pcm_audio.AudioError as exc:
+                log.error("demo: could not compose a reply: %s", exc)
+                self._send(agent_status("listening"))
+                return
+            result = await self._play(speech, f"reply-{index + 1}")
+            if result is None:
+                self._send(agent_status("listening"))  # dropped before it started: no turn said so
+                return
+            # the user stopped speaking this long before the detector said so
+            stopped = heard.ended_wall - (utterance.at_s - utterance.end_s)
+            self.reply_latency_ms.append(round((result.started_at - stopped) * 1000, 1))
+            del self.reply_latency_ms[:-100]  # a long-running demo keeps the last 100
+            log.info("demo: reply %d started %.0f ms after %r stopped speaking", index + 1,
+                     self.reply_latency_ms[-1], heard.identity)
+            if result.completed:
+                self.stats["replies"] += 1
+        finally:
+            self._idle()
+
+    async def _play(self, speech: Speech, label: str) -> TurnResult | None:
+        """Plan ``speech`` as a turn and play it; None if a barge-in came before its first tick."""
+        streamer = self.streamer
+        assert streamer is not None
+        config = self.config
+        turn = await plan_speech_turn(speech, self.generator, streamer.next_seq, req_id=label,
+                                      avatar_id=config.avatar_id, transition=config.transition,
+                                      redundant=config.redundant, compression=config.compression)
+        if self._cancelled:
+            return None
+        self._speaking = True
+        started = streamer.stats.turns_started
+        result = await streamer.play(turn)
+        if streamer.stats.turns_started == started:
+            return None  # interrupted while queued: no observer heard of it
+        log.info("turn %s: seq %d..%d (%d frames) %s in %.2f s", result.label, result.first_seq,
+                 result.first_seq + result.frames - 1, result.frames,
+                 "completed" if result.completed else "interrupted", result.ended_at - result.started_at)
+        return result
+
+
+def _is_agent(participant: Any) -> bool:
+    from livekit import rtc
+
+    return participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+
+
+def _wanted(publication: Any, participant: Any) -> bool:
+    """A microphone-like audio track of someone who is not an agent."""
+    from livekit import rtc
+
+    return (publication.kind == rtc.TrackKind.KIND_AUDIO and not _is_agent(participant)
+            and publication.source != rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO)
+

@@ -1,0 +1,254 @@
+"""Demo mode's agent logic (avatar_worker/demo.py) without a server: replies, greetings, turn
+taking and barge-in, on a fast streamer and a fake data transport."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from avatar_worker import audio as pcm_audio
+from avatar_worker.config import LiveKitSettings, WorkerConfig
+from avatar_worker.demo import LEAD_INS, SPEAK_REPLIES, DemoAgent, compose_reply, normalize
+from avatar_worker.messaging import MessageSender
+from avatar_worker.speech import Speech
+from avatar_worker.vad import Utterance
+
+from .test_avatar_worker import RecordingSink, fast_streamer
+from .test_vad import pcm
+from .test_worker_features import FakeTransport
+
+
+def _utterance(seconds: float = 1.0, amplitude: int = 3000) -> Utterance:
+    samples = array.array("h", [amplitude if (i // 48) % 2 else -amplitude for i in range(round(seconds * 48000))])
+    return Utterance(samples.tobytes(), 1.0, 1.0 + seconds, 1.6 + seconds, "silence")
+
+
+def fake_synth(text: str, *, voice: str | None = None) -> bytes:
+    fake_synth.calls.append(text)  # type: ignore[attr-defined]
+    return pcm_audio.tone(400.0, 0.3) * 10  # 0.4 s
+
+
+fake_synth.calls = []  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- composing
+
+
+def test_normalize() -> None:
+    quiet = array.array("h", [-2000, 4000, 500]).tobytes()
+    loud = array.array("h", normalize(quiet))
+    assert max(abs(s) for s in loud) == int(0.7 * 32767) and loud[0] == pytest.approx(-loud[1] / 2, abs=1)
+    tiny = array.array("h", normalize(array.array("h", [10, -10]).tobytes()))
+    assert list(tiny) == [80, -80]  # gain capped at 8
+    assert normalize(bytes(6)) == bytes(6) and normalize(b"") == b""
+
+
+def test_compose_echo_speak_both() -> None:
+    utt = _utterance(1.04)
+    echo = compose_reply(utt, "echo", 0, synthesize=fake_synth)
+    assert echo.text == "(your 1.0 seconds, played back)" and len(echo.frames) == 26  # 1.04 s
+    assert max(echo.envelope) > 0.5  # normalized: the jaw moves
+
+    fake_synth.calls.clear()
+    speak = [compose_reply(utt, "speak", k, synthesize=fake_synth) for k in range(len(SPEAK_REPLIES) + 1)]
+    expected = [s.format(seconds="1.0") for s in SPEAK_REPLIES]
+    assert fake_synth.calls == expected + expected[:1]  # in turn, round and round
+    assert speak[0].text == "You spoke for 1.0 seconds." and len(speak[0].frames) == 10
+
+    fake_synth.calls.clear()
+    both = compose_reply(utt, "both", 1, synthesize=fake_synth)
+    assert fake_synth.calls == [LEAD_INS[1]]
+    assert both.text == f"{LEAD_INS[1]} (your 1.0 seconds, played back)"
+    assert len(both.frames) == 10 + 5 + 26  # lead-in, 200 ms gap, echo
+    assert both.frames[11] == pcm_audio.SILENCE and both.frames[-2] != pcm_audio.SILENCE
+
+
+# ------------------------------------------------------------------------------ the agent
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.hooks: list[Any] = []
+        self.others = ["user"]
+
+    def other_identities(self) -> list[str]:
+        return list(self.others)
+
+    async def wait_for_viewer(self) -> None:
+        return None
+
+
+def make_agent(**kwargs: Any) -> tuple[DemoAgent, FakeTransport, RecordingSink, Any]:
+    settings = dict(mode="demo", reply="echo", lead_in_ms=0, tail_ms=0)
+    settings.update(kwargs)
+    agent = DemoAgent(WorkerConfig(LiveKitSettings("ws://x", "k", "s", "r"), **settings))
+    transport = FakeTransport(others=["user"])
+    observers: list[Any] = []
+    publisher = FakePublisher()
+    agent.install(publisher, MessageSender(transport), observers)  # type: ignore[arg-type]
+    assert publisher.hooks == [agent] and len(observers) == 1
+    sink = RecordingSink()
+    streamer = fast_streamer(sink, observers=observers)
+    return agent, transport, sink, streamer
+
+
+def greeting(frames: int) -> Speech:
+    pieces = [pcm_audio.tone(400.0, 0.2)] * frames
+    return Speech(tuple(pieces), tuple(pcm_audio.envelope(pieces)), "test", "Hello there friend.")
+
+
+def agent_messages(transport: FakeTransport) -> list[dict[str, Any]]:
+    return [json.loads(payload) for payload, _, _ in transport.on("avatarplayer.agent")]
+
+
+def statuses(transport: FakeTransport) -> list[str]:
+    return [m["data"]["status"] for m in agent_messages(transport) if m["type"] == "agent_status"]
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def run_agent(agent: DemoAgent, streamer: Any, script: Callable[[], Any]) -> None:
+    async def go() -> None:
+        stream = asyncio.create_task(streamer.run())
+        drive = asyncio.create_task(agent.drive(streamer, lambda: asyncio.sleep(0)))
+        try:
+            await script()
+        finally:
+            drive.cancel()
+            streamer.stop()
+            await asyncio.gather(drive, return_exceptions=True)
+            await stream
+            await agent.close()
+
+    asyncio.run(go())
+
+
+SPEECH = pcm((0.5, None, -65.0), (1.2, -22.0, -65.0), (0.8, None, -65.0))
+"""An utterance of 1.2 s, with the silence that ends it."""
+
+
+def test_greets_then_answers_an_utterance() -> None:
+    agent, transport, sink, streamer = make_agent()
+    agent.greeting = greeting(20)
+
+    async def script() -> None:
+        agent.arrived("user")
+        await until(lambda: statuses(transport) == ["speaking", "listening"])
+        listener = agent.listen("user", "TR_mic")
+        agent.hear(listener, SPEECH)
+        await until(lambda: statuses(transport)[-1:] == ["listening"] and len(statuses(transport)) == 5)
+
+    run_agent(agent, streamer, script)
+    messages = agent_messages(transport)
+    assert statuses(transport) == ["speaking", "listening", "thinking", "speaking", "listening"]
+    user = [m["data"] for m in messages if m["type"] == "transcript_chunk" and m["data"]["role"] == "user"]
+    assert user == [{"role": "user", "text": "(1.2 s of speech)", "utterance": 1, "final": True}]
+    agent_text = [m["data"] for m in messages if m["type"] == "transcript_chunk" and m["data"]["role"] == "agent"]
+    assert "".join(c["text"] for c in agent_text if c["turn"] == 1) == "Hello there friend."
+    assert "".join(c["text"] for c in agent_text if c["turn"] == 2) == "(your 1.2 seconds, played back)"
+    # order: the user's chunk, thinking, then the reply turn
+    kinds = [(m["type"], m["data"].get("role") or m["data"].get("status")) for m in messages]
+    assert kinds.index(("transcript_chunk", "user")) + 1 == kinds.index(("agent_status", "thinking"))
+    assert agent.stats["greetings"] == 1 and agent.stats["replies"] == 1 and agent.stats["utterances"] == 1
+    assert len(agent.reply_latency_ms) == 1
+    # the reply played the (normalized) utterance: 200 ms pre-roll + 1.2 s + 200 ms tail = 40 frames
+    assert streamer.stats.turns_completed == 2 and streamer.stats.frames_sent == 20 + 40
+
+
+def test_does_not_answer_while_speaking_and_barge_in_stops_it() -> None:
+    agent, transport, sink, streamer = make_agent(barge_in_ms=500)
+    agent.greeting = greeting(2000)  # 8 s at the fast clock: plenty of time
+
+    async def script() -> None:
+        agent.arrived("user")
+        await until(lambda: statuses(transport) == ["speaking"])
+        listener = agent.listen("user", "TR_mic")
+        # a short remark over the greeting: heard, not answered, not enough to interrupt
+        agent.hear(listener, pcm((0.5, None, -65.0), (0.3, -22.0, -65.0), (0.8, None, -65.0)))
+        assert agent.stats["ignored"] == 1 and agent.stats["barge_ins"] == 0 and streamer.busy
+        # the user goes on talking: after 0.5 s of voice the greeting stops
+        agent.hear(listener, pcm((0.7, -22.0, -65.0), seed=2))
+        assert agent.stats["barge_ins"] == 1
+        await until(lambda: statuses(transport) == ["speaking", "listening"])
+        # ... and when they stop, they get their answer
+        agent.hear(listener, pcm((0.8, None, -65.0), seed=3))
+        await until(lambda: len(statuses(transport)) == 5)
+
+    run_agent(agent, streamer, script)
+    assert statuses(transport) == ["speaking", "listening", "thinking", "speaking", "listening"]
+    assert streamer.stats.turns_interrupted == 1 and streamer.stats.turns_completed == 1
+    greeting_chunks = [m["data"] for m in agent_messages(transport)
+                       if m["type"] == "transcript_chunk" and m["data"].get("turn") == 1]
+    assert greeting_chunks[-1] == {"role": "agent", "text": "", "turn": 1, "final": True}
+    assert agent.stats["replies"] == 1 and agent.stats["utterances"] == 1
+
+
+def test_barge_in_off() -> None:
+    agent, transport, sink, streamer = make_agent(barge_in_ms=0)
+    agent.greeting = greeting(300)
+
+    async def script() -> None:
+        agent.arrived("user")
+        await until(lambda: statuses(transport) == ["speaking"])
+        listener = agent.listen("user", "TR_mic")
+        agent.hear(listener, pcm((0.5, None, -65.0), (2.0, -22.0, -65.0), (0.8, None, -65.0)))
+        await until(lambda: statuses(transport) == ["speaking", "listening"])
+        await asyncio.sleep(0.1)
+
+    run_agent(agent, streamer, script)
+    assert agent.stats["barge_ins"] == 0 and agent.stats["ignored"] == 1 and agent.stats["replies"] == 0
+    assert streamer.stats.turns_completed == 1
+
+
+def test_max_replies_ends_the_driver() -> None:
+    agent, transport, sink, streamer = make_agent(max_replies=1)
+
+    async def go() -> str:
+        stream = asyncio.create_task(streamer.run())
+        drive = asyncio.create_task(agent.drive(streamer, lambda: asyncio.sleep(0)))
+        agent.hear(agent.listen("user", "TR_mic"), SPEECH)
+        outcome = await asyncio.wait_for(drive, 10)
+        streamer.stop()
+        await stream
+        await agent.close()
+        return outcome
+
+    assert asyncio.run(go()) == "done"
+    assert agent.stats["replies"] == 1
+
+
+def test_greeting_rules() -> None:
+    agent, transport, sink, streamer = make_agent()
+
+    async def go() -> None:
+        agent.arrived("bot", is_agent=True)
+        agent.arrived("user")
+        agent.departed("user")  # left before the greeting was due: no greeting queued
+        await asyncio.sleep(0.01)
+        assert agent.events.empty()
+        agent.arrived("user")
+        await asyncio.sleep(0.01)
+        assert agent.events.get_nowait() == ("greet", "user")
+        agent._greeted.add("user")
+        agent.departed("user")
+        agent.arrived("user")  # back after a blip: not greeted again
+        await asyncio.sleep(0.01)
+        assert agent.events.empty()
+        agent._left["user"] = agent._clock() - 60  # away for a minute: greeted again
+        agent.arrived("user")
+        await asyncio.sleep(0.01)
+        assert agent.events.get_nowait() == ("greet", "user")
+        await agent.close()
+
+    asyncio.run(go())
