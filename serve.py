@@ -11,8 +11,9 @@ What it does, in order:
    when nothing changed;
 2. re-executes itself with ``.venv/bin/python`` (the venv has livekit-api and the worker's SDK);
 3. starts a loopback-only LiveKit server (or uses an external one, see ``--external``);
-4. starts the avatar worker in speech mode in room ``avatar-demo``: an espeak-ng greeting, spoken
-   again every ~10 s once a viewer has joined;
+4. starts the avatar worker as the demo agent in room ``avatar-demo``: it greets whoever joins
+   (espeak-ng, offline), listens to their microphone (voice-activity detection) and answers each
+   utterance, sending ``agent_status`` and ``transcript_chunk`` data messages;
 5. serves ``web/`` with the token endpoint (``tools/webapp.py``) and prints the URL.
 
 Ctrl-C or SIGTERM stops everything it started (worker, then web server, then LiveKit server).
@@ -39,8 +40,6 @@ SETUP_DONE_ENV = "AVATARPLAYER_SETUP_DONE"  # set by the re-exec so the set-up r
 EXTERNAL_ENV = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
 
 DEFAULT_ROOM = "avatar-demo"
-DEFAULT_TEXT = ("Hello! I am your avatar. I live in a LiveKit room on this machine, "
-                "and my face moves with my voice.")
 WORKER_RESTART_DELAY_S = 3.0
 WORKER_MAX_RESTARTS = 5
 
@@ -92,10 +91,12 @@ examples:
     avatar = p.add_argument_group("avatar worker")
     avatar.add_argument("--room", default=DEFAULT_ROOM, help="the room the page joins and the worker speaks in "
                                                               "(default: %(default)s)")
-    avatar.add_argument("--text", default=DEFAULT_TEXT, help="what the avatar says (espeak-ng, offline)")
+    avatar.add_argument("--text", default=None,
+                        help="the greeting (espeak-ng, offline); default: the demo agent's own")
     avatar.add_argument("--voice", default=None, help="espeak-ng voice, e.g. en-us (default: espeak-ng's)")
-    avatar.add_argument("--repeat-every-s", type=float, default=10.0,
-                        help="the greeting starts again every this many seconds (default: %(default)s)")
+    avatar.add_argument("--reply", choices=("echo", "speak", "both"), default="both",
+                        help="how the avatar answers what you say: your words played back, a spoken "
+                             "sentence, or both (default: %(default)s)")
     avatar.add_argument("--no-worker", action="store_true",
                         help="do not start the avatar worker (run your own in the room)")
     avatar.add_argument("--worker-log-level", default="info", choices=("debug", "info", "warning", "error"),
@@ -176,9 +177,11 @@ class Worker:
     """
 
     def __init__(self, server, args: argparse.Namespace) -> None:
-        self.cmd = [sys.executable, "-m", "avatar_worker", "--mode", "speech", "--room", args.room,
-                    "--text", args.text, "--repeat-every-s", str(args.repeat_every_s),
-                    "--wait-for-participant", "--log-level", args.worker_log_level]
+        # the demo agent: greets whoever joins, then answers what they say into the microphone
+        self.cmd = [sys.executable, "-m", "avatar_worker", "--mode", "demo", "--room", args.room,
+                    "--reply", args.reply, "--log-level", args.worker_log_level]
+        if args.text:
+            self.cmd += ["--text", args.text]
         if args.voice:
             self.cmd += ["--voice", args.voice]
         self.env = dict(os.environ, LIVEKIT_URL=server.url, LIVEKIT_API_KEY=server.api_key,

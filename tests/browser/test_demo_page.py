@@ -292,3 +292,85 @@ def test_the_face_blinks_in_idle_and_its_mouth_moves_with_speech(demo: Demo, bro
     assert max(jaws) - min(jaws) >= 0.3, f"the jaw did not follow the speech: {jaws}"
     assert max(mouth) >= 1.5 * max(idle_mouth), f"the mouth moved {max(mouth):.1f} speaking, {max(idle_mouth):.1f} idle"
     assert follows >= 0.6, f"the mouth pixels do not follow the jaw (r = {follows:.2f})"
+
+
+def speech_wav(path: Path) -> Path:
+    """A spoken sentence followed by 3 s of silence: Chromium's fake microphone loops it, so the
+    demo agent hears one utterance every few seconds."""
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-w", str(raw), "Hello avatar, can you hear me?"], check=True, timeout=30)
+    subprocess.run(["sox", "-D", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(path), "pad", "0", "3"],
+                   check=True, timeout=30)
+    return path
+
+
+def own_browser_page(playwright_instance, args: list[str]):
+    from .conftest import CHROMIUM, is_loopback_url
+
+    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+    page = browser.new_context(viewport={"width": 1100, "height": 820}).new_page()
+    page.off_loopback = []
+    page.context.on("request", lambda r: None if is_loopback_url(r.url) else page.off_loopback.append(r.url))
+    return browser, page
+
+
+def test_talking_to_the_avatar_through_the_microphone(demo: Demo, playwright_instance, browser_args, tmp_path):
+    """The user clicks Microphone and speaks (Chromium's fake microphone plays a spoken WAV): the
+    demo agent hears it, thinks, answers, and the page shows both sides of the conversation."""
+    wav = speech_wav(tmp_path / "speech.wav")
+    args = [a for a in browser_args if not a.startswith("--use-file-for-fake-audio-capture")]
+    browser, page = own_browser_page(playwright_instance, [*args, f"--use-file-for-fake-audio-capture={wav}"])
+    try:
+        page.goto(demo.url, wait_until="domcontentloaded")
+        wait_demo(page, demo, "window.demo && window.demo.phase === 'ready'", PYTHON_READY_TIMEOUT_S, "Python ready")
+        page.click("#connect")
+        wait_demo(page, demo, "window.demo.agentStatus === 'listening' && window.demo.transcript.length >= 1", 60,
+                  "the greeting, then listening")
+        greeted = read_demo(page)
+        page.click("#mic")
+        wait_demo(page, demo, "window.demo.mic === 'on'", 20, "the microphone on")
+        wait_demo(page, demo, "window.demo.transcript.some(l => l.role === 'user') && "
+                  "window.demo.transcript.filter(l => l.role === 'agent').length >= 2 && "
+                  "window.demo.agentStatus === 'listening'", 60, "a reply to what the user said")
+        page.wait_for_timeout(600)
+        page.screenshot(path=str(tmp_path / "demo-conversation.png"))
+        state = read_demo(page)
+        items = page.locator("#transcript li").all_inner_texts()
+    finally:
+        browser.close()
+    lines = state["transcript"]
+    print(f"\ntranscript: {lines}\nscreenshot: {tmp_path / 'demo-conversation.png'}")
+    assert greeted["transcript"][0]["role"] == "agent" and greeted["framesRendered"] > 25, greeted
+    first_user = next(i for i, line in enumerate(lines) if line["role"] == "user")
+    assert "s of speech" in lines[first_user]["text"], lines
+    assert any(line["role"] == "agent" for line in lines[first_user + 1:]), lines  # answered after it
+    assert state["framesRendered"] > greeted["framesRendered"] + 25, "the reply was not animated"
+    assert any(text.startswith("You") for text in items) and any(text.startswith("Avatar") for text in items), items
+    assert not state["errors"] and not page.off_loopback, (state["errors"], page.off_loopback)
+
+
+def test_the_page_explains_blocked_sound_and_a_denied_microphone(demo: Demo, playwright_instance, browser_args):
+    """A browser that blocks autoplay and denies the microphone: the page says so, and the
+    "Enable sound" button (a user gesture calling start_audio()) brings the sound back."""
+    args = [a for a in browser_args
+            if not a.startswith(("--use-fake-ui-for-media-stream", "--autoplay-policy"))]
+    browser, page = own_browser_page(playwright_instance, [*args, "--autoplay-policy=user-gesture-required"])
+    try:
+        with page.expect_console_message(lambda m: "blocked the avatar's audio" in m.text, timeout=120_000):
+            page.goto(demo.url + "?autoconnect=1", wait_until="domcontentloaded")  # no click: no gesture
+        assert page.locator("#audio-blocked").is_visible()
+        page.click("#enable-audio")
+        wait_demo(page, demo, "window.demo.audioBlocked === false", 15, "sound enabled by the click")
+        assert not page.locator("#audio-blocked").is_visible()
+        assert page.evaluate("Array.from(document.querySelectorAll('audio')).every(a => !a.paused)")
+
+        page.click("#mic")
+        wait_demo(page, demo, "window.demo.mic === 'off' && "
+                  "!document.getElementById('mic-denied').hidden", 20, "the denied-microphone message")
+        text = page.locator("#mic-denied").inner_text()
+        state = read_demo(page)
+    finally:
+        browser.close()
+    assert "blocked" in text and "Microphone" in text, text
+    assert state["state"] == "connected", state  # a denied microphone does not end the session
+    assert not page.off_loopback, page.off_loopback
