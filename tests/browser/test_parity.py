@@ -482,3 +482,40 @@ def test_autoplay_blocked_is_an_event_and_start_audio_resumes(playwright_instanc
     assert run.results["audioClicks"] == [{"ok": True, "canPlayAudio": True}], why
     assert [e["paused"] for e in run.results["audioElements"]] == [False], why
     assert not page.off_loopback, page.off_loopback
+
+
+# ------------------------------------------------------------------- renderers written in JS
+
+
+def test_a_javascript_renderer_gets_the_frames_as_uint8arrays(browser_page, app, livekit_server, room, tmp_path):
+    """Any renderer works, the reference face is only one: here a plain JS object with
+    ``yieldFramesData`` receives every frame, in order, as a ``Uint8Array``."""
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "120", "--tail-ms", "1500")
+    try:
+        open_harness(browser_page, app, livekit_server, room, autoconnect="0")
+        py(browser_page, """
+from pyodide.code import run_js
+js_renderer = run_js('''({
+  frames: [], conversations: [], types: new Set(),
+  yieldFramesData(frames, conversationId) {
+    for (const f of frames) { this.types.add(f.constructor.name); this.frames.push(Array.from(f)); }
+    this.conversations.push(conversationId);
+  },
+  yieldAudioData(data, isLast) { return null; },
+})''')
+js_player = AvatarPlayer(make_provider(), js_renderer, log_level="warning")
+await js_player.connect(url=cfg["url"], token=cfg["token"])
+""")
+        deadline = time.monotonic() + 60
+        while py(browser_page, "js_renderer.frames.length") < 120 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        got = py(browser_page, "[bytes(f).hex() for f in js_renderer.frames.to_py()]")
+        types = py(browser_page, "list(js_renderer.types.to_py())")
+        conversations = py(browser_page, "list(set(js_renderer.conversations.to_py()))")
+        summary = py(browser_page, "js_player.session_summary.as_dict()")
+        py(browser_page, "await js_player.disconnect()")
+    finally:
+        worker.stop()
+    why = f"summary={summary}\nworker:\n{worker.tail()}"
+    assert [bytes.fromhex(h) for h in got] == [payload_for(seq) for seq in range(120)], why
+    assert types == ["Uint8Array"] and len(conversations) == 1 and conversations[0], why
