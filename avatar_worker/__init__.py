@@ -25,7 +25,9 @@ Modules, by responsibility:
 - :mod:`~avatar_worker.modes` the modes with drivers of their own:
   :mod:`~avatar_worker.demo` (greets, listens with :mod:`~avatar_worker.vad`, answers) and
   :mod:`~avatar_worker.replay` (a recorded animation, byte for byte; ``REPLAY.md``;
-  :mod:`~avatar_worker.record` writes one)
+  :mod:`~avatar_worker.record` writes one); :mod:`~avatar_worker.agents` (the LiveKit Agents
+  avatar contract: speech from an agent's ``lk.audio_stream``, ``lk.clear_buffer`` /
+  ``lk.playback_finished`` RPCs)
 - :mod:`~avatar_worker.motion_gen` FLAME poses from the audio envelope, blinks, head, gaze
 - :mod:`~avatar_worker.audio` PCM helpers
 - :mod:`~avatar_worker.app` one run; :mod:`~avatar_worker.cli` the command line

@@ -226,6 +226,8 @@ class Segment:
     last_data_at: float = field(default_factory=time.monotonic)
     closing_chunk: _Chunk | None = None
     final_chunk: _Chunk | None = None
+    notify: bool = True
+    """Tell the agent when it is over (not once the agent has left)."""
     _pcm: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
@@ -424,7 +426,7 @@ class AgentsMode(TurnObserver):
             if participant.identity == self.agent_identity and room is self.room:
                 log.info("agent %r left", participant.identity)
                 self._agent_left = True
-                self._interrupt("agent-left")
+                self._interrupt("agent-left", notify=False)
                 self._poke()
 
     def joined(self, room: rtc.Room) -> None:
@@ -450,11 +452,17 @@ class AgentsMode(TurnObserver):
             rate, channels = int(attrs["sample_rate"]), int(attrs["num_channels"])
             converter = PcmConverter(rate, channels)
         except (KeyError, ValueError) as exc:
-            log.error("audio stream %s without a usable sample_rate / num_channels (%s): ignored",
+            # unplayable, but the agent counts it as a segment: it is reported finished at once
+            # (position 0), or the agent would wait for it
+            log.error("audio stream %s without a usable sample_rate / num_channels (%s): not played",
                       info.stream_id, exc)
             self._log({"kind": "agent-stream", "event": "ignored", "from": participant_identity,
                        "stream_id": info.stream_id, "attributes": attrs})
             reader.close()
+            self._numbers += 1
+            self.counts["agent_segments"] += 1
+            self.segments.append(Segment(self._numbers, info.stream_id, 0, 0, input_closed=True))
+            self._poke()
             return
         for older in self.segments:
             if not older.input_closed:
@@ -511,8 +519,9 @@ class AgentsMode(TurnObserver):
 
     # -------------------------------------------------------------------- interrupting
 
-    def _interrupt(self, why: str) -> list[int]:
-        """Stop every segment now; returns the numbers of those that were stopped."""
+    def _interrupt(self, why: str, *, notify: bool = True) -> list[int]:
+        """Stop every segment now; returns the numbers of those that were stopped. ``notify``:
+        send their ``lk.playback_finished`` (not to an agent that has left)."""
         active = [s for s in self.segments if s.state != "done" and not s.ended_on_wire()]
         if not active:
             return []
@@ -527,6 +536,7 @@ class AgentsMode(TurnObserver):
         stopped = []
         for segment in active:
             segment.cleared = True
+            segment.notify = segment.notify and notify
             segment.ready.clear()
             stopped.append(segment.number)
             if segment.state == "interrupting":
@@ -724,7 +734,8 @@ class AgentsMode(TurnObserver):
         self.counts["agent_segments_interrupted" if interrupted else "agent_segments_completed"] += 1
         log.info("segment %d: %s after %.2f s of %.2f s (%d frames)", segment.number,
                  "interrupted" if interrupted else "played", position, segment.duration_s, segment.frames_sent)
-        self._call(RPC_PLAYBACK_FINISHED, json.dumps({"playback_position": position, "interrupted": interrupted}))
+        if segment.notify:
+            self._call(RPC_PLAYBACK_FINISHED, json.dumps({"playback_position": position, "interrupted": interrupted}))
 
     # --------------------------------------------------------------------- outgoing RPCs
 
@@ -767,10 +778,10 @@ class AgentsMode(TurnObserver):
                     result = f"error: {exc}"
                 if attempt < RPC_TRIES - 1:
                     await asyncio.sleep(0.1)
-            if result not in ("ok",):
-                level = logging.DEBUG if self._started_unsupported and method == RPC_PLAYBACK_STARTED else logging.WARNING
-                log.log(level, "%s(%s) on %r: %s", method, payload, self.agent_identity, result)
-                if result.startswith(("error", "failed", "not connected")):
+            unsupported = method == RPC_PLAYBACK_STARTED and self._started_unsupported
+            if result != "ok" and not unsupported:
+                log.warning("%s(%s) on %r: %s", method, payload, self.agent_identity, result)
+                if result != "reject":
                     self.counts["agent_rpc_failed"] += 1
             self._log({"kind": "agent-rpc", "direction": "out", "method": method, "to": self.agent_identity,
                        "payload": payload, "result": result})

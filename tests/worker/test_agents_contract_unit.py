@@ -1,0 +1,462 @@
+"""Agents mode (avatar_worker/agents.py) without a server: the real streamer on a fast clock, a
+recording sink, and fakes of the room, the byte-stream reader and the RPC transport.
+
+The live test with a real LiveKit server and livekit-agents' own ``DataStreamAudioOutput`` is
+tests/worker/test_agents_contract.py.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from avatar_worker import audio as pcm_audio
+from avatar_worker.agents import (
+    AUDIO_STREAM_TOPIC,
+    RPC_CLEAR_BUFFER,
+    RPC_PLAYBACK_FINISHED,
+    RPC_PLAYBACK_STARTED,
+    AgentsMode,
+    PcmConverter,
+    chunk_turn,
+)
+from avatar_worker.cli import build_parser, config_from_args
+from avatar_worker.config import LiveKitSettings, WorkerConfig
+from avatar_worker.pacing import FrameClock
+from avatar_worker.streamer import MotionStreamer, SendLog
+from avatar_worker.turns import TurnFrame
+from avatarplayer.motion import Flags, decode_packet, unwrap_frame
+
+AGENT = "agent-1"
+SETTINGS = LiveKitSettings(url="ws://127.0.0.1:1", api_key="k", api_secret="s" * 32, room="r")
+
+
+def sine(seconds: float, rate: int, channels: int = 1, freq: float = 220.0, amp: float = 0.3) -> bytes:
+    n = int(seconds * rate)
+    out = array.array("h")
+    for i in range(n):
+        v = int(amp * 32767 * math.sin(2 * math.pi * freq * i / rate))
+        out.extend([v] * channels)
+    return out.tobytes()
+
+
+# ----------------------------------------------------------------------------------- fakes
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.packets: list[Any] = []
+        self.audio: list[bytes] = []
+
+    def capture_video(self, frame: bytes, timestamp_us: int) -> bool:
+        unwrapped = unwrap_frame(frame)
+        assert unwrapped is not None
+        self.packets.append(decode_packet(unwrapped[1]))
+        return True
+
+    async def capture_audio(self, pcm: bytes) -> None:
+        self.audio.append(pcm)
+
+
+@dataclass
+class Info:
+    stream_id: str
+    attributes: dict[str, str]
+
+
+class Reader:
+    """A byte-stream reader fed by the test: ``feed`` chunks, ``end`` closes it."""
+
+    def __init__(self, stream_id: str, rate: int, channels: int) -> None:
+        self.info = Info(stream_id, {"sample_rate": str(rate), "num_channels": str(channels)})
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.closed = False
+
+    def feed(self, data: bytes, chunk: int = 4800) -> None:
+        for i in range(0, len(data), chunk):
+            self._queue.put_nowait(data[i:i + chunk])
+
+    def end(self) -> None:
+        self._queue.put_nowait(None)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __aiter__(self) -> Reader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        item = await self._queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+
+@dataclass
+class Invocation:
+    caller_identity: str
+    payload: str = ""
+
+
+class LocalParticipant:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.methods: dict[str, Any] = {}
+        self.unsupported: set[str] = set()
+
+    async def perform_rpc(self, *, destination_identity: str, method: str, payload: str) -> str:
+        from livekit import rtc
+
+        if method in self.unsupported:
+            raise rtc.RpcError(rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD, "unsupported")
+        self.calls.append((destination_identity, method, payload))
+        return "ok"
+
+    def register_rpc_method(self, name: str, handler: Any) -> None:
+        self.methods[name] = handler
+
+
+class Room:
+    def __init__(self) -> None:
+        self.local_participant = LocalParticipant()
+        self.remote_participants: dict[str, Any] = {}
+        self.stream_handlers: dict[str, Any] = {}
+
+    def isconnected(self) -> bool:
+        return True
+
+    def register_byte_stream_handler(self, topic: str, handler: Any) -> None:
+        self.stream_handlers[topic] = handler
+
+    def on(self, event: str):  # noqa: ANN201
+        return lambda fn: fn
+
+
+@dataclass
+class Publisher:
+    hooks: list[Any] = field(default_factory=list)
+    audio_source: Any = None
+
+
+@dataclass
+class Messages:
+    send_log: SendLog | None
+
+
+@dataclass
+class Harness:
+    mode: AgentsMode
+    room: Room
+    sink: Sink
+    streamer: MotionStreamer
+    log_path: Path
+
+    def clear(self, caller: str = AGENT) -> str:
+        return self.room.local_participant.methods[RPC_CLEAR_BUFFER](Invocation(caller))
+
+    def open(self, stream_id: str, rate: int = 24_000, channels: int = 1, sender: str = AGENT) -> Reader:
+        reader = Reader(stream_id, rate, channels)
+        self.room.stream_handlers[AUDIO_STREAM_TOPIC](reader, sender)
+        return reader
+
+    def calls(self, method: str) -> list[str]:
+        return [payload for _, m, payload in self.room.local_participant.calls if m == method]
+
+    def finished(self) -> list[dict[str, Any]]:
+        return [json.loads(p) for p in self.calls(RPC_PLAYBACK_FINISHED)]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines()]
+
+
+async def start(tmp_path: Path, tick: float = 0.01, **config: Any) -> tuple[Harness, list[asyncio.Task[Any]]]:
+    log = SendLog(tmp_path / "sent.jsonl")
+    cfg = WorkerConfig(livekit=SETTINGS, mode="agents", agent_identity=AGENT, **config)
+    mode = AgentsMode(cfg)
+    observers: list[Any] = []
+    publisher = Publisher()
+    mode.install(publisher, Messages(log), observers)
+    sink = Sink()
+    streamer = MotionStreamer(sink, clock=FrameClock(tick, late_threshold_s=0.5), send_log=log, observers=observers)
+    room = Room()
+    for hook in publisher.hooks:
+        hook.attach(room)
+        hook.joined(room)
+
+    async def lead_in() -> None:
+        return None
+
+    tasks = [asyncio.create_task(streamer.run()), asyncio.create_task(mode.drive(streamer, lead_in))]
+    return Harness(mode, room, sink, streamer, tmp_path / "sent.jsonl"), tasks
+
+
+async def stop(h: Harness, tasks: list[asyncio.Task[Any]]) -> None:
+    h.streamer.stop()
+    await asyncio.wait_for(tasks[0], 2)
+    tasks[1].cancel()
+    await asyncio.gather(tasks[1], return_exceptions=True)
+    await h.mode.close()
+    assert h.streamer.send_log is not None
+    h.streamer.send_log.close()
+
+
+async def until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def turns_on_wire(packets: list[Any]) -> list[list[Any]]:
+    """The packets from each TRANSITION / START to its TRANSITION_END (idle excluded)."""
+    out: list[list[Any]] = []
+    current: list[Any] | None = None
+    for p in packets:
+        if p.flags & Flags.IDLE:
+            assert current is None, "an IDLE heartbeat in the middle of a turn"
+            continue
+        if current is None:
+            current = []
+        current.append(p)
+        if p.flags & Flags.TRANSITION_END:
+            out.append(current)
+            current = None
+    return out
+
+
+# ----------------------------------------------------------------------------------- tests
+
+
+def test_converter_resamples_and_downmixes() -> None:
+    conv = PcmConverter(16_000, 2)
+    pcm = sine(1.0, 16_000, channels=2)
+    out = b"".join(conv.push(pcm[i:i + 999]) for i in range(0, len(pcm), 999)) + conv.flush()
+    assert abs(len(out) // 2 - 48_000) <= 48  # 1 s at 48 kHz (odd chunk sizes split samples)
+    samples = array.array("h", out)
+    peak = max(samples[4000:44000])
+    assert 0.27 * 32767 < peak < 0.33 * 32767  # both channels equal: the average keeps the level
+    same = PcmConverter(48_000, 1)
+    assert same.push(b"\x01\x00\x02") == b"\x01\x00" and same.push(b"\x00") == b"\x02\x00"
+    with pytest.raises(ValueError):
+        PcmConverter(1000, 1)
+    with pytest.raises(ValueError):
+        PcmConverter(24_000, 0)
+
+
+def test_chunks_make_one_turn() -> None:
+    msgs = [TurnFrame(bytes([i]) * 10) for i in range(7)]
+    a = chunk_turn(msgs[:3], 10, first=True, final=False)
+    b = chunk_turn(msgs[3:5], a.next_seq, first=False, final=False, context=msgs[:3])
+    c = chunk_turn(msgs[5:], b.next_seq, first=False, final=True, context=msgs[:5])
+    from avatarplayer.motion import decode_packet as dp
+
+    packets = [dp(e.packet) for t in (a, b, c) for tick in t.ticks for e in tick.emissions]
+    flags = [p.flags for p in packets]
+    assert flags[0] & Flags.TRANSITION and flags[-1] & Flags.TRANSITION_END
+    frames = packets[1:-1]
+    assert [p.seq for p in frames] == list(range(10, 17))
+    assert [bool(p.flags & Flags.START) for p in frames] == [True] + [False] * 6
+    assert [bool(p.flags & Flags.END) for p in frames] == [False] * 6 + [True]
+    assert [p.message for p in frames] == [m.message for m in msgs]
+    # the data-carrier copy of a chunk's first frame carries the two frames before it
+    redundant = dp(b.ticks[0].emissions[0].data_bytes)
+    assert redundant.seq == 13 and redundant.previous == (msgs[2].message, msgs[1].message)
+
+
+def test_config_and_cli() -> None:
+    args = build_parser().parse_args(["--url", "ws://x", "--api-key", "k", "--api-secret", "s", "--room", "r",
+                                      "--mode", "agents", "--agent-identity", "agent-7"])
+    config = config_from_args(args)
+    assert config.mode == "agents" and config.agent_identity == "agent-7"
+    assert config.livekit.attributes == {"lk.publish_on_behalf": "agent-7"}
+    with pytest.raises(ValueError):
+        WorkerConfig(livekit=SETTINGS, mode="agents")
+    with pytest.raises(ValueError):
+        WorkerConfig(livekit=SETTINGS, mode="speech", agent_identity="a")
+    with pytest.raises(ValueError):
+        WorkerConfig(livekit=SETTINGS, mode="agents", agent_identity="a", agent_data=True)
+
+
+def test_a_segment_plays_as_one_turn(tmp_path: Path) -> None:
+    async def go() -> Harness:
+        h, tasks = await start(tmp_path)
+        reader = h.open("s1", rate=24_000)
+        reader.feed(sine(1.0, 24_000))
+        reader.end()
+        await until(lambda: h.finished())
+        await stop(h, tasks)
+        return h
+
+    h = asyncio.run(go())
+    assert h.calls(RPC_PLAYBACK_STARTED) == [""]
+    assert h.finished() == [{"playback_position": pytest.approx(1.0, abs=0.002), "interrupted": False}]
+    order = [m for _, m, _ in h.room.local_participant.calls]
+    assert order == [RPC_PLAYBACK_STARTED, RPC_PLAYBACK_FINISHED]
+    (turn,) = turns_on_wire(h.sink.packets)
+    assert turn[0].flags & Flags.TRANSITION and turn[-1].flags & Flags.TRANSITION_END
+    frames = turn[1:-1]
+    assert len(frames) == 25 and frames[0].flags & Flags.START and frames[-1].flags & Flags.END
+    assert [p.seq for p in frames] == list(range(frames[0].seq, frames[0].seq + 25))
+    loud = [pcm for pcm in h.sink.audio if pcm_audio.rms(pcm) > 0.1]
+    assert len(loud) == 25
+    records = h.records()
+    turn_records = [r for r in records if r["kind"] == "turn"]
+    assert [(r["event"], r.get("reason")) for r in turn_records] == [("start", None), ("end", "end")]
+    assert turn_records[1]["frames"] == 25 and turn_records[1]["audio_s"] == pytest.approx(1.0, abs=0.002)
+    assert turn_records[0]["t_ms"] <= turn_records[1]["t_ms"]
+
+
+def test_clear_buffer_stops_at_once_and_reports_the_position(tmp_path: Path) -> None:
+    async def go() -> tuple[Harness, float]:
+        h, tasks = await start(tmp_path, tick=0.02)
+        reader = h.open("s1", rate=48_000)
+        reader.feed(sine(5.0, 48_000))
+        reader.end()
+        await until(lambda: h.mode.segments and h.mode.segments[0].frames_sent >= 20)
+        assert h.clear("intruder") == "reject"
+        assert h.mode.segments[0].state == "flushed" or h.mode.segments[0].state == "playing"
+        sent_before = len(h.sink.packets)
+        assert h.clear() == "ok"
+        await until(lambda: h.finished())
+        await stop(h, tasks)
+        return h, sent_before
+
+    h, sent_before = asyncio.run(go())
+    (turn,) = turns_on_wire(h.sink.packets)
+    frames = [p for p in turn if p.seq is not None]
+    assert not any(p.flags & Flags.END for p in frames)
+    cut = len(turn) - 1
+    # at most the tick in flight, then the TRANSITION_END
+    assert h.sink.packets.index(turn[cut]) - sent_before <= 1
+    (finished,) = h.finished()
+    assert finished["interrupted"] is True
+    assert finished["playback_position"] == pytest.approx(len(frames) * 0.04, abs=0.001)
+    turn_records = [r for r in h.records() if r["kind"] == "turn"]
+    assert turn_records[-1]["reason"] == "interrupted" and turn_records[-1]["frames"] == len(frames)
+    rpcs = [r for r in h.records() if r["kind"] == "agent-rpc" and r["direction"] == "in"]
+    assert [(r["caller"], r["answer"]) for r in rpcs] == [("intruder", "reject"), (AGENT, "ok")]
+    assert h.mode.counts["agent_rpc_rejected"] == 1
+
+
+def test_clear_while_the_stream_is_open_drops_the_rest(tmp_path: Path) -> None:
+    async def go() -> Harness:
+        h, tasks = await start(tmp_path, tick=0.02)
+        reader = h.open("s1", rate=24_000, channels=2)
+        reader.feed(sine(0.5, 24_000, channels=2))
+        await until(lambda: h.mode.segments and h.mode.segments[0].frames_sent >= 5)
+        assert h.clear() == "ok"
+        reader.feed(sine(2.0, 24_000, channels=2))  # still coming after the clear: dropped
+        reader.end()
+        await until(lambda: h.finished())
+        # the next segment plays normally
+        second = h.open("s2", rate=24_000)
+        second.feed(sine(0.4, 24_000))
+        second.end()
+        await until(lambda: len(h.finished()) == 2)
+        await stop(h, tasks)
+        return h
+
+    h = asyncio.run(go())
+    first, second = h.finished()
+    assert first["interrupted"] is True and 0.1 < first["playback_position"] < 0.5
+    assert second == {"playback_position": pytest.approx(0.4, abs=0.002), "interrupted": False}
+    turns = turns_on_wire(h.sink.packets)
+    assert len(turns) == 2
+    assert turns[1][1].seq > max(p.seq for p in turns[0] if p.seq is not None)
+    assert h.calls(RPC_PLAYBACK_STARTED) == ["", ""]
+
+
+def test_late_audio_keeps_the_turn_open_with_silent_frames(tmp_path: Path) -> None:
+    async def go() -> Harness:
+        h, tasks = await start(tmp_path, tick=0.02)
+        reader = h.open("s1", rate=24_000)
+        reader.feed(sine(0.3, 24_000))
+        await asyncio.sleep(0.5)  # 25 ticks with no audio
+        reader.feed(sine(0.3, 24_000))
+        reader.end()
+        await until(lambda: h.finished())
+        await stop(h, tasks)
+        return h
+
+    h = asyncio.run(go())
+    (turn,) = turns_on_wire(h.sink.packets)  # no IDLE inside, one START, one END
+    frames = [p for p in turn if p.seq is not None]
+    assert sum(1 for p in frames if p.flags & Flags.START) == 1
+    assert sum(1 for p in frames if p.flags & Flags.END) == 1 and frames[-1].flags & Flags.END
+    assert h.mode.counts["agent_underrun_frames"] > 5
+    assert h.finished() == [{"playback_position": pytest.approx(0.6, abs=0.002), "interrupted": False}]
+
+
+def test_foreign_and_empty_streams(tmp_path: Path) -> None:
+    async def go() -> tuple[Harness, Reader]:
+        h, tasks = await start(tmp_path)
+        foreign = h.open("x", sender="intruder")
+        empty = h.open("e")
+        empty.end()
+        await until(lambda: h.finished())
+        await stop(h, tasks)
+        return h, foreign
+
+    h, foreign = asyncio.run(go())
+    assert foreign.closed
+    assert h.finished() == [{"playback_position": 0.0, "interrupted": False}]
+    assert not turns_on_wire(h.sink.packets)
+    assert h.mode.counts["agent_segments"] == 1
+
+
+def test_a_stream_without_format_is_reported_not_played(tmp_path: Path) -> None:
+    async def go() -> tuple[Harness, Reader]:
+        h, tasks = await start(tmp_path)
+        bad = Reader("b", 24_000, 1)
+        bad.info.attributes = {"sample_rate": "lots"}
+        h.room.stream_handlers[AUDIO_STREAM_TOPIC](bad, AGENT)
+        await until(lambda: h.finished())
+        await stop(h, tasks)
+        return h, bad
+
+    h, bad = asyncio.run(go())
+    assert bad.closed and h.finished() == [{"playback_position": 0.0, "interrupted": False}]
+    assert not turns_on_wire(h.sink.packets)
+
+
+def test_a_new_stream_ends_an_open_one(tmp_path: Path) -> None:
+    async def go() -> Harness:
+        h, tasks = await start(tmp_path)
+        first = h.open("s1")
+        first.feed(sine(0.4, 24_000))
+        await until(lambda: h.mode.segments and h.mode.segments[0].samples_received >= 0.35 * 48_000)
+        second = h.open("s2")  # s1's trailer never came
+        second.feed(sine(0.2, 24_000))
+        second.end()
+        await until(lambda: len(h.finished()) == 2)
+        await stop(h, tasks)
+        return h
+
+    h = asyncio.run(go())
+    assert [f["interrupted"] for f in h.finished()] == [False, False]
+    assert [f["playback_position"] for f in h.finished()] == [pytest.approx(0.4, abs=0.002), pytest.approx(0.2, abs=0.002)]
+    assert len(turns_on_wire(h.sink.packets)) == 2
+
+
+def test_playback_started_unsupported_is_tolerated(tmp_path: Path) -> None:
+    async def go() -> Harness:
+        h, tasks = await start(tmp_path)
+        h.room.local_participant.unsupported.add(RPC_PLAYBACK_STARTED)
+        for k in range(2):
+            reader = h.open(f"s{k}")
+            reader.feed(sine(0.2, 24_000))
+            reader.end()
+            await until(lambda: len(h.finished()) == k + 1)
+        await stop(h, tasks)
+        return h
+
+    h = asyncio.run(go())
+    assert len(h.finished()) == 2 and not h.calls(RPC_PLAYBACK_STARTED)
+    assert h.mode._started_unsupported
