@@ -27,9 +27,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
+import bootstrap  # noqa: E402
 from devstack import LiveKitServer  # noqa: E402
 from realstack import CHROMIUM_ARGS  # noqa: E402
 from httpserve import StaticServer  # noqa: E402
+from webapp import build_app  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -70,6 +72,15 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory):
 
 
 # ------------------------------------------------------------------------------- static files
+
+
+@pytest.fixture(scope="module")
+def app(livekit_server):
+    """The web app (tools/webapp.py) on loopback: pages, vendored JS, the wheels of the package as
+    it is in the work tree, and a token endpoint for rooms named ``e2e-…``."""
+    bootstrap.ensure_web_wheels()
+    with build_app(livekit_server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +153,17 @@ def is_loopback_url(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def own_browser_page(playwright_instance, args: list[str]):
+    """A Chromium of its own, for flags that must differ from the shared browser's (autoplay
+    policy, no fake permission UI). Returns ``(browser, page)``; close the browser when done.
+    Requests off loopback are collected in ``page.off_loopback``."""
+    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+    page = browser.new_context(viewport={"width": 1100, "height": 820}).new_page()
+    page.off_loopback = []
+    page.context.on("request", lambda req: None if is_loopback_url(req.url) else page.off_loopback.append(req.url))
+    return browser, page
 
 
 @dataclass

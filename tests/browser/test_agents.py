@@ -10,20 +10,10 @@ import os
 import subprocess
 import sys
 
-import pytest
 
-import bootstrap  # tools/, on sys.path through conftest
 from realstack import ROOT, start_worker
-from webapp import build_app
 
 from .parity import events_of, explain, new_room, open_harness, wait_for
-
-
-@pytest.fixture(scope="module")
-def app(livekit_server):
-    bootstrap.ensure_web_wheels()
-    with build_app(livekit_server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default") as server:
-        yield server
 
 
 def test_an_agents_pipeline_drives_the_avatar_and_interrupts_it(browser_page, app, livekit_server, tmp_path):

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from devstack import free_port
 
+from .conftest import own_browser_page
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = ROOT / "serve.py"
 EXTERNAL_ENV = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
@@ -302,16 +304,6 @@ def speech_wav(path: Path) -> Path:
     subprocess.run(["sox", "-D", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(path), "pad", "0", "3"],
                    check=True, timeout=30)
     return path
-
-
-def own_browser_page(playwright_instance, args: list[str]):
-    from .conftest import CHROMIUM, is_loopback_url
-
-    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
-    page = browser.new_context(viewport={"width": 1100, "height": 820}).new_page()
-    page.off_loopback = []
-    page.context.on("request", lambda r: None if is_loopback_url(r.url) else page.off_loopback.append(r.url))
-    return browser, page
 
 
 def test_talking_to_the_avatar_through_the_microphone(demo: Demo, playwright_instance, browser_args, tmp_path):

@@ -16,14 +16,7 @@ from avatar_worker.script import payload_for
 from realstack import start_worker
 from webapp import build_app
 
-from .parity import explain, new_room, open_harness, py, read_harness, wait_for
-
-
-@pytest.fixture(scope="module")
-def app(livekit_server):
-    bootstrap.ensure_web_wheels()
-    with build_app(livekit_server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default") as server:
-        yield server
+from .parity import explain, new_room, open_harness, py, wait_for
 
 
 class SilentServer:

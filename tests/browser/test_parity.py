@@ -8,19 +8,11 @@ import time
 
 import pytest
 
-import bootstrap  # tools/, on sys.path through conftest
 from avatar_worker.script import payload_for
 from realstack import start_worker
-from webapp import build_app
 
+from .conftest import own_browser_page
 from .parity import events_of, explain, new_room, open_harness, py, read_harness, wait_for
-
-
-@pytest.fixture(scope="module")
-def app(livekit_server):
-    bootstrap.ensure_web_wheels()
-    with build_app(livekit_server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default") as server:
-        yield server
 
 
 @pytest.fixture
@@ -402,24 +394,10 @@ def test_microphone_and_custom_audio_reach_the_avatar_worker(browser_page, app, 
     assert run.summary["framesReceived"] > 0, why  # the motion path works alongside the microphone
 
 
-def isolated_page(playwright_instance, args: list[str]):
-    """A page in a browser of its own (flags that must differ from the shared browser's), with
-    the same off-loopback guard."""
-    from .conftest import CHROMIUM, is_loopback_url
-
-    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
-    page = browser.new_context().new_page()
-    page.off_loopback = []
-    page.console_lines = []
-    page.context.on("request", lambda req: None if is_loopback_url(req.url) else page.off_loopback.append(req.url))
-    page.on("console", lambda msg: page.console_lines.append(msg.text))
-    return browser, page
-
-
 def test_microphone_permission_denied_is_an_error_event_and_a_named_exception(playwright_instance, browser_args,
                                                                             app, livekit_server, room, tmp_path):
     args = [a for a in browser_args if not a.startswith("--use-fake-ui-for-media-stream")]
-    browser, page = isolated_page(playwright_instance, args)  # no fake UI: Chromium denies the prompt
+    browser, page = own_browser_page(playwright_instance, args)  # no fake UI: Chromium denies the prompt
     try:
         open_harness(page, app, livekit_server, room, can_publish=True)
         wait_for(page, lambda r: r.results.get("state") == "connected", timeout_s=30)
@@ -456,7 +434,7 @@ def test_autoplay_blocked_is_an_event_and_start_audio_resumes(playwright_instanc
     a user gesture, which would unblock autoplay."""
     args = [a for a in browser_args if not a.startswith("--autoplay-policy")]
     args.append("--autoplay-policy=user-gesture-required")
-    browser, page = isolated_page(playwright_instance, args)
+    browser, page = own_browser_page(playwright_instance, args)
     worker = start_worker(livekit_server, room, tmp_path, "--frames", "1000")
     try:
         token = livekit_server.token("viewer", room, can_publish=False)

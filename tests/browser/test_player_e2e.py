@@ -12,19 +12,10 @@ import uuid
 
 import pytest
 
-import bootstrap  # tools/, on sys.path through conftest
 from avatar_worker.script import payload_for
 from realstack import harness_url, start_worker, wait_for
-from webapp import build_app
 
 CLIENTS = ["2.23.0", "2.16.1"]
-
-
-@pytest.fixture(scope="module")
-def app(livekit_server):
-    bootstrap.ensure_web_wheels()  # the page installs the package as it is in the work tree
-    with build_app(livekit_server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default") as server:
-        yield server
 
 
 @pytest.fixture

@@ -8,21 +8,11 @@ import json
 import subprocess
 import sys
 
-import pytest
 
-import bootstrap  # tools/, on sys.path through conftest
 from avatar_worker.replay import read_messages
 from realstack import ROOT, start_worker
-from webapp import build_app
 
 from .parity import explain, new_room, open_harness, wait_for
-
-
-@pytest.fixture(scope="module")
-def app(livekit_server):
-    bootstrap.ensure_web_wheels()
-    with build_app(livekit_server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default") as server:
-        yield server
 
 
 def test_a_recording_reaches_the_renderer_byte_for_byte(browser_page, app, livekit_server, tmp_path):
