@@ -100,10 +100,22 @@ class Participant:
 
 
 def run_worker(worker, coro, timeout: float = 60) -> dict:
-    """Run the watching coroutine, then the worker's summary (killing it if anything failed)."""
+    """Run the watching coroutine, then the worker's summary (killing it if anything failed).
+    A worker still running when something failed first dumps its threads' stacks into its log
+    (SIGUSR1, see cli.main), so a hang explains itself in the failure message."""
     try:
         asyncio.run(coro)
         return summary_of(worker, timeout)
+    except BaseException as exc:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            log = Path(worker.args[worker.args.index("--send-log") + 1]).parent / "worker.log" \
+                if "--send-log" in worker.args else None
+            if log is not None and log.exists():
+                raise AssertionError(f"{exc!r}\nworker log (stacks at the end):\n"
+                                     f"{log.read_text(errors='replace')[-6000:]}") from exc
+        raise
     finally:
         if worker.poll() is None:
             worker.kill()
