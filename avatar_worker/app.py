@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
@@ -126,9 +125,8 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
         streamer.abort()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)  # bounded: the worker must exit even if one is stuck
         if republisher is not None:
             await republisher.close()
         if runner is not None:

@@ -390,13 +390,14 @@ class Publisher:
         self._pumps = []
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)  # a task stuck in native code must not hang the exit
 
     async def _release_sources(self) -> None:
         for source in (self.video_source, self.audio_source):
             if source is not None:
-                with contextlib.suppress(Exception):
-                    await source.aclose()
+                with contextlib.suppress(Exception):  # bounded: a stuck native close must not keep us alive
+                    await asyncio.wait_for(source.aclose(), 3.0)
         self.video_source = self.audio_source = None
 
     def _notify(self, state: str) -> None:
