@@ -11,6 +11,22 @@ import pytest
 from realstack import HarnessRun, harness_url, read_harness, wait_for  # noqa: F401 (re-exported)
 
 
+def frames_vs_script(frames: list[bytes], total: int) -> str:
+    """How rendered frames differ from the scripted ``payload_for(0..total-1)``, in one short
+    line ('' when identical), so a failure message is not a diff of hundreds of payloads."""
+    from avatar_worker.script import payload_for
+
+    seq_of = {payload_for(seq): seq for seq in range(total)}
+    seqs = [seq_of.get(frame, -1) for frame in frames]
+    if seqs == list(range(total)):
+        return ""
+    missing = sorted(set(range(total)) - set(seqs))
+    foreign = seqs.count(-1)
+    disorder = [(a, b) for a, b in zip(seqs, seqs[1:]) if b <= a and a >= 0 and b >= 0]
+    return (f"{len(frames)} of {total} frames; missing seqs {missing[:20]}; "
+            f"{foreign} not scripted; out of order or repeated at {disorder[:10]}")
+
+
 def new_room() -> str:
     return f"e2e-{uuid.uuid4().hex[:10]}"
 

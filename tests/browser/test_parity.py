@@ -12,7 +12,7 @@ from avatar_worker.script import payload_for
 from realstack import start_worker
 
 from .conftest import own_browser_page
-from .parity import events_of, explain, new_room, open_harness, py, read_harness, wait_for
+from .parity import events_of, explain, frames_vs_script, new_room, open_harness, py, read_harness, wait_for
 
 
 @pytest.fixture
@@ -474,19 +474,21 @@ def test_a_javascript_renderer_gets_the_frames_as_uint8arrays(browser_page, app,
         py(browser_page, """
 from pyodide.code import run_js
 js_renderer = run_js('''({
-  frames: [], conversations: [], types: new Set(),
+  frames: [], conversations: [], types: new Set(), ended: "",
   yieldFramesData(frames, conversationId) {
     for (const f of frames) { this.types.add(f.constructor.name); this.frames.push(Array.from(f)); }
     this.conversations.push(conversationId);
   },
   yieldAudioData(data, isLast) { return null; },
+  turnEnded(conversationId, reason) { this.ended = reason; },
 })''')
 js_player = AvatarPlayer(make_provider(), js_renderer, log_level="warning")
 await js_player.connect(url=cfg["url"], token=cfg["token"])
 """)
         deadline = time.monotonic() + 60
-        while py(browser_page, "js_renderer.frames.length") < 120 and time.monotonic() < deadline:
+        while py(browser_page, "js_renderer.ended") == "" and time.monotonic() < deadline:
             time.sleep(0.5)
+        ended = py(browser_page, "js_renderer.ended")
         got = py(browser_page, "[bytes(f).hex() for f in js_renderer.frames.to_py()]")
         types = py(browser_page, "list(js_renderer.types.to_py())")
         conversations = py(browser_page, "list(set(js_renderer.conversations.to_py()))")
@@ -494,6 +496,17 @@ await js_player.connect(url=cfg["url"], token=cfg["token"])
         py(browser_page, "await js_player.disconnect()")
     finally:
         worker.stop()
-    why = f"summary={summary}\nworker:\n{worker.tail()}"
-    assert [bytes.fromhex(h) for h in got] == [payload_for(seq) for seq in range(120)], why
+    frames = [bytes.fromhex(h) for h in got]
+    diff = frames_vs_script(frames, 120)
+    why = f"{diff}\nsummary={summary}\nworker:\n{worker.tail()}"
+    # The JS renderer gets every frame the player received, byte for byte and in order. A VP8
+    # frame lost on the way is gone for good (each frame is a key frame, so WebRTC stops asking for
+    # it once the next one decodes): one CI run lost one under load. That is the transport's
+    # doing, tested elsewhere; here it may cost at most 2 frames, and none may be lost in the player.
+    seq_of = {payload_for(seq): seq for seq in range(120)}
+    seqs = [seq_of.get(f) for f in frames]
+    assert None not in seqs and seqs == sorted(set(seqs)), why
+    assert len(seqs) >= 118 and summary["framesReceived"] == summary["framesRendered"] == len(seqs), why
+    assert summary["framesDropped"] == 0 and summary["rendererErrors"] == 0, why
     assert types == ["Uint8Array"] and len(conversations) == 1 and conversations[0], why
+    assert ended in ("end", "transition-end"), why  # the JS renderer's optional hooks are called too
