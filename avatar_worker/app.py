@@ -7,6 +7,7 @@ import functools
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .agent_data import AgentMessages
@@ -31,13 +32,17 @@ log = logging.getLogger("avatar_worker")
 _ABANDONED: list[Publisher] = []
 
 
-async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dict[str, Any]:
+async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
+              on_shutdown: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run until the script is done (``exit_when_done``), ``exit_after_ms`` passes, or ``stop``
     is set; returns the summary (also what the CLI prints as its last stdout line).
 
     With ``leave_after`` and ``leave_mode="crash"`` the room is left as it is (outcome
     ``crashed``): the caller is expected to end the process at once (``os._exit``), so the server
     only notices when the connections drop, like after a real crash.
+
+    ``on_shutdown`` is called once, when the worker starts to wind down (the CLI arms its exit
+    guard there).
 
     Raises :class:`avatar_worker.publisher.PublisherError` if the first join fails.
     """
@@ -98,6 +103,8 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
             tasks.append(timer)
             waits.add(timer)
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if on_shutdown is not None:
+            on_shutdown()
 
         if stream_task in done:
             stream_task.result()  # it only ends on its own by raising
@@ -120,23 +127,31 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
         else:
             streamer.stop()  # before the driver is cancelled: an unfinished turn gets its TRANSITION_END
             await asyncio.wait_for(stream_task, 5.0)
-            await publisher.close()
+            await bounded(publisher.close(), CLOSE_LIMIT_S, "leaving the room")
     finally:
+        if on_shutdown is not None:
+            on_shutdown()
         streamer.abort()
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5.0)  # bounded: the worker must exit even if one is stuck
-        if republisher is not None:
-            await republisher.close()
-        if runner is not None:
-            await runner.close()
-        if not abandoned:
-            await publisher.close()  # idempotent; after abort() it only releases what is left
-        if report is not None:
-            await report.close()
-        if send_log is not None:
-            send_log.close()
+
+        async def release() -> None:
+            if tasks:
+                await asyncio.wait(tasks, timeout=5.0)
+            if republisher is not None:
+                await republisher.close()
+            if runner is not None:
+                await runner.close()
+            if not abandoned:
+                await publisher.close()  # idempotent; after abort() it only releases what is left
+            if report is not None:
+                await report.close()
+
+        try:
+            await bounded(release(), CLOSE_LIMIT_S, "releasing the worker's tasks and sources")
+        finally:
+            if send_log is not None:
+                send_log.close()
 
     summary: dict[str, Any] = {
         "event": "summary",
@@ -157,6 +172,43 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None) -> dic
              summary["frames_sent"], summary["idle_sent"], summary["late"], summary["max_late_ms"],
              summary["dropped_by_injection"])
     return summary
+
+
+CLOSE_LIMIT_S = 12.0
+"""How long each step of the shutdown may take before the worker goes on without it."""
+
+
+async def bounded(step: Awaitable[Any], seconds: float, what: str) -> bool:
+    """Await ``step`` for at most ``seconds``; False (logged, with where it was stuck) if it did not
+    finish. Unlike ``asyncio.wait_for`` this never waits for a cancelled step to wind down: a task
+    inside the native SDK need not honour a cancel, and the worker must exit all the same."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if task in done:
+        task.result()
+        return True
+    log.error("%s did not finish within %.0f s, going on without it; stuck in: %s",
+              what, seconds, " -> ".join(awaiting(task)) or "?")
+    task.cancel()
+    return False
+
+
+def awaiting(task: asyncio.Future[Any]) -> list[str]:
+    """Where a task waits, outermost first: its chain of awaits, into tasks it awaits."""
+    where: list[str] = []
+    target: Any = task.get_coro() if isinstance(task, asyncio.Task) else None
+    while target is not None and len(where) < 40:
+        if isinstance(target, asyncio.Task):
+            target = target.get_coro()
+            continue
+        frame = getattr(target, "cr_frame", None) or getattr(target, "gi_frame", None)
+        if frame is not None:
+            where.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno})")
+        nxt = getattr(target, "cr_await", None) or getattr(target, "gi_yieldfrom", None)
+        if nxt is None and not hasattr(target, "cr_frame") and not hasattr(target, "gi_frame"):
+            where.append(type(target).__name__)  # a bare future: what it is, at least
+        target = nxt
+    return where
 
 
 def _log_driver_failure(task: asyncio.Task[Any]) -> None:

@@ -20,7 +20,11 @@ fresh one after 50 frames of the first turn (:mod:`avatar_worker.republish`).
 Connection settings come from ``--url/--api-key/--api-secret`` or ``LIVEKIT_URL``,
 ``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``. Logs go to stderr; the last line on stdout is a JSON
 summary. Exit status: 0 after a normal or signalled stop, 1 if the room could not be joined, 2 for
-bad arguments.
+bad arguments, 3 if shutdown got stuck before the summary was made.
+
+Ending is certain: once the worker winds down, each step has a time limit, and if the process is
+still alive :data:`SHUTDOWN_GRACE_S` later it prints every thread's stack to stderr and ends
+(:class:`ExitGuard`). ``kill -USR1 <pid>`` prints the same stacks from a running worker.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -224,7 +229,51 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
-async def _main(config: WorkerConfig) -> dict[str, Any]:
+SHUTDOWN_GRACE_S = 20.0
+"""Once the worker starts to wind down, the process ends within this long, whatever is stuck."""
+
+
+class ExitGuard:
+    """Makes the end of the process certain. Every step of the shutdown has its own time limit,
+    but ``asyncio.run`` still waits without one for tasks it cancels and for its thread pool, and a
+    task inside the native SDK need not honour a cancel. Armed when shutdown begins: if the process
+    is still alive ``grace_s`` later, it dumps every thread's stack to stderr (what is stuck),
+    prints the summary if there is one, and ends the process."""
+
+    def __init__(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        self.grace_s = grace_s
+        self.summary: dict[str, Any] | None = None
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._printed = False
+
+    def arm(self) -> None:
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(self.grace_s, self._fire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def print_summary(self, summary: dict[str, Any]) -> None:
+        """Print the summary line once (the guard may get there first)."""
+        with self._lock:
+            if self._printed:
+                return
+            self._printed = True
+        print(json.dumps(summary), flush=True)
+
+    def _fire(self) -> None:
+        logging.getLogger("avatar_worker").error(
+            "shutdown did not finish within %.0f s: thread stacks follow, then the process ends", self.grace_s)
+        faulthandler.dump_traceback(all_threads=True)
+        if self.summary is not None:
+            self.print_summary(self.summary)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0 if self.summary is not None else 3)
+
+
+async def _main(config: WorkerConfig, guard: ExitGuard | None = None) -> dict[str, Any]:
     from .app import run  # imports the LiveKit native library: only once arguments are fine
 
     stop = asyncio.Event()
@@ -232,7 +281,10 @@ async def _main(config: WorkerConfig) -> dict[str, Any]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        return await run(config, stop=stop)
+        summary = await run(config, stop=stop, on_shutdown=guard.arm if guard is not None else None)
+        if guard is not None:
+            guard.summary = summary
+        return summary
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -255,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the SDK logs every FFI event at debug; keep it at our level or quieter
     logging.getLogger("livekit").setLevel(max(logging.INFO, getattr(logging, args.log_level.upper())))
     try:
-        summary = asyncio.run(_main(config))
+        guard = ExitGuard()
+        summary = asyncio.run(_main(config, guard))
     except PublisherError as exc:
         logging.getLogger("avatar_worker").error("%s", exc)
         print(json.dumps({"event": "summary", "outcome": "join-failed", "error": str(exc)}), flush=True)
@@ -268,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("avatar_worker").error("%s", exc)
         print(json.dumps({"event": "summary", "outcome": "replay-failed", "error": str(exc)}), flush=True)
         return 1
-    print(json.dumps(summary), flush=True)
+    guard.print_summary(summary)
     if summary.get("outcome") == "crashed":
         # no interpreter shutdown: the native SDK would close its connections politely
         sys.stderr.flush()

@@ -10,6 +10,7 @@ runs, and every run):
 
 * latency_ms: worker capture time of a seq -> the renderer call for it (p50, p95, max)
 * render_interval_ms: mean, stdev, p99 between renderer calls
+* worker_capture_interval_ms: median, stdev, max between the worker's motion captures (its pacing)
 * python_ms_per_frame: time in the player's Python (packet handling + ticks + the recording
   renderer) per rendered frame, inside Pyodide
 * first_frame_ms (page navigation -> first renderer call) and boot_ms (bare Pyodide boot) on the
@@ -80,6 +81,8 @@ def one_run(server, app, browser, frames: int, lk: str, page_kind: str, workdir:
     latency = [t - sent[seq]["t_ms"] for seq, t in rendered if seq is not None]
     first_seq = next(seq for seq, _ in rendered if seq is not None)
     intervals = [b - a for a, b in zip(times, times[1:])]
+    captured = [sent[seq]["t_ms"] for seq in sorted(sent)]
+    capture_intervals = [b - a for a, b in zip(captured, captured[1:])]
     s = run.summary
     origin = run.results["timeOrigin"]
     first_frame_ms = times[0] - origin
@@ -87,6 +90,9 @@ def one_run(server, app, browser, frames: int, lk: str, page_kind: str, workdir:
         "latency_ms": {"p50": percentile(latency, 50), "p95": percentile(latency, 95), "max": max(latency)},
         "render_interval_ms": {"mean": statistics.mean(intervals), "stdev": statistics.pstdev(intervals),
                                "p99": percentile(intervals, 99)},
+        "worker_capture_interval_ms": {"median": statistics.median(capture_intervals),
+                                       "stdev": statistics.pstdev(capture_intervals),
+                                       "max": max(capture_intervals)},
         "python_ms_per_frame": run.results["pythonMs"] / max(1, s["framesRendered"]),
         "python_ms_per_frame_without_renderer": (run.results["pythonMs"] - run.results["rendererMs"])
         / max(1, s["framesRendered"]),
@@ -149,6 +155,8 @@ def main() -> None:
         "interval_mean_ms": median(["render_interval_ms", "mean"]),
         "interval_stdev_ms": median(["render_interval_ms", "stdev"]),
         "interval_p99_ms": median(["render_interval_ms", "p99"]),
+        "worker_capture_interval_stdev_ms": median(["worker_capture_interval_ms", "stdev"]),
+        "worker_capture_interval_max_ms": median(["worker_capture_interval_ms", "max"]),
         "python_ms_per_frame": median(["python_ms_per_frame"]),
         "first_frame_ms": median(["first_frame_ms"]),
         "boot_ms": median(["boot_ms"]),

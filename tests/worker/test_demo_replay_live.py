@@ -19,7 +19,7 @@ from avatar_worker import audio as pcm_audio
 from avatar_worker.record import main as record_main
 from avatar_worker.replay import load_recording
 
-from .test_worker_features_live import Participant, frame_seqs, run_worker
+from .test_worker_features_live import Participant, frame_seqs, run_worker, watch_until_exit
 from .test_worker_live import send_log, start_worker, wait_for
 
 if TYPE_CHECKING:
@@ -166,13 +166,7 @@ def test_replay_plays_the_recording_byte_for_byte(livekit_server: LiveKitServer,
                           "--send-log", str(log_path), "--data-carrier")
     viewer = Participant(livekit_server, "replay", "viewer")
 
-    async def watch() -> None:
-        await viewer.connect()
-        await asyncio.to_thread(worker.wait, 30)
-        await asyncio.sleep(0.3)
-        await viewer.close()
-
-    summary = run_worker(worker, watch())
+    summary = watch_until_exit(worker, viewer)
     assert summary["outcome"] == "done", (tmp_path / "worker.log").read_text()[-3000:]
     assert summary["replay"] == {"dir": str(rec), "frames": 50, "turns": 1}
     records = send_log(log_path)

@@ -8,6 +8,9 @@ import asyncio
 import json
 import math
 import random
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -845,3 +848,71 @@ def test_an_aborted_streamer_tells_no_one() -> None:
 
     asyncio.run(go())
     assert [e[0] for e in observer.events] == ["start"] + ["frame"] * 5
+
+
+# ------------------------------------------------------------------------------ exit guard
+
+EXIT_GUARD_SCRIPT = """
+import sys, threading, time
+from avatar_worker.cli import ExitGuard
+
+guard = ExitGuard(grace_s=float(sys.argv[1]))
+if sys.argv[2] == "summary":
+    guard.summary = {"event": "summary", "outcome": "done"}
+threading.Thread(target=time.sleep, args=(60,), name="stuck-native-thread").start()  # never joined in time
+guard.arm()
+guard.arm()  # arming twice is harmless
+"""
+
+
+@pytest.mark.parametrize("with_summary", [True, False], ids=["summary-known", "no-summary"])
+def test_exit_guard_ends_a_process_that_shutdown_cannot_end(with_summary):
+    """A non-daemon thread that never finishes would keep the interpreter alive for a minute: the
+    armed guard ends the process after its grace, says what was stuck, and still prints the summary."""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", EXIT_GUARD_SCRIPT, "1", "summary" if with_summary else "none"],
+                          capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parents[2])
+    took = time.monotonic() - started
+    assert took < 20, f"the process lived {took:.1f} s"
+    assert "shutdown did not finish within 1 s" in proc.stderr, proc.stderr
+    assert proc.stderr.count("Thread 0x") >= 2, proc.stderr  # every thread's stack: the stuck one too
+    if with_summary:
+        assert proc.returncode == 0, proc.stderr
+        assert [json.loads(line) for line in proc.stdout.splitlines()] == [{"event": "summary", "outcome": "done"}]
+    else:
+        assert proc.returncode == 3 and proc.stdout == "", proc.stderr
+
+
+def test_bounded_goes_on_without_a_step_that_ignores_cancellation(caplog):
+    """A step that swallows its cancel (as a native-SDK task may) would hang ``asyncio.wait_for``
+    for ever; ``bounded`` gives up after its time, says where the step was stuck, and returns."""
+    from avatar_worker.app import bounded
+
+    async def stubborn_inner() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue  # ignores every cancel
+
+    async def stubborn() -> None:
+        await stubborn_inner()
+
+    async def quick() -> int:
+        return 7
+
+    async def main() -> tuple[bool, bool, float]:
+        started = time.monotonic()
+        stuck = await bounded(stubborn(), 0.3, "the stubborn step")
+        took = time.monotonic() - started
+        ok = await bounded(quick(), 1.0, "the quick step")
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.get_coro().close()  # let the test's loop end (the worker leaves such a task to the exit guard)
+        return stuck, ok, took
+
+    with caplog.at_level("ERROR", logger="avatar_worker.app"):
+        stuck, ok, took = asyncio.run(main())
+    assert (stuck, ok) == (False, True) and took < 2.0
+    message = "\n".join(r.getMessage() for r in caplog.records)
+    assert "the stubborn step did not finish within 0 s" in message
+    assert "stubborn (" in message and "stubborn_inner (" in message  # the chain of awaits

@@ -121,6 +121,19 @@ def run_worker(worker, coro, timeout: float = 60) -> dict:
             worker.kill()
 
 
+def watch_until_exit(worker, viewer: "Participant", timeout: float = 30) -> dict:
+    """The usual live check: ``viewer`` joins, stays until the worker exits on its own, leaves;
+    returns the worker's summary (see :func:`run_worker`)."""
+
+    async def watch() -> None:
+        await viewer.connect()
+        await asyncio.to_thread(worker.wait, timeout)
+        await asyncio.sleep(0.3)
+        await viewer.close()
+
+    return run_worker(worker, watch())
+
+
 def frame_seqs(packets: list[MotionPacket | None]) -> list[int]:
     return [p.seq for p in packets if p is not None and p.seq is not None]
 
@@ -208,13 +221,7 @@ def test_data_carrier_flag_and_agent_messages(livekit_server: LiveKitServer, tmp
                           "--exit-when-done", "--send-log", str(log_path), "--data-carrier", "--agent-data")
     viewer = Participant(livekit_server, "agent", "viewer")
 
-    async def watch() -> None:
-        await viewer.connect()
-        await asyncio.to_thread(worker.wait, 30)
-        await asyncio.sleep(0.3)
-        await viewer.close()
-
-    summary = run_worker(worker, watch())
+    summary = watch_until_exit(worker, viewer)
     assert summary["outcome"] == "done", (tmp_path / "worker.log").read_text()[-3000:]
     seqs = frame_seqs(viewer.packets("avatarplayer.motion"))
     assert sorted(set(seqs)) == list(range(80)), seqs
@@ -243,13 +250,7 @@ def test_agent_messages_in_speech_mode(livekit_server: LiveKitServer, tmp_path: 
                           "--wait-for-participant", "--lead-in-ms", "500", "--exit-when-done")
     viewer = Participant(livekit_server, "speech", "viewer")
 
-    async def watch() -> None:
-        await viewer.connect()
-        await asyncio.to_thread(worker.wait, 30)
-        await asyncio.sleep(0.3)
-        await viewer.close()
-
-    summary = run_worker(worker, watch())
+    summary = watch_until_exit(worker, viewer)
     assert summary["outcome"] == "done", (tmp_path / "worker.log").read_text()[-3000:]
     agent = viewer.json_on("avatarplayer.agent")
     chunks = [m["data"] for m in agent if m["type"] == "transcript_chunk"]
@@ -336,12 +337,7 @@ def test_republish_after(livekit_server: LiveKitServer, tmp_path: Path) -> None:
                           "--exit-when-done", "--send-log", str(log_path))
     viewer = Participant(livekit_server, "swap", "viewer")
 
-    async def watch() -> None:
-        await viewer.connect()
-        await asyncio.to_thread(worker.wait, 30)
-        await viewer.close()
-
-    summary = run_worker(worker, watch())
+    summary = watch_until_exit(worker, viewer)
     assert summary["outcome"] == "done", (tmp_path / "worker.log").read_text()[-3000:]
     motion = [(event, sid) for _, event, name, sid in viewer.track_events if name == "avatar-motion"]
     assert [e for e, _ in motion[:3]] == ["subscribed", "unsubscribed", "subscribed"], motion
