@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from realstack import HarnessRun, harness_url, read_harness, wait_for  # noqa: F401 (re-exported)
+from realstack import HarnessRun, harness_url, read_harness, start_worker, wait_for  # noqa: F401 (re-exported)
 
 
 def frames_vs_script(frames: list[bytes], total: int) -> str:
@@ -40,6 +40,24 @@ def open_harness(page, app, server, room: str, *, identity: str = "viewer", can_
         if time.monotonic() > deadline:
             pytest.fail("the harness page did not boot in 60 s")
         time.sleep(0.2)
+
+
+def turn_end(run: HarnessRun) -> bool:
+    return "turn-ended" in run.event_names()
+
+
+def play(page, app, server, room: str, tmp_path, *worker_args: str, until=turn_end, timeout_s: float = 90,
+         **params: str):
+    """The usual parity run: a scripted worker with ``worker_args``, the harness page (``params``
+    in its query), then wait until ``until(run)``; the worker is stopped either way.
+    Returns ``(run, worker)``."""
+    worker = start_worker(server, room, tmp_path, *worker_args)
+    try:
+        open_harness(page, app, server, room, **params)
+        run = wait_for(page, until, timeout_s=timeout_s)
+    finally:
+        worker.stop()
+    return run, worker
 
 
 def py(page, code: str):

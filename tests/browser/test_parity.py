@@ -12,7 +12,7 @@ from avatar_worker.script import payload_for
 from realstack import start_worker
 
 from .conftest import own_browser_page
-from .parity import events_of, explain, frames_vs_script, new_room, open_harness, py, read_harness, wait_for
+from .parity import events_of, explain, frames_vs_script, play, new_room, open_harness, py, read_harness, wait_for
 
 
 @pytest.fixture
@@ -63,12 +63,7 @@ def test_fallback_chain_when_the_browser_lacks_transforms(browser_page, app, liv
     """RTCRtpScriptTransform missing -> createEncodedStreams; both missing -> the data carrier
     (the worker sends REDUNDANT packets on a data topic once the player asks)."""
     browser_page.add_init_script(FORCE[missing])
-    worker = start_worker(livekit_server, room, tmp_path, "--frames", "300", "--tail-ms", "1500")
-    try:
-        open_harness(browser_page, app, livekit_server, room)
-        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=90)
-    finally:
-        worker.stop()
+    run, worker = play(browser_page, app, livekit_server, room, tmp_path, "--frames", "300", "--tail-ms", "1500")
     why = explain(run, worker)
     assert run.phase == "connected" and run.results["motionMode"] == expected, why
     assert run.results["carrier"] == expected, why
@@ -86,13 +81,8 @@ def test_watchdog_reattaches_a_dead_transform_then_falls_back_to_data(browser_pa
     """The receiver's getStats() shows frames the transform never delivered: re-attach (a dead
     first attachment is revived), and after 2 failed re-attachments use the data carrier."""
     browser_page.add_init_script(DEAD_TRANSFORM % dead)
-    worker = start_worker(livekit_server, room, tmp_path, "--frames", "400", "--lead-in-ms", "8000",
-                          "--tail-ms", "1500")
-    try:
-        open_harness(browser_page, app, livekit_server, room)
-        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=120)
-    finally:
-        worker.stop()
+    run, worker = play(browser_page, app, livekit_server, room, tmp_path,
+                       "--frames", "400", "--lead-in-ms", "8000", "--tail-ms", "1500", timeout_s=120)
     why = explain(run, worker) + f"\ndead transforms made: {browser_page.evaluate('window.deadTransforms')}"
     seqs = assert_in_order(run, 400, why)
     attached = [e[0] for e in events_of(run, "motion-track-attached")]
@@ -108,13 +98,8 @@ def test_watchdog_reattaches_a_dead_transform_then_falls_back_to_data(browser_pa
 def test_motion_track_republished_is_attached_again(browser_page, app, livekit_server, room, tmp_path):
     """The worker unpublishes its motion track mid-turn and publishes a new one: the player
     attaches to the new subscription and the turn goes on."""
-    worker = start_worker(livekit_server, room, tmp_path, "--frames", "400", "--republish-after", "150",
-                          "--tail-ms", "1500")
-    try:
-        open_harness(browser_page, app, livekit_server, room)
-        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=90)
-    finally:
-        worker.stop()
+    run, worker = play(browser_page, app, livekit_server, room, tmp_path,
+                       "--frames", "400", "--republish-after", "150", "--tail-ms", "1500")
     why = explain(run, worker)
     assert any(r.get("kind") == "republish" for r in worker.sent()), "the worker did not republish\n" + why
     seqs = assert_in_order(run, 400, why)
@@ -126,13 +111,8 @@ def test_motion_track_republished_is_attached_again(browser_page, app, livekit_s
 
 
 def test_redundant_packets_recover_ten_percent_loss(browser_page, app, livekit_server, room, tmp_path):
-    worker = start_worker(livekit_server, room, tmp_path, "--frames", "500", "--redundant", "--loss", "0.10",
-                          "--seed", "5", "--tail-ms", "1500")
-    try:
-        open_harness(browser_page, app, livekit_server, room)
-        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=90)
-    finally:
-        worker.stop()
+    run, worker = play(browser_page, app, livekit_server, room, tmp_path,
+                       "--frames", "500", "--redundant", "--loss", "0.10", "--seed", "5", "--tail-ms", "1500")
     why = explain(run, worker)
     lost = 500 - len(worker.sent_frames())
     assert lost >= 30, f"the injection dropped only {lost} frames\n" + why
@@ -146,14 +126,10 @@ def test_redundant_packets_recover_ten_percent_loss(browser_page, app, livekit_s
 
 
 def test_turn_events_and_agent_data_messages(browser_page, app, livekit_server, room, tmp_path):
-    worker = start_worker(livekit_server, room, tmp_path, "--frames", "100", "--turns", "2", "--agent-data",
-                          "--tail-ms", "1500")
-    try:
-        open_harness(browser_page, app, livekit_server, room)
-        run = wait_for(browser_page, lambda r: r.event_names().count("turn-ended") >= 2
-                       and r.event_names().count("agent-status") >= 4, timeout_s=90)
-    finally:
-        worker.stop()
+    run, worker = play(browser_page, app, livekit_server, room, tmp_path,
+                       "--frames", "100", "--turns", "2", "--agent-data", "--tail-ms", "1500",
+                       until=lambda r: r.event_names().count("turn-ended") >= 2
+                       and r.event_names().count("agent-status") >= 4)
     why = explain(run, worker)
     started = [e[0] for e in events_of(run, "turn-started")]
     ended = events_of(run, "turn-ended")
