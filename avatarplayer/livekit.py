@@ -39,19 +39,29 @@ data-packet carrier."""
 # page, before livekit-client connects, and offer every new video receiver to the provider:
 # ``addTransceiver`` covers the recvonly sections livekit-client >= 2.17 pre-adds on its single
 # connection, the ``track`` event the transceivers the SFU offers on a subscriber connection.
+# Each provider adds itself to ``listeners`` while it is open; new receivers go to the one that
+# opened last, and closing one hands them back to the one before (it does not unhook the others).
 _PC_HOOK_JS = """
 (() => {
   if (globalThis.__avatarplayerPcHook) return globalThis.__avatarplayerPcHook;
-  const hook = { onVideoReceiver: null, pipeSenders: false, offered: new WeakSet() };
+  const hook = { listeners: [], offered: new WeakSet() };
+  const current = () => hook.listeners[hook.listeners.length - 1] || null;
+  hook.add = (entry) => { hook.listeners.push(entry); };
+  hook.remove = (entry) => {
+    const i = hook.listeners.indexOf(entry);
+    if (i >= 0) hook.listeners.splice(i, 1);
+  };
   const offer = (receiver) => {
     if (!receiver || !receiver.track || receiver.track.kind !== "video" || hook.offered.has(receiver)) return;
     hook.offered.add(receiver);
-    if (hook.onVideoReceiver) hook.onVideoReceiver(receiver);
+    const listener = current();
+    if (listener) listener.onVideoReceiver(receiver);
   };
   // With encodedInsertableStreams a sender sends nothing until its encoded streams are read, and
   // they can only be created right after the sender is: pipe them straight through, here.
   const pipe = (sender) => {
-    if (!hook.pipeSenders || !sender || sender.avatarplayerPiped) return;
+    const listener = current();
+    if (!listener || !listener.pipeSenders || !sender || sender.avatarplayerPiped) return;
     try {
       const { readable, writable } = sender.createEncodedStreams();
       readable.pipeTo(writable).catch(() => {});
@@ -165,6 +175,7 @@ class LiveKitProvider:
         self._late_attach = False
         self.reattach_count = 0
         self._pc_hook: Any = None
+        self._hook_entry: Any = None
         self._passed_through: dict[int, int] = {}
         self._audio_elements: dict[str, Any] = {}
         self.avatar_identity: str | None = None
@@ -265,10 +276,10 @@ class LiveKitProvider:
         if self._pc_hook is not None:
             return
         self._pc_hook = run_js(_PC_HOOK_JS)
-        self._pc_hook.pipeSenders = self._mode() == "streams"
         proxy = create_proxy(self._on_video_receiver)
         self._proxies.append(proxy)
-        self._pc_hook.onVideoReceiver = proxy
+        self._hook_entry = _js_object({"onVideoReceiver": proxy, "pipeSenders": self._mode() == "streams"})
+        self._pc_hook.add(self._hook_entry)
 
     def _on_video_receiver(self, receiver: Any) -> None:
         """A video transceiver was just created: attach now, before any frame can arrive."""
@@ -691,9 +702,8 @@ class LiveKitProvider:
 
     async def close(self) -> None:
         if self._pc_hook is not None:
-            self._pc_hook.onVideoReceiver = None
-            self._pc_hook.pipeSenders = False
-            self._pc_hook = None
+            self._pc_hook.remove(self._hook_entry)  # another player's entry stays
+            self._pc_hook = self._hook_entry = None
         room = self.room
         if room is not None:
             for name, proxy in self._room_handlers:

@@ -486,3 +486,32 @@ await js_player.connect(url=cfg["url"], token=cfg["token"])
     assert summary["framesDropped"] == 0 and summary["rendererErrors"] == 0, why
     assert types == ["Uint8Array"] and len(conversations) == 1 and conversations[0], why
     assert ended in ("end", "transition-end"), why  # the JS renderer's optional hooks are called too
+
+
+def test_a_second_player_that_closes_leaves_the_first_one_attached(browser_page, app, livekit_server, room,
+                                                                   tmp_path):
+    """Two players in one page: B connects after A, then disconnects. Then the avatar joins A's
+    room: its motion receiver must still get A's transform as it is created (closing B must not
+    unhook A; a late attach is what Chromium serves unreliably, and it pushes A to the data carrier)."""
+    other_token = livekit_server.token("viewer-b", new_room(), can_publish=False)
+    open_harness(browser_page, app, livekit_server, room)
+    wait_for(browser_page, lambda r: r.results.get("state") == "connected", timeout_s=60)
+    py(browser_page, f"""
+class Counting:
+    def yield_frames_data(self, frames, conversation_id):
+        pass
+player_b = AvatarPlayer(make_provider(), Counting(), log_level="warning")
+await player_b.connect(url=cfg["url"], token={json.dumps(other_token)})
+await player_b.disconnect()
+""")
+    worker = start_worker(livekit_server, room, tmp_path, "--frames", "200", "--tail-ms", "1500")
+    try:
+        run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=90)
+        late = py(browser_page, "provider._late_attach")
+    finally:
+        worker.stop()
+    why = explain(run, worker) + f"\nlate attach: {late}"
+    assert late is False and run.results["carrier"] == "script", why
+    assert not run.results["fallbacks"] and run.results["reattaches"] == 0, why
+    seqs = assert_in_order(run, 200, why)
+    assert len(seqs) >= 198, why
