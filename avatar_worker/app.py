@@ -126,7 +126,7 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
             await publisher.abort()
         else:
             streamer.stop()  # before the driver is cancelled: an unfinished turn gets its TRANSITION_END
-            await asyncio.wait_for(stream_task, 5.0)
+            await asyncio.wait_for(stream_task, STREAMER_STOP_S)
             await bounded(publisher.close(), CLOSE_LIMIT_S, "leaving the room")
     finally:
         if on_shutdown is not None:
@@ -174,8 +174,11 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
     return summary
 
 
-CLOSE_LIMIT_S = 12.0
-"""How long each step of the shutdown may take before the worker goes on without it."""
+STREAMER_STOP_S = 5.0
+"""How long the motion streamer may take to finish its turn's TRANSITION_END and stop."""
+CLOSE_LIMIT_S = 8.0
+"""How long each of the two shutdown steps (leaving, releasing) may take before the worker goes on
+without it. With the streamer's time, the whole shutdown stays under the CLI's exit guard."""
 
 
 async def bounded(step: Awaitable[Any], seconds: float, what: str) -> bool:

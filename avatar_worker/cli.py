@@ -229,7 +229,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
-SHUTDOWN_GRACE_S = 20.0
+SHUTDOWN_GRACE_S = 25.0
 """Once the worker starts to wind down, the process ends within this long, whatever is stuck."""
 
 

@@ -916,3 +916,12 @@ def test_bounded_goes_on_without_a_step_that_ignores_cancellation(caplog):
     message = "\n".join(r.getMessage() for r in caplog.records)
     assert "the stubborn step did not finish within 0 s" in message
     assert "stubborn (" in message and "stubborn_inner (" in message  # the chain of awaits
+
+
+def test_the_bounded_shutdown_fits_inside_the_exit_guard():
+    """Every bounded step running out of time still leaves the worker time to print its summary
+    before the guard ends the process."""
+    from avatar_worker.app import CLOSE_LIMIT_S, STREAMER_STOP_S
+    from avatar_worker.cli import SHUTDOWN_GRACE_S
+
+    assert STREAMER_STOP_S + 2 * CLOSE_LIMIT_S + 2.0 <= SHUTDOWN_GRACE_S
