@@ -163,7 +163,31 @@ def own_browser_page(playwright_instance, args: list[str]):
     page = browser.new_context(viewport={"width": 1100, "height": 820}).new_page()
     page.off_loopback = []
     page.context.on("request", lambda req: None if is_loopback_url(req.url) else page.off_loopback.append(req.url))
+    page.crashed = False
+    page.on("crash", lambda _page: setattr(page, "crashed", True))
     return browser, page
+
+
+def boot_own_browser(playwright_instance, args: list[str], boot):
+    """:func:`own_browser_page`, then ``boot(page)`` (load the page, wait until it is ready).
+
+    If the page's renderer process crashes during the boot, the browser is launched once more:
+    full CI runs saw a second Chromium's first page crash while Pyodide booted (2 in about 40
+    launches; never in the shared browser, never when the test ran alone). The crash is printed,
+    so it stays visible. Anything else, including a second crash or one after the boot, fails.
+    Returns ``(browser, page)``."""
+    for attempt in (1, 2):
+        browser, page = own_browser_page(playwright_instance, args)
+        try:
+            boot(page)
+            return browser, page
+        except Exception as exc:
+            browser.close()
+            if not page.crashed or attempt == 2:
+                raise
+            print(f"\n[own browser] the page crashed while booting; launching a fresh Chromium: "
+                  f"{str(exc).splitlines()[0]}")
+    raise AssertionError("unreachable")
 
 
 @dataclass

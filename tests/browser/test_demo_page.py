@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from devstack import free_port
 
-from .conftest import own_browser_page
+from .conftest import boot_own_browser
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = ROOT / "serve.py"
@@ -311,10 +311,14 @@ def test_talking_to_the_avatar_through_the_microphone(demo: Demo, playwright_ins
     demo agent hears it, thinks, answers, and the page shows both sides of the conversation."""
     wav = speech_wav(tmp_path / "speech.wav")
     args = [a for a in browser_args if not a.startswith("--use-file-for-fake-audio-capture")]
-    browser, page = own_browser_page(playwright_instance, [*args, f"--use-file-for-fake-audio-capture={wav}"])
-    try:
+
+    def boot(page) -> None:
         page.goto(demo.url, wait_until="domcontentloaded")
         wait_demo(page, demo, "window.demo && window.demo.phase === 'ready'", PYTHON_READY_TIMEOUT_S, "Python ready")
+
+    browser, page = boot_own_browser(playwright_instance, [*args, f"--use-file-for-fake-audio-capture={wav}"],
+                                     boot)
+    try:
         page.click("#connect")
         wait_demo(page, demo, "window.demo.agentStatus === 'listening' && window.demo.transcript.length >= 1", 60,
                   "the greeting, then listening")
@@ -346,10 +350,13 @@ def test_the_page_explains_blocked_sound_and_a_denied_microphone(demo: Demo, pla
     "Enable sound" button (a user gesture calling start_audio()) brings the sound back."""
     args = [a for a in browser_args
             if not a.startswith(("--use-fake-ui-for-media-stream", "--autoplay-policy"))]
-    browser, page = own_browser_page(playwright_instance, [*args, "--autoplay-policy=user-gesture-required"])
-    try:
+
+    def boot(page) -> None:
         with page.expect_console_message(lambda m: "blocked the avatar's audio" in m.text, timeout=120_000):
             page.goto(demo.url + "?autoconnect=1", wait_until="domcontentloaded")  # no click: no gesture
+
+    browser, page = boot_own_browser(playwright_instance, [*args, "--autoplay-policy=user-gesture-required"], boot)
+    try:
         assert page.locator("#audio-blocked").is_visible()
         page.click("#enable-audio")
         wait_demo(page, demo, "window.demo.audioBlocked === false", 15, "sound enabled by the click")

@@ -11,8 +11,9 @@ import pytest
 from avatar_worker.script import payload_for
 from realstack import start_worker
 
-from .conftest import own_browser_page
-from .parity import events_of, explain, frames_vs_script, play, new_room, open_harness, py, read_harness, wait_for
+from .conftest import boot_own_browser
+from .parity import (events_of, explain, frames_vs_script, harness_url, new_room, open_harness, play, py,
+                     read_harness, wait_for)
 
 
 @pytest.fixture
@@ -373,10 +374,13 @@ def test_microphone_and_custom_audio_reach_the_avatar_worker(browser_page, app, 
 def test_microphone_permission_denied_is_an_error_event_and_a_named_exception(playwright_instance, browser_args,
                                                                             app, livekit_server, room, tmp_path):
     args = [a for a in browser_args if not a.startswith("--use-fake-ui-for-media-stream")]
-    browser, page = own_browser_page(playwright_instance, args)  # no fake UI: Chromium denies the prompt
-    try:
+
+    def boot(page) -> None:
         open_harness(page, app, livekit_server, room, can_publish=True)
         wait_for(page, lambda r: r.results.get("state") == "connected", timeout_s=30)
+
+    browser, page = boot_own_browser(playwright_instance, args, boot)  # no fake UI: Chromium denies the prompt
+    try:
         out = py(page, """
 try:
     await player.start_publishing()
@@ -410,14 +414,19 @@ def test_autoplay_blocked_is_an_event_and_start_audio_resumes(playwright_instanc
     a user gesture, which would unblock autoplay."""
     args = [a for a in browser_args if not a.startswith("--autoplay-policy")]
     args.append("--autoplay-policy=user-gesture-required")
-    browser, page = own_browser_page(playwright_instance, args)
     worker = start_worker(livekit_server, room, tmp_path, "--frames", "1000")
-    try:
-        token = livekit_server.token("viewer", room, can_publish=False)
-        from realstack import harness_url
+    token = livekit_server.token("viewer", room, can_publish=False)
 
+    def boot(page) -> None:
         with page.expect_console_message(lambda m: "blocked the avatar's audio" in m.text, timeout=60_000):
             page.goto(harness_url(app, livekit_server, token))
+
+    try:
+        browser, page = boot_own_browser(playwright_instance, args, boot)
+    except BaseException:
+        worker.stop()
+        raise
+    try:
         run = read_harness(page)
         why = explain(run, worker)
         assert run.event_names().count("audio-blocked") == 1, why
