@@ -18,6 +18,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +175,7 @@ def boot_own_browser(playwright_instance, args: list[str], boot):
     If the page's renderer process crashes during the boot, the browser is launched once more:
     full CI runs saw a second Chromium's first page crash while Pyodide booted (2 in about 40
     launches; never in the shared browser, never when the test ran alone). The crash is printed,
-    so it stays visible. Anything else, including a second crash or one after the boot, fails.
+    as a warning in the run's summary. Anything else, including a second crash or one after the boot, fails.
     Returns ``(browser, page)``."""
     for attempt in (1, 2):
         browser, page = own_browser_page(playwright_instance, args)
@@ -185,8 +186,9 @@ def boot_own_browser(playwright_instance, args: list[str], boot):
             browser.close()
             if not page.crashed or attempt == 2:
                 raise
-            print(f"\n[own browser] the page crashed while booting; launching a fresh Chromium: "
-                  f"{str(exc).splitlines()[0]}")
+            # a warning, not a print: pytest shows it in the summary of a passing run too
+            warnings.warn(f"the page of a separate Chromium crashed while booting; launched a fresh one "
+                          f"({str(exc).splitlines()[0]})", RuntimeWarning, stacklevel=2)
     raise AssertionError("unreachable")
 
 
