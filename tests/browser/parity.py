@@ -11,20 +11,34 @@ import pytest
 from realstack import HarnessRun, harness_url, read_harness, start_worker, wait_for  # noqa: F401 (re-exported)
 
 
-def frames_vs_script(frames: list[bytes], total: int) -> str:
-    """How rendered frames differ from the scripted ``payload_for(0..total-1)``, in one short
-    line ('' when identical), so a failure message is not a diff of hundreds of payloads."""
+def scripted_seqs(frames: list[bytes], total: int) -> list[int | None]:
+    """The worker's seq of each frame, from its scripted payload ``payload_for(0..total-1)``
+    (None for a frame the script never made)."""
     from avatar_worker.script import payload_for
 
     seq_of = {payload_for(seq): seq for seq in range(total)}
-    seqs = [seq_of.get(frame, -1) for frame in frames]
+    return [seq_of.get(frame) for frame in frames]
+
+
+def assert_in_order(frames: list[bytes], total: int, why: str) -> list[int]:
+    """Every frame is a scripted one, none twice, in order; returns their seqs."""
+    seqs = scripted_seqs(frames, total)
+    assert None not in seqs, "the renderer got a frame the worker never sent\n" + why
+    assert seqs == sorted(set(seqs)), "rendered out of order or twice\n" + why
+    return seqs
+
+
+def frames_vs_script(frames: list[bytes], total: int) -> str:
+    """How rendered frames differ from the scripted ``payload_for(0..total-1)``, in one short
+    line ('' when identical), so a failure message is not a diff of hundreds of payloads."""
+    seqs = scripted_seqs(frames, total)
     if seqs == list(range(total)):
         return ""
     missing = sorted(set(range(total)) - set(seqs))
-    foreign = seqs.count(-1)
-    disorder = [(a, b) for a, b in zip(seqs, seqs[1:]) if b <= a and a >= 0 and b >= 0]
+    known = [seq for seq in seqs if seq is not None]
+    disorder = [(a, b) for a, b in zip(known, known[1:]) if b <= a]
     return (f"{len(frames)} of {total} frames; missing seqs {missing[:20]}; "
-            f"{foreign} not scripted; out of order or repeated at {disorder[:10]}")
+            f"{seqs.count(None)} not scripted; out of order or repeated at {disorder[:10]}")
 
 
 def new_room() -> str:

@@ -12,11 +12,10 @@ import pytest
 
 import bootstrap  # tools/, on sys.path through conftest
 from devstack import LiveKitServer, free_port
-from avatar_worker.script import payload_for
 from realstack import start_worker
 from webapp import build_app
 
-from .parity import explain, new_room, open_harness, py, wait_for
+from .parity import assert_in_order, explain, new_room, open_harness, py, wait_for
 
 
 class SilentServer:
@@ -158,9 +157,7 @@ def test_server_restart_mid_turn_recovers_and_frames_flow_again(browser_page, tm
             assert run.results["motionMode"] in ("script", "data"), why
             assert not run.errors, why
             assert "Traceback" not in "\n".join(str(e) for e in run.results.get("errors", [])), why
-            seq_of = {payload_for(seq): seq for seq in range(2500)}
-            seqs = [seq_of.get(frame) for frame in run.frames]
-            assert None not in seqs and seqs == sorted(set(seqs)), why  # in order across the restart
+            assert_in_order(run.frames, 2500, why)  # in order across the restart
     finally:
         if worker is not None:
             worker.stop()

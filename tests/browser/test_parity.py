@@ -8,30 +8,16 @@ import time
 
 import pytest
 
-from avatar_worker.script import payload_for
 from realstack import start_worker
 
 from .conftest import boot_own_browser
-from .parity import (events_of, explain, frames_vs_script, harness_url, new_room, open_harness, play, py,
-                     read_harness, wait_for)
+from .parity import (assert_in_order, events_of, explain, frames_vs_script, harness_url, new_room, open_harness,
+                     play, py, read_harness, wait_for)
 
 
 @pytest.fixture
 def room():
     return new_room()
-
-
-def seqs_of(run, frames: int) -> list[int | None]:
-    """The worker's seq of every rendered frame (None for a frame it never made)."""
-    seq_of = {payload_for(seq): seq for seq in range(frames)}
-    return [seq_of.get(frame) for frame in run.frames]
-
-
-def assert_in_order(run, frames: int, why: str) -> list[int]:
-    seqs = seqs_of(run, frames)
-    assert None not in seqs, "the renderer got a frame the worker never sent\n" + why
-    assert seqs == sorted(set(seqs)), "rendered out of order or twice\n" + why
-    return seqs
 
 
 # --------------------------------------------------------------------- 2. transform robustness
@@ -68,7 +54,7 @@ def test_fallback_chain_when_the_browser_lacks_transforms(browser_page, app, liv
     why = explain(run, worker)
     assert run.phase == "connected" and run.results["motionMode"] == expected, why
     assert run.results["carrier"] == expected, why
-    seqs = assert_in_order(run, 300, why)
+    seqs = assert_in_order(run.frames, 300, why)
     assert len(seqs) >= 297, why  # (data messages are lossy: REDUNDANT covers single losses)
     assert run.summary["packetsMalformed"] == 0 and "error" not in run.event_names(), why
     if expected == "data":
@@ -85,7 +71,7 @@ def test_watchdog_reattaches_a_dead_transform_then_falls_back_to_data(browser_pa
     run, worker = play(browser_page, app, livekit_server, room, tmp_path,
                        "--frames", "400", "--lead-in-ms", "8000", "--tail-ms", "1500", timeout_s=120)
     why = explain(run, worker) + f"\ndead transforms made: {browser_page.evaluate('window.deadTransforms')}"
-    seqs = assert_in_order(run, 400, why)
+    seqs = assert_in_order(run.frames, 400, why)
     attached = [e[0] for e in events_of(run, "motion-track-attached")]
     if dead == 1:
         assert run.results["reattaches"] == 1 and run.results["carrier"] == "script", why
@@ -103,7 +89,7 @@ def test_motion_track_republished_is_attached_again(browser_page, app, livekit_s
                        "--frames", "400", "--republish-after", "150", "--tail-ms", "1500")
     why = explain(run, worker)
     assert any(r.get("kind") == "republish" for r in worker.sent()), "the worker did not republish\n" + why
-    seqs = assert_in_order(run, 400, why)
+    seqs = assert_in_order(run.frames, 400, why)
     assert len(events_of(run, "motion-track-attached")) >= 2, why
     assert seqs[-1] >= 390 and len([s for s in seqs if s > 160]) >= 200, why  # frames after the new track
 
@@ -117,7 +103,7 @@ def test_redundant_packets_recover_ten_percent_loss(browser_page, app, livekit_s
     why = explain(run, worker)
     lost = 500 - len(worker.sent_frames())
     assert lost >= 30, f"the injection dropped only {lost} frames\n" + why
-    seqs = assert_in_order(run, 500, why)
+    seqs = assert_in_order(run.frames, 500, why)
     s = run.summary
     assert len(seqs) >= 495 and s["framesRendered"] >= 495, why  # >= 99 %
     assert s["framesRecovered"] >= lost * 0.8, why  # recovered frames are counted
@@ -166,7 +152,7 @@ def test_a_room_the_app_created_and_connected_itself(browser_page, app, livekit_
     finally:
         worker.stop()
     why = explain(run, worker) + f"\napp room state: {app_room_state}"
-    seqs = assert_in_order(run, 300, why)
+    seqs = assert_in_order(run.frames, 300, why)
     assert len(seqs) >= 290, why
     if shared == "before":
         assert run.results["carrier"] == "script" and not run.results["fallbacks"], why
@@ -199,7 +185,7 @@ def test_only_the_avatars_audio_is_attached(browser_page, app, livekit_server, r
     elements = run.results["audioElements"]
     assert [e["identity"] for e in elements] == ["avatar-worker"], why
     assert not elements[0]["paused"], why
-    assert_in_order(run, 250, why)  # the other track's packets never reached the renderer
+    assert_in_order(run.frames, 250, why)  # the other track's packets never reached the renderer
 
 
 # --------------------------------------------------------------------------- 7. logging, options
@@ -232,7 +218,7 @@ def test_log_level_and_handler_isolation(browser_page, browser_log, app, livekit
     finally:
         worker.stop()
     why = explain(run, worker)
-    assert_in_order(run, 150, why)
+    assert_in_order(run.frames, 150, why)
     assert run.summary["framesRendered"] >= 148, why  # the raising handlers broke nothing
     assert "sync" in calls and "async" in calls and handler_errors == len(calls), why
     browser_page.close()  # the console log is complete once the page is closed
@@ -421,12 +407,9 @@ def test_autoplay_blocked_is_an_event_and_start_audio_resumes(playwright_instanc
         with page.expect_console_message(lambda m: "blocked the avatar's audio" in m.text, timeout=60_000):
             page.goto(harness_url(app, livekit_server, token))
 
+    browser = None
     try:
         browser, page = boot_own_browser(playwright_instance, args, boot)
-    except BaseException:
-        worker.stop()
-        raise
-    try:
         run = read_harness(page)
         why = explain(run, worker)
         assert run.event_names().count("audio-blocked") == 1, why
@@ -439,7 +422,8 @@ def test_autoplay_blocked_is_an_event_and_start_audio_resumes(playwright_instanc
                        and r.event_names().count("audio-playback-changed") >= 2, timeout_s=15)
     finally:
         worker.stop()
-        browser.close()
+        if browser is not None:
+            browser.close()
     why = explain(run, worker)
     assert events_of(run, "audio-playback-changed") == [[False], [True]], why
     assert run.results["audioClicks"] == [{"ok": True, "canPlayAudio": True}], why
@@ -488,9 +472,7 @@ await js_player.connect(url=cfg["url"], token=cfg["token"])
     # frame lost on the way is gone for good (each frame is a key frame, so WebRTC stops asking for
     # it once the next one decodes): one CI run lost one under load. That is the transport's
     # doing, tested elsewhere; here it may cost at most 2 frames, and none may be lost in the player.
-    seq_of = {payload_for(seq): seq for seq in range(120)}
-    seqs = [seq_of.get(f) for f in frames]
-    assert None not in seqs and seqs == sorted(set(seqs)), why
+    seqs = assert_in_order(frames, 120, why)
     assert len(seqs) >= 118 and summary["framesReceived"] == summary["framesRendered"] == len(seqs), why
     assert summary["framesDropped"] == 0 and summary["rendererErrors"] == 0, why
     assert types == ["Uint8Array"] and len(conversations) == 1 and conversations[0], why
@@ -522,5 +504,5 @@ await player_b.disconnect()
     why = explain(run, worker) + f"\nlate attach: {late}"
     assert late is False and run.results["carrier"] == "script", why
     assert not run.results["fallbacks"] and run.results["reattaches"] == 0, why
-    seqs = assert_in_order(run, 200, why)
+    seqs = assert_in_order(run.frames, 200, why)
     assert len(seqs) >= 198, why
