@@ -33,6 +33,7 @@ __all__ = [
     "rms",
     "envelope",
     "tone",
+    "click",
     "write_wav",
 ]
 
@@ -162,6 +163,22 @@ def tone(frequency: float = 400.0, amplitude: float = 0.1) -> bytes:
     step = 2 * math.pi * frequency / SAMPLE_RATE
     peak = amplitude * (_FULL_SCALE - 1)
     return _to_bytes(array.array("h", (int(round(peak * math.sin(step * i))) for i in range(SAMPLES_PER_FRAME))))
+
+
+def click(frequency: float = 2000.0, amplitude: float = 0.5, duration_ms: float = 20.0) -> bytes:
+    """One 40 ms frame that starts with a sine burst at full ``amplitude`` from its first sample
+    and is silent after ``duration_ms``: a sharp onset a listener can time to the sample (the
+    A/V sync pulse, see :mod:`avatar_worker.script`)."""
+    if not 0.0 < amplitude <= 1.0:
+        raise ValueError("amplitude must be within 0..1")
+    if not 0.0 < duration_ms <= FRAME_INTERVAL_MS:
+        raise ValueError(f"duration_ms must be within 0..{FRAME_INTERVAL_MS}")
+    loud = int(SAMPLE_RATE * duration_ms / 1000)
+    step = 2 * math.pi * frequency / SAMPLE_RATE
+    peak = amplitude * (_FULL_SCALE - 1)
+    # starts at the peak (cosine), so the very first sample is loud
+    burst = (int(round(peak * math.cos(step * i))) for i in range(loud))
+    return _to_bytes(array.array("h", burst)) + bytes(2 * CHANNELS * (SAMPLES_PER_FRAME - loud))
 
 
 def write_wav(path: str | Path, pcm: bytes) -> None:

@@ -47,7 +47,7 @@ from .carrier import DEFAULT_DATA_TOPIC
 from .config import WorkerConfig
 from .publisher import LiveKitSettings, PublisherError
 from .replay import ReplayError
-from .script import Injection
+from .script import SCRIPT_AUDIO, Injection
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="disconnect abruptly after N frames of the last turn")
     script.add_argument("--leave-mode", choices=("disconnect", "crash"), default="disconnect",
                         help="how --leave-after leaves: disconnect at once, or exit without leaving")
-    script.add_argument("--script-audio", choices=("tone", "silence"), default="tone")
+    script.add_argument("--script-audio", choices=SCRIPT_AUDIO, default="tone",
+                        help="tone: a quiet 400 Hz tone; pulse: a click at the start of every 25th frame's "
+                             "audio (the A/V sync pulse: avatar_worker/script.py)")
 
     speech = p.add_argument_group("speech mode")
     source = speech.add_mutually_exclusive_group()

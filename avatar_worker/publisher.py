@@ -571,6 +571,12 @@ class Publisher:
             log.debug("rate control: %d bit/s at %.1f fps", feedback.rate_control.target_bitrate_bps,
                       feedback.rate_control.framerate_fps)
 
+    def realign_audio(self) -> None:
+        """Drop the audio queued but not yet sent (the streamer calls this when only silence is
+        queued, before a turn's first audio)."""
+        if self.audio_source is not None and self._live:
+            self.audio_source.clear_queue()
+
     async def capture_audio(self, pcm: bytes) -> None:
         """Queue 40 ms of audio. Silently skipped while not connected (nothing would play it)."""
         source = self.audio_source

@@ -15,7 +15,7 @@ from avatarplayer.constants import FRAME_INTERVAL_MS, FRAME_RATE
 from avatarplayer.messages import FLAME_FIELDS, build_message
 from avatarplayer.motion import Compression, Flags
 
-from .audio import tone
+from .audio import click, tone
 from .motion_gen import Pose
 from .turns import Emission, Tick, Turn, TurnFrame, build_turn
 
@@ -24,6 +24,8 @@ __all__ = [
     "payload_for",
     "scripted_pose",
     "scripted_frames",
+    "is_pulse",
+    "PULSE_EVERY",
     "plan_scripted_turn",
     "inject",
     "malformed_packet",
@@ -32,6 +34,16 @@ __all__ = [
 SCRIPT_TONE_HZ = 400.0
 """Audio of scripted frames: a quiet 400 Hz tone during turns (silence while idle), so a receiver
 can find the start of a turn in the audio and compare it with the START motion frame."""
+
+PULSE_EVERY = 25
+"""With ``audio="pulse"`` the audio is silent but for a click at the very start of every frame
+whose seq is a multiple of this (once a second): the A/V sync pulse. A receiver that times the
+click's onset as heard and the renderer call of that seq's frame has measured the A/V offset."""
+
+
+def is_pulse(seq: int) -> bool:
+    """True for the frames whose audio starts with the sync click (``audio="pulse"``)."""
+    return seq % PULSE_EVERY == 0
 
 
 def scripted_pose(seq: int) -> Pose:
@@ -61,10 +73,18 @@ def payload_for(seq: int) -> bytes:
     return build_message(scripted_pose(seq))
 
 
+SCRIPT_AUDIO = ("tone", "silence", "pulse")
+
+
 def scripted_frames(first_seq: int, count: int, *, audio: str = "tone") -> list[TurnFrame]:
-    """``count`` frames with payloads for ``first_seq``...; ``audio`` is ``tone`` or ``silence``."""
-    if audio not in ("tone", "silence"):
-        raise ValueError(f"audio must be 'tone' or 'silence', got {audio!r}")
+    """``count`` frames with payloads for ``first_seq``...; ``audio`` is one of
+    :data:`SCRIPT_AUDIO` (``pulse``: see :data:`PULSE_EVERY`)."""
+    if audio not in SCRIPT_AUDIO:
+        raise ValueError(f"audio must be one of {SCRIPT_AUDIO}, got {audio!r}")
+    if audio == "pulse":
+        pulse = click()
+        return [TurnFrame(payload_for(seq), pulse if is_pulse(seq) else None)
+                for seq in range(first_seq, first_seq + count)]
     pcm = tone(SCRIPT_TONE_HZ, 0.1) if audio == "tone" else None
     return [TurnFrame(payload_for(first_seq + i), pcm) for i in range(count)]
 

@@ -43,6 +43,11 @@ class MotionSink(Protocol):
         """Hand 40 ms of 48 kHz mono int16 PCM to the audio track."""
         ...
 
+    def realign_audio(self) -> None:
+        """Only silence is queued for the audio track: drop it, so the next audio starts at once,
+        right after the motion frame captured with it (optional: see :meth:`MotionStreamer._start`)."""
+        ...
+
 
 class DataPath(Protocol):
     """The data-packet carrier: motion packets as lossy data messages (wire-format.md §3b)."""
@@ -205,6 +210,7 @@ class MotionStreamer:
         self._ended: list[tuple[_Playing, bool]] = []
         """Finished turns whose observers have not heard it yet (told after the tick is sent)."""
         self._owe_transition_end = False
+        self._last_audio_silent = True
         self._stopping = False
         self._aborted = False
         self._running = False
@@ -312,6 +318,18 @@ class MotionStreamer:
         return idle_tick(), None
 
     def _start(self, playing: _Playing) -> None:
+        if self._last_audio_silent:
+            # Lip sync starts here. The audio source queues what we capture and sends it in real
+            # time; a tick that came late (a busy host) leaves that queue fuller for good, so the
+            # audio trails its motion by as much (seen here: 20..50 ms, different in every run).
+            # Between turns it holds only silence: dropping it puts the turn's first audio on the
+            # wire right with its first motion frame.
+            realign = getattr(self.sink, "realign_audio", None)
+            if realign is not None:
+                try:
+                    realign()
+                except Exception:
+                    log.exception("realigning the audio failed")
         self._playing = playing
         playing.started_at = self._wall()
         self.stats.turns_started += 1
@@ -378,6 +396,7 @@ class MotionStreamer:
                 self._emit(emission, when)
 
     async def _audio(self, tick: Tick) -> None:
+        self._last_audio_silent = tick.audio is None
         try:
             await self.sink.capture_audio(tick.audio or SILENCE)
         except Exception:  # a hiccup of the audio path must not stop the motion clock

@@ -6,6 +6,7 @@ The live counterpart (a real LiveKit server and a Python subscriber) is tests/wo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import random
@@ -257,6 +258,17 @@ class TestAudio:
         with pytest.raises(audio.AudioError):
             audio.load_wav(tmp_path / "missing.wav")
 
+    def test_click_starts_loud_on_its_first_sample_then_is_silent(self) -> None:
+        import array
+
+        samples = array.array("h", audio.click(2000.0, 0.5, 20.0))
+        assert len(samples) == audio.SAMPLES_PER_FRAME
+        assert samples[0] == round(0.5 * 32767)  # the onset a listener times is sample 0
+        assert max(abs(x) for x in samples[:960]) > 0.49 * 32767
+        assert all(x == 0 for x in samples[960:])
+        with pytest.raises(ValueError):
+            audio.click(duration_ms=50)
+
     def test_synthesize(self) -> None:
         if shutil.which("espeak-ng") is None:
             pytest.skip("espeak-ng not installed")
@@ -368,6 +380,17 @@ class TestScript:
         assert 495 < len(payload_for(42)) <= 520
         assert parsed["keyframes"][0]["jaw_pose"][0] == pytest.approx(scripted_pose(42)["jaw_pose"][0], abs=1e-6)
 
+    def test_pulse_audio_clicks_once_a_second_on_the_marked_frames(self) -> None:
+        from avatar_worker.script import PULSE_EVERY, is_pulse, scripted_frames
+
+        frames = scripted_frames(10, 60, audio="pulse")
+        clicked = [10 + i for i, f in enumerate(frames) if f.audio is not None]
+        assert clicked == [25, 50] and all(is_pulse(s) for s in clicked) and PULSE_EVERY == 25
+        assert all(f.audio == audio.click() for f in frames if f.audio is not None)
+        assert [f.message for f in frames] == [payload_for(s) for s in range(10, 70)]
+        with pytest.raises(ValueError):
+            scripted_frames(0, 1, audio="beep")
+
     def test_payloads_differ(self) -> None:
         payloads = {payload_for(s) for s in range(3000)}
         assert len(payloads) == 3000
@@ -427,6 +450,8 @@ class RecordingSink:
     def __init__(self) -> None:
         self.video: list[tuple[float, bytes, int]] = []
         self.audio: list[bytes] = []
+        self.realigned: list[int] = []
+        """Audio captures made before each realign_audio() call."""
         self.refuse = False
 
     def capture_video(self, frame: bytes, timestamp_us: int) -> bool:
@@ -439,6 +464,9 @@ class RecordingSink:
 
     async def capture_audio(self, pcm: bytes) -> None:
         self.audio.append(pcm)
+
+    def realign_audio(self) -> None:
+        self.realigned.append(len(self.audio))
 
     def packets(self):
         out = []
@@ -493,6 +521,52 @@ class TestStreamer:
         assert {"seq", "t_ms", "flags", "sent", "kind"} <= set(records[0])
         assert [r["seq"] for r in records if r["kind"] == "frame"] == list(range(8))
         assert streamer.stats.frames_sent == 8 and streamer.stats.turns_completed == 2
+
+    def test_audio_is_realigned_before_a_turn_that_follows_silence_only(self) -> None:
+        sink = RecordingSink()
+        streamer = fast_streamer(sink)
+        tone = audio.tone()
+
+        async def go() -> None:
+            task = asyncio.create_task(streamer.run())
+            await asyncio.sleep(0.03)  # idle heartbeats: silence
+            first = streamer.play(build_turn([TurnFrame(payload_for(i), tone) for i in range(3)], 0,
+                                             transition=False))
+            await first
+            await asyncio.sleep(0.02)
+            second = streamer.play(build_turn([TurnFrame(payload_for(3 + i), tone) for i in range(2)], 3,
+                                              transition=False))
+            await second
+            streamer.stop()
+            await task
+
+        asyncio.run(go())
+        # right before each turn's first audio, and only ever after silence (never mid-speech)
+        assert len(sink.realigned) == 2
+        for captured in sink.realigned:
+            assert sink.audio[captured] == tone and sink.audio[captured - 1] == audio.SILENCE
+
+    def test_audio_is_not_realigned_when_the_turn_before_still_sounds(self) -> None:
+        sink = RecordingSink()
+        streamer = fast_streamer(sink)
+        tone = audio.tone()
+        turn = build_turn([TurnFrame(payload_for(i), tone) for i in range(3)], 0, transition=False)
+        # a turn whose ticks all carry audio, so the next one starts right after the tone
+        turn = dataclasses.replace(turn, ticks=tuple(dataclasses.replace(t, audio=t.audio or tone) for t in turn.ticks))
+
+        async def go() -> None:
+            task = asyncio.create_task(streamer.run())
+            await asyncio.sleep(0.02)
+            first = streamer.play(turn)
+            second = streamer.play(build_turn([TurnFrame(payload_for(turn.next_seq + i), tone) for i in range(2)],
+                                              turn.next_seq, transition=False))
+            await first
+            await second
+            streamer.stop()
+            await task
+
+        asyncio.run(go())
+        assert len(sink.realigned) == 1 and sink.audio[sink.realigned[0] - 1] == audio.SILENCE
 
     def test_stop_mid_turn_closes_it(self) -> None:
         sink = RecordingSink()
