@@ -41,6 +41,11 @@ class PlayerEvent(enum.StrEnum):
     """Payload: a :class:`~avatarplayer.datamsg.TranscriptChunk` (``transcript_chunk`` messages)."""
     AGENT_STATUS = "agent-status"
     """Payload: an :class:`~avatarplayer.datamsg.AgentStatus` (``agent_status`` messages)."""
+    SYNC_CHANGED = "sync-changed"
+    """Payloads: the mode, "audio" (frames are released when their audio is heard) or
+    "independent" (on arrival), and the reason: "locked", "no-audio", "audio-stalled", "no-rtp",
+    "audio-delay" (:class:`~avatarplayer.sync.SyncReason`). Fires when sync is gained or lost, e.g.
+    "independent"/"audio-stalled" while the voice has stopped but motion goes on."""
 
 
 class ConnectionState(enum.StrEnum):

@@ -18,6 +18,14 @@ Rules, in the order they apply:
 * A START whose seq is below what was already rendered means the producer restarted: reset.
 * Frames recovered from REDUNDANT packets fill gaps that have not been skipped yet.
 
+Following the audio (``tick(now, offset)``, see :mod:`avatarplayer.sync`): a frame with a media
+time is due at ``media_ms + offset``, when its audio is heard, and never renders before. Playback
+starts when the first buffered frame is due (not after ``JITTER_START_FRAMES``); a gap is still
+given up once a later frame has waited ``max_buffer_delay_ms`` since it *arrived*, so the option
+keeps its meaning. A frame due more than half a tick ago while the one before it renders is
+rendered in the same tick (:meth:`JitterBuffer.overdue`): after a hold, the face catches up with
+the voice instead of staying behind.
+
 With the buffer disabled, frames render on arrival, in order, dropping stale ones.
 """
 
@@ -28,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .constants import JITTER_MAX_FRAMES, JITTER_START_FRAMES, MAX_BUFFER_DELAY_MS
+from .constants import FRAME_INTERVAL_MS, JITTER_MAX_FRAMES, JITTER_START_FRAMES, MAX_BUFFER_DELAY_MS
 
 __all__ = ["JitterBuffer", "JitterCounters", "PushResult"]
 
@@ -42,6 +50,9 @@ _RESYNC_AFTER_STALE = 12
 
 _REMEMBER_SKIPPED = 256
 """How many skipped seqs are remembered to tell a late frame from a stale one."""
+
+DUE_TOLERANCE_MS = 4.0
+"""A frame due this little after the tick is rendered at it (timers fire a little early)."""
 
 
 class PushResult(enum.Enum):
@@ -71,6 +82,10 @@ class JitterCounters:
     """Missing seqs given up on (never received before their turn came)."""
     recovered: int = 0
     out_of_order: int = 0
+    held: int = 0
+    """Rendered frames that waited for their audio (they arrived before it was heard)."""
+    caught_up: int = 0
+    """Frames rendered in the same tick as the one before them, to catch up with the audio."""
     starved_ticks: int = 0
     restarts: int = 0
     delay_ms_total: float = 0.0
@@ -87,6 +102,13 @@ class _Slot(Generic[T]):
     frame: T
     arrival_ms: float
     end: bool
+    media_ms: float | None = None
+    """The frame's place on the sender's clock (its RTP timestamp in ms), when known."""
+    held: bool = False
+
+    def due(self, offset: float | None) -> float | None:
+        """When its audio is heard (None: no media time, or not following the audio)."""
+        return None if offset is None or self.media_ms is None else self.media_ms + offset
 
 
 class JitterBuffer(Generic[T]):
@@ -128,6 +150,7 @@ class JitterBuffer(Generic[T]):
         self._skipped.clear()
         self._next: int | None = None
         self._last_rendered: int | None = None
+        self._last_media_ms: float | None = None
         self._highest: int | None = None
         self._playing = False
         self._ending = False
@@ -151,6 +174,11 @@ class JitterBuffer(Generic[T]):
         return self._last_rendered
 
     @property
+    def last_media_ms(self) -> float | None:
+        """The media time of the frame rendered last (None if it had none)."""
+        return self._last_media_ms
+
+    @property
     def next_expected(self) -> int | None:
         return self._next
 
@@ -170,11 +198,13 @@ class JitterBuffer(Generic[T]):
         start: bool = False,
         end: bool = False,
         recovered: bool = False,
+        media_ms: float | None = None,
     ) -> PushResult:
         """Offer one frame that arrived at ``now_ms``. ``start``/``end`` mirror the packet flags;
-        ``recovered`` marks a copy taken from a REDUNDANT packet."""
+        ``recovered`` marks a copy taken from a REDUNDANT packet; ``media_ms`` is the frame's
+        time on the sender's clock (for :meth:`tick` with an offset)."""
         if recovered:
-            return self._push_recovered(seq, frame, now_ms, end)
+            return self._push_recovered(seq, frame, now_ms, end, media_ms)
         self.counters.received += 1
         if start and self._is_restart(seq, now_ms):
             self._restart()
@@ -196,7 +226,7 @@ class JitterBuffer(Generic[T]):
         if self._highest is not None and seq < self._highest:
             self.counters.out_of_order += 1
         self._highest = seq if self._highest is None else max(self._highest, seq)
-        slot = _Slot(frame, now_ms, end)
+        slot = _Slot(frame, now_ms, end, media_ms)
         if not self.enabled:
             self._ready.append((seq, slot))
             self._last_rendered = seq  # order is decided now: anything lower is stale from here on
@@ -206,7 +236,7 @@ class JitterBuffer(Generic[T]):
         self._evict_overflow()
         return PushResult.ACCEPTED
 
-    def _push_recovered(self, seq: int, frame: T, now_ms: float, end: bool) -> PushResult:
+    def _push_recovered(self, seq: int, frame: T, now_ms: float, end: bool, media_ms: float | None) -> PushResult:
         fillable = (
             self.enabled
             and (self._next is None or seq >= self._next)
@@ -218,7 +248,7 @@ class JitterBuffer(Generic[T]):
             return PushResult.NOT_NEEDED
         self.counters.received += 1
         self.counters.recovered += 1
-        self._slots[seq] = _Slot(frame, now_ms, end)
+        self._slots[seq] = _Slot(frame, now_ms, end, media_ms)
         self._evict_overflow()
         return PushResult.RECOVERED
 
@@ -268,8 +298,9 @@ class JitterBuffer(Generic[T]):
         else:
             self._ending = True
 
-    def tick(self, now_ms: float) -> T | None:
-        """The frame to render at this tick, or None (waiting, or starved)."""
+    def tick(self, now_ms: float, offset: float | None = None) -> T | None:
+        """The frame to render at this tick, or None (waiting, held for its audio, or starved).
+        ``offset``: follow the audio, a frame being due at ``media_ms + offset`` (module docs)."""
         if not self.enabled:
             if not self._ready:
                 return None
@@ -279,14 +310,19 @@ class JitterBuffer(Generic[T]):
         if not self._playing:
             if not self._slots:
                 return None
-            oldest_wait = now_ms - min(s.arrival_ms for s in self._slots.values())
-            if len(self._slots) < self.start_frames and oldest_wait < self.max_buffer_delay_ms:
+            first = self._slots[min(self._slots)]
+            if _not_due(first, offset, now_ms):
+                first.held = True
                 return None
+            if offset is None or first.media_ms is None:
+                oldest_wait = now_ms - min(s.arrival_ms for s in self._slots.values())
+                if len(self._slots) < self.start_frames and oldest_wait < self.max_buffer_delay_ms:
+                    return None
             self._playing = True
             self._next = min(self._slots)  # frames before the first buffered one were never expected
 
         assert self._next is not None
-        slot = self._slots.pop(self._next, None)
+        slot = self._slots.get(self._next)
         if slot is None:
             if not self._slots:
                 if self._ending:
@@ -298,15 +334,45 @@ class JitterBuffer(Generic[T]):
                 self.counters.starved_ticks += 1
                 return None
             self._skip_to(min(self._slots))
-            slot = self._slots.pop(self._next)
+            slot = self._slots[self._next]
+        if _not_due(slot, offset, now_ms):
+            slot.held = True
+            return None
+        due = slot.due(offset)
+        slot.held = slot.held or (due is not None and due > slot.arrival_ms + DUE_TOLERANCE_MS)
+        del self._slots[self._next]
         seq = self._next
         self._next = seq + 1
         if slot.end or (self._ending and not self._slots):
             self._playing = self._ending = False
         return self._render(seq, slot, now_ms)
 
+    def overdue(self, now_ms: float, offset: float | None) -> bool:
+        """Following the audio, the next frame is here and was due half a tick ago or more: the
+        face is behind the voice (after a hold) and should catch up in this tick."""
+        if offset is None or not self._playing or self._next is None:
+            return False
+        slot = self._slots.get(self._next)
+        due = None if slot is None else slot.due(offset)
+        return due is not None and due <= now_ms - FRAME_INTERVAL_MS / 2
+
+    def next_due(self, offset: float | None) -> float | None:
+        """When the next frame is due (following the audio), if it is here and has a media time."""
+        if offset is None or self._next is None and not self._slots:
+            return None
+        seq = self._next if self._playing and self._next is not None else min(self._slots, default=None)
+        slot = self._slots.get(seq) if seq is not None else None
+        return None if slot is None else slot.due(offset)
+
     def _render(self, seq: int, slot: _Slot[T], now_ms: float) -> T:
         self._last_rendered = seq if self.enabled else self._last_rendered
+        self._last_media_ms = slot.media_ms
         self.counters.rendered += 1
+        self.counters.held += slot.held
         self.counters.delay_ms_total += max(0.0, now_ms - slot.arrival_ms)
         return slot.frame
+
+
+def _not_due(slot: _Slot, offset: float | None, now_ms: float) -> bool:
+    due = slot.due(offset)
+    return due is not None and due > now_ms + DUE_TOLERANCE_MS

@@ -195,6 +195,7 @@ class LiveKitProvider:
         self._data_requested_at = 0.0
         self._mic_publication: Any = None
         self._custom_publication: Any = None
+        self._reading_audio = False
         if room is not None and _in_browser():
             self._prepare_shared_room(room)
 
@@ -527,7 +528,7 @@ class LiveKitProvider:
         to_bytes = getattr(data, "to_bytes", None)  # (isinstance(data, JsBuffer) costs more in Pyodide)
         if to_bytes is not None:  # the hot path: a compact packet (worker_transform/README.md)
             raw = to_bytes()
-            attach_id, arrival_ms, _rtp = _COMPACT.unpack_from(raw)
+            attach_id, arrival_ms, rtp_timestamp = _COMPACT.unpack_from(raw)
             self._packets[attach_id] = self._packets.get(attach_id, 0) + 1
             if self._sink is None:  # a shared room the app connected before the player did
                 self.packets_before_open += 1
@@ -535,14 +536,15 @@ class LiveKitProvider:
             if self._motion_attach_id is not None and attach_id != self._motion_attach_id:
                 self.foreign_packets += 1  # another video track that carries packets: not the avatar's
                 return
-            self._sink.on_packet(raw[_COMPACT.size:], arrival_ms)
+            self._sink.on_packet(raw[_COMPACT.size:], arrival_ms, rtp_timestamp if rtp_timestamp >= 0 else None)
             return
         kind = data.type
         if kind == "packet":
             attach_id = data.id
             self._packets[attach_id] = self._packets.get(attach_id, 0) + 1
             if self._sink is not None and self._motion_attach_id in (None, attach_id):
-                self._sink.on_packet(data.packet.to_bytes(), data.arrivalMs)
+                rtp = data.rtpTimestamp
+                self._sink.on_packet(data.packet.to_bytes(), data.arrivalMs, None if rtp is None else float(rtp))
         elif kind == "attached":
             self.log.info("transform #%s running in the worker (%s)", data.id, data.mode)
             self._acknowledged.add(data.id)
@@ -625,6 +627,54 @@ class LiveKitProvider:
         """Ask every attached transform for its counters (answers arrive asynchronously)."""
         for port in self._ports.values():
             port.postMessage(_js_object({"type": "stats"}))
+
+    # ---------------------------------------------------------------- the audio's playout
+
+    def poll_audio(self, now_ms: float) -> None:
+        """Read the avatar audio receiver's ``inbound-rtp`` counters and hand them to the player
+        (answers arrive asynchronously; one read at a time)."""
+        if self._reading_audio or self._sink is None or not hasattr(self._sink, "on_audio_stats"):
+            return
+        track = self._avatar_audio_track()
+        if track is None or track.receiver is None:
+            return
+        import asyncio
+
+        self._reading_audio = True
+        asyncio.ensure_future(self._read_audio_stats(track.receiver))
+
+    def _avatar_audio_track(self) -> Any:
+        for track, element in self._audio_elements.values():
+            if self.avatar_identity is not None and str(element.dataset.avatarIdentity) == self.avatar_identity:
+                return track
+        return None
+
+    async def _read_audio_stats(self, receiver: Any) -> None:
+        from .sync import AudioStats
+
+        try:
+            report = await receiver.getStats()
+            now = _now_ms()
+            for entry in report.values():
+                if entry.type != "inbound-rtp":
+                    continue
+                stats = AudioStats(
+                    now_ms=now,
+                    jitter_buffer_delay_s=float(getattr(entry, "jitterBufferDelay", 0.0) or 0.0),
+                    jitter_buffer_emitted_count=int(getattr(entry, "jitterBufferEmittedCount", 0) or 0),
+                    packets_received=int(getattr(entry, "packetsReceived", 0) or 0),
+                    packets_lost=int(getattr(entry, "packetsLost", 0) or 0),
+                    concealed_samples=int(getattr(entry, "concealedSamples", 0) or 0),
+                    total_samples_received=int(getattr(entry, "totalSamplesReceived", 0) or 0),
+                    jitter_buffer_target_delay_s=getattr(entry, "jitterBufferTargetDelay", None),
+                )
+                if self._sink is not None:
+                    self._sink.on_audio_stats(stats)
+                break
+        except Exception:
+            self.log.exception("reading the audio receiver's statistics failed")
+        finally:
+            self._reading_audio = False
 
     # --------------------------------------------------------------------- audio, microphone
 

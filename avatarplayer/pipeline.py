@@ -1,8 +1,10 @@
 """The player's data path without the browser: packets in, render-ordered events out.
 
 ``MotionPipeline`` chains the packet decoder, the jitter buffer, the turn tracker and the stall
-detector. The browser player feeds it packets from the transform worker and calls :meth:`tick`
-every 40 ms; everything it decides is plain Python, tested under CPython and in Pyodide.
+detector, and follows the avatar's audio with a :class:`~avatarplayer.sync.PlayoutClock`. The
+browser player feeds it packets from the transform worker (with their RTP timestamps) and the
+audio receiver's statistics, and calls :meth:`tick` every 40 ms; everything it decides is plain
+Python, tested under CPython and in Pyodide.
 """
 
 from __future__ import annotations
@@ -12,14 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .constants import MAX_BUFFER_DELAY_MS, STALL_TIMEOUT_MS
+from .constants import FRAME_INTERVAL_MS, JITTER_MAX_FRAMES, MAX_BUFFER_DELAY_MS, STALL_TIMEOUT_MS
 from .jitter import JitterBuffer
 from .motion import Flags, MotionPacket, PacketError, decode_packet
 from .stall import StallDetector
 from .summary import SessionSummary
+from .sync import AUDIO_PATH_MS, AudioStats, PlayoutClock, SyncMode, SyncReason
 from .turns import Frame, Transition, TurnEnded, TurnStarted, TurnTracker, new_conversation_id
 
-__all__ = ["MotionPipeline", "Stalled", "PipelineEvent"]
+__all__ = ["MotionPipeline", "Stalled", "SyncChanged", "PipelineEvent", "SYNC_MAX_FRAMES"]
+
+SYNC_MAX_FRAMES = 48
+"""Frames the jitter buffer may hold while following the audio: the audio delay (up to
+:data:`~avatarplayer.sync.MAX_AUDIO_DELAY_MS`) plus ``max_buffer_delay_ms``, at 25 fps. On its
+own clock the buffer keeps :data:`~avatarplayer.constants.JITTER_MAX_FRAMES`."""
+
+MAX_CATCH_UP = 4
+"""Extra frames one tick may render to catch up with the audio after a hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +40,15 @@ class Stalled:
     conversation_id: str | None
 
 
-PipelineEvent = TurnStarted | Frame | TurnEnded | Transition | Stalled
+@dataclass(frozen=True, slots=True)
+class SyncChanged:
+    """Frames now follow the audio (``mode`` "audio"), or their own clock ("independent"), and why."""
+
+    mode: SyncMode
+    reason: SyncReason
+
+
+PipelineEvent = TurnStarted | Frame | TurnEnded | Transition | Stalled | SyncChanged
 
 _Item = tuple[Flags, bytes]
 _START, _END, _REDUNDANT, _IDLE = int(Flags.START), int(Flags.END), int(Flags.REDUNDANT), int(Flags.IDLE)
@@ -46,20 +65,33 @@ class MotionPipeline:
         max_buffer_delay_ms: float = MAX_BUFFER_DELAY_MS,
         stall_timeout_ms: float = STALL_TIMEOUT_MS,
         new_conversation_id: Callable[[], str] = new_conversation_id,
+        sync: SyncMode | str = SyncMode.AUDIO,
+        audio_path_ms: float = AUDIO_PATH_MS,
+        sync_offset_ms: float = 0.0,
     ) -> None:
         if not isinstance(enable_jitter_buffer, bool):
             raise TypeError(f"enable_jitter_buffer must be a bool, got {type(enable_jitter_buffer).__name__}")
-        self._config = (enable_jitter_buffer, max_buffer_delay_ms, stall_timeout_ms, new_conversation_id)
+        self.sync = SyncMode(sync)
+        self._config = (enable_jitter_buffer, max_buffer_delay_ms, stall_timeout_ms, new_conversation_id,
+                        audio_path_ms, sync_offset_ms)
         JitterBuffer(max_buffer_delay_ms)  # validate the options now, with their names
         StallDetector(stall_timeout_ms)
         self.start_session(0.0)
 
     def start_session(self, now_ms: float) -> None:
         """Forget everything (a new ``connect``): counters restart from zero."""
-        enabled, delay, stall_ms, new_id = self._config
+        enabled, delay, stall_ms, new_id, audio_path_ms, sync_offset_ms = self._config
         self.buffer: JitterBuffer[_Item] = JitterBuffer(delay, enabled=enabled)
         self.turns = TurnTracker(new_id)
         self.stall = StallDetector(stall_ms)
+        self.clock = PlayoutClock(audio_path_ms=audio_path_ms, trim_ms=sync_offset_ms)
+        self.follows_audio = self.sync is SyncMode.AUDIO and enabled
+        """Whether this session tries to follow the audio (it does whenever it can)."""
+        self.sync_mode = SyncMode.INDEPENDENT
+        self.sync_reason = SyncReason.NO_AUDIO if self.follows_audio else SyncReason.DISABLED
+        self.sync_changes = 0
+        self._offset: float | None = None
+        self._av_offset_ms: float | None = None
         self._controls: list[tuple[int | None, MotionPacket]] = []
         self._session_start_ms = now_ms
         self._first_frame_ms: float | None = None
@@ -76,8 +108,10 @@ class MotionPipeline:
 
     # ----------------------------------------------------------------------------- input
 
-    def receive_packet(self, data: bytes | bytearray | memoryview, now_ms: float) -> list[PipelineEvent]:
-        """One motion packet arrived. Malformed ones are counted and skipped, never raised."""
+    def receive_packet(self, data: bytes | bytearray | memoryview, now_ms: float,
+                       rtp_timestamp: float | None = None) -> list[PipelineEvent]:
+        """One motion packet arrived (with the RTP timestamp of the VP8 frame that carried it,
+        if any). Malformed ones are counted and skipped, never raised."""
         self.packets_received += 1
         try:
             packet = decode_packet(data)
@@ -85,20 +119,26 @@ class MotionPipeline:
             self.packets_malformed += 1
             self.malformed_reasons[exc.reason.value] += 1
             return []
-        return self.receive(packet, now_ms)
+        if rtp_timestamp is None:
+            self.clock.observe_motion_without_rtp()
+            media_ms = None
+        else:
+            media_ms = self.clock.observe_motion(now_ms, rtp_timestamp)
+        return self.receive(packet, now_ms, media_ms)
 
-    def receive(self, packet: MotionPacket, now_ms: float) -> list[PipelineEvent]:
+    def receive(self, packet: MotionPacket, now_ms: float, media_ms: float | None = None) -> list[PipelineEvent]:
         """One decoded packet arrived. Returns events that are due at once (buffer disabled)."""
         flags = packet.flags
         bits = int(flags)  # plain int masks: IntFlag operators run Python-level enum code
         if packet.sequenced:
             assert packet.seq is not None
             self.buffer.push(packet.seq, (flags, packet.message), now_ms,
-                             start=bool(bits & _START), end=bool(bits & _END))
+                             start=bool(bits & _START), end=bool(bits & _END), media_ms=media_ms)
             if bits & _REDUNDANT and not bits & _START:
                 # a START's predecessors belong to the previous turn: never resurrect them
                 for seq, message in packet.recovered():
-                    self.buffer.push(seq, (Flags(0), message), now_ms, recovered=True)
+                    media = None if media_ms is None else media_ms - (packet.seq - seq) * FRAME_INTERVAL_MS
+                    self.buffer.push(seq, (Flags(0), message), now_ms, recovered=True, media_ms=media)
         else:
             if bits & _IDLE:
                 self.packets_idle += 1
@@ -117,15 +157,47 @@ class MotionPipeline:
 
     # ------------------------------------------------------------------------------ clock
 
+    def observe_audio(self, stats: AudioStats) -> None:
+        """A snapshot of the avatar audio receiver's statistics (about twice a second)."""
+        self.clock.observe_audio(stats)
+
     def tick(self, now_ms: float) -> list[PipelineEvent]:
-        """One 40 ms tick: at most one frame (in order), due controls, a stall if one began."""
-        events: list[PipelineEvent] = []
-        if self.buffer.enabled and (item := self.buffer.tick(now_ms)) is not None:
+        """One 40 ms tick: the next frame when it is due (following the audio, a few more to catch
+        up after a hold), due controls, a stall if one began, a sync change."""
+        events: list[PipelineEvent] = self._update_sync(now_ms)
+        offset = self._offset
+        if self.buffer.enabled and (item := self.buffer.tick(now_ms, offset)) is not None:
             events += self._render(item, now_ms)
+            extra = 0
+            while extra < MAX_CATCH_UP and self.buffer.overdue(now_ms, offset):
+                item = self.buffer.tick(now_ms, offset)
+                if item is None:
+                    break
+                self.buffer.counters.caught_up += 1
+                events += self._render(item, now_ms)
+                extra += 1
         events += self._release_controls(now_ms)
         if self.stall.check(now_ms):
             events.append(Stalled(self.turns.conversation_id))
         return events
+
+    def next_due(self) -> float | None:
+        """When the next frame's audio is heard, if the pipeline follows the audio and the frame
+        is here: the player's clock ticks then, so a frame renders on time, not up to 40 ms late."""
+        return self.buffer.next_due(self._offset)
+
+    def _update_sync(self, now_ms: float) -> list[PipelineEvent]:
+        if not self.follows_audio:
+            return []
+        self._offset = self.clock.offset(now_ms)
+        mode = SyncMode.INDEPENDENT if self._offset is None else SyncMode.AUDIO
+        self.buffer.max_frames = SYNC_MAX_FRAMES if self._offset is not None else JITTER_MAX_FRAMES
+        reason = self.clock.reason
+        if mode is self.sync_mode and reason is self.sync_reason:
+            return []
+        self.sync_mode, self.sync_reason = mode, reason
+        self.sync_changes += 1
+        return [SyncChanged(mode, reason)]
 
     def close(self, now_ms: float, reason: str = "disconnect") -> list[PipelineEvent]:
         """The connection ended: end the turn, drop what is buffered (counted as flushed)."""
@@ -142,6 +214,14 @@ class MotionPipeline:
         assert seq is not None
         if self._first_frame_ms is None:
             self._first_frame_ms = now_ms
+        media_ms = self.buffer.last_media_ms
+        heard_offset = self.clock.target(now_ms) if self.follows_audio and media_ms is not None else None
+        if heard_offset is not None:
+            assert media_ms is not None
+            # the player's own estimate of render time - heard time (+ = face late), smoothed
+            error = now_ms - (media_ms + heard_offset)
+            previous = self._av_offset_ms
+            self._av_offset_ms = error if previous is None else previous + 0.2 * (error - previous)
         return self._track(self.turns.frame(seq, flags, message), now_ms)
 
     def _release_controls(self, now_ms: float) -> list[PipelineEvent]:
@@ -205,4 +285,14 @@ class MotionPipeline:
             renderer_errors=self.renderer_errors,
             last_rendered_seq=self.buffer.last_rendered,
             malformed_reasons=MappingProxyType(dict(self.malformed_reasons)),
+            sync_mode=self.sync_mode.value,
+            sync_reason=self.sync_reason.value,
+            sync_changes=self.sync_changes,
+            av_sync_offset_ms=self._av_offset_ms,
+            audio_delay_ms=self.clock.audio_delay_ms,
+            audio_jitter_buffer_delay_ms=self.clock.audio_jitter_buffer_ms,
+            audio_concealed_samples=self.clock.audio_concealed_samples,
+            audio_packets_lost=self.clock.audio_packets_lost,
+            frames_held_for_sync=c.held,
+            frames_caught_up=c.caught_up,
         )

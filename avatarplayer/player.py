@@ -19,8 +19,9 @@ from . import options
 from .constants import FRAME_INTERVAL_MS, MAX_BUFFER_DELAY_MS, STALL_TIMEOUT_MS
 from .datamsg import AgentStatus, TranscriptChunk, parse_data_message
 from .events import ConnectionState, EventEmitter, PlayerEvent
-from .pipeline import MotionPipeline, Stalled
+from .pipeline import MotionPipeline, Stalled, SyncChanged
 from .summary import SessionSummary
+from .sync import AudioStats, SyncMode
 from .ticker import Ticker
 from .turns import Frame, Transition, TurnEnded, TurnStarted
 
@@ -93,11 +94,21 @@ class ConnectConfig:
 class ProviderSink(Protocol):
     """What a provider calls back into the player."""
 
-    def on_packet(self, packet: bytes, arrival_ms: float) -> None: ...
+    def on_packet(self, packet: bytes, arrival_ms: float, rtp_timestamp: float | None = None) -> None: ...
+    def on_audio_stats(self, stats: AudioStats) -> None: ...
     def on_room_state(self, state: ConnectionState, error: BaseException | None = None) -> None: ...
+    def on_audio_stats(self, stats: AudioStats) -> None:
+        """The avatar audio receiver's counters (the provider reads them about twice a second):
+        the clock that frames follow (see :mod:`avatarplayer.sync`)."""
+        self._pipeline.observe_audio(stats)
+
     def on_passed_through(self, count: int) -> None: ...
     def on_error(self, error: BaseException) -> None: ...
     def on_motion_attached(self, mode: str) -> None: ...
+
+
+AUDIO_STATS_EVERY = 12
+"""Ticks between two reads of the audio receiver's statistics (about twice a second)."""
 
 
 if sys.platform == "emscripten":  # pragma: no cover - Pyodide
@@ -133,6 +144,8 @@ class AvatarPlayer:
         max_buffer_delay_ms: float = MAX_BUFFER_DELAY_MS,
         stall_timeout_ms: float = STALL_TIMEOUT_MS,
         connect_timeout_s: float = 15.0,
+        sync: str = "audio",
+        sync_offset_ms: float = 0.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         for method in ("open", "close"):
@@ -147,14 +160,18 @@ class AvatarPlayer:
         options.milliseconds("stall_timeout_ms", stall_timeout_ms, low=1, high=600_000)
         if isinstance(connect_timeout_s, bool) or not isinstance(connect_timeout_s, (int, float)) or connect_timeout_s <= 0:
             raise ValueError(f"connect_timeout_s must be a positive number of seconds, got {connect_timeout_s!r}")
+        if sync not in tuple(SyncMode):
+            raise ValueError(f"sync must be one of {', '.join(repr(m.value) for m in SyncMode)}, got {sync!r}")
+        options.milliseconds("sync_offset_ms", sync_offset_ms, low=-1000, high=1000)
         self.provider = provider
         self.connect_timeout_s = float(connect_timeout_s)
         self._clock = clock or _default_clock
         self._events = EventEmitter(self.logger)
         self._pipeline = MotionPipeline(enable_jitter_buffer=enable_jitter_buffer,
                                         max_buffer_delay_ms=max_buffer_delay_ms,
-                                        stall_timeout_ms=stall_timeout_ms)
-        self._ticker = Ticker(FRAME_INTERVAL_MS, self._on_tick, self._clock)
+                                        stall_timeout_ms=stall_timeout_ms, sync=sync,
+                                        sync_offset_ms=sync_offset_ms)
+        self._ticker = Ticker(FRAME_INTERVAL_MS, self._on_tick, self._clock, next_due=self._pipeline.next_due)
         self._state = ConnectionState.DISCONNECTED
         self._config: ConnectConfig | None = None
         self._closing = False
@@ -304,8 +321,8 @@ class AvatarPlayer:
 
     # ------------------------------------------------------------------- provider callbacks
 
-    def on_packet(self, packet: bytes, arrival_ms: float) -> None:
-        events = self._pipeline.receive_packet(packet, arrival_ms)
+    def on_packet(self, packet: bytes, arrival_ms: float, rtp_timestamp: float | None = None) -> None:
+        events = self._pipeline.receive_packet(packet, arrival_ms, rtp_timestamp)
         if events:
             self._dispatch(events)
 
@@ -323,6 +340,11 @@ class AvatarPlayer:
             self._events.emit(PlayerEvent.ERROR, error)
         if state is ConnectionState.DISCONNECTED:
             self._events.emit(PlayerEvent.DISCONNECTED)
+
+    def on_audio_stats(self, stats: AudioStats) -> None:
+        """The avatar audio receiver's counters (the provider reads them about twice a second):
+        the clock that frames follow (see :mod:`avatarplayer.sync`)."""
+        self._pipeline.observe_audio(stats)
 
     def on_passed_through(self, count: int) -> None:
         self._pipeline.frames_passed_through = count
@@ -359,11 +381,17 @@ class AvatarPlayer:
     # ------------------------------------------------------------------------------ render
 
     def _on_tick(self, now_ms: float) -> None:
-        if self._ticker.ticks % 25 == 0 and hasattr(self.provider, "poll"):
+        ticks = self._ticker.ticks
+        if ticks % 25 == 0 and hasattr(self.provider, "poll"):
             try:
                 self.provider.poll(now_ms)
             except Exception:
                 self.logger.exception("the provider's watchdog failed")
+        if ticks % AUDIO_STATS_EVERY == 0 and self._pipeline.follows_audio and hasattr(self.provider, "poll_audio"):
+            try:
+                self.provider.poll_audio(now_ms)
+            except Exception:
+                self.logger.exception("reading the audio receiver's statistics failed")
         events = self._pipeline.tick(now_ms)
         if events:
             self._dispatch(events)
@@ -392,6 +420,10 @@ class AvatarPlayer:
                 self.logger.warning("motion stalled: no frame for %.0f ms inside a turn", self._pipeline.stall.timeout_ms)
                 self._hook("stalled")
                 self._events.emit(PlayerEvent.STALLED)
+            elif isinstance(event, SyncChanged):
+                self.logger.info("motion follows %s (%s)", "the audio" if event.mode is SyncMode.AUDIO
+                                 else "its own clock", event.reason.value)
+                self._events.emit(PlayerEvent.SYNC_CHANGED, event.mode.value, event.reason.value)
             elif isinstance(event, Transition):
                 self._hook("transition", event.message)
         if frames:

@@ -52,6 +52,26 @@ class SessionSummary:
     renderer_errors: int = 0
     last_rendered_seq: int | None = None
     malformed_reasons: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    sync_mode: str = "independent"
+    """"audio": frames are released when their audio is heard; "independent": on arrival."""
+    sync_reason: str = "no-audio"
+    """Why (:class:`~avatarplayer.sync.SyncReason`): "locked", "disabled", "no-audio",
+    "audio-stalled", "no-rtp", "audio-delay"."""
+    sync_changes: int = 0
+    av_sync_offset_ms: float | None = None
+    """The player's own live estimate of render time - heard time of the frames it renders
+    (+ = face late; near 0 while following the audio, the face's lead otherwise). None until it
+    has heard from the audio receiver."""
+    audio_delay_ms: float | None = None
+    """Arrival to heard, of the avatar's audio: its jitter buffer plus the audio path."""
+    audio_jitter_buffer_delay_ms: float | None = None
+    """The audio receiver's jitterBufferDelay per emitted sample, over the last window."""
+    audio_concealed_samples: int = 0
+    audio_packets_lost: int = 0
+    frames_held_for_sync: int = 0
+    """Frames that waited in the buffer for their audio to be heard."""
+    frames_caught_up: int = 0
+    """Frames rendered together with the one before them to catch up with the audio."""
 
     @property
     def average_buffer_delay_ms(self) -> float:

@@ -12,6 +12,10 @@ _EARLY_TOLERANCE_MS = 1.0
 (sleeping again for a fraction of a millisecond would cost a second timer per tick)."""
 
 
+MAX_PHASE_SHIFT = 0.5
+"""A due time later than the regular deadline is followed up to this many intervals later."""
+
+
 class Ticker:
     """Calls ``on_tick(now_ms)`` every ``interval_ms`` against ``start + n * interval``.
 
@@ -19,14 +23,22 @@ class Ticker:
     motion catches up with the audio that kept playing and no frame piles up in the jitter buffer.
     After a stall longer than ``max_catch_up`` ticks the schedule restarts from now instead
     (counted in ``overruns``): a burst of seconds of stale motion would look worse than a jump.
+
+    ``next_due`` (optional) tells when the next frame should render (its audio is heard then).
+    The next tick moves to that time when it is earlier than the regular deadline (at once if it
+    has passed: the face is behind the voice) or at most half an interval later, so the schedule
+    locks onto the frames' due times instead of rendering each up to 40 ms late.
     """
 
     def __init__(self, interval_ms: float, on_tick: Callable[[float], None], clock: Callable[[], float],
-                 max_catch_up: int = 5) -> None:
+                 max_catch_up: int = 5, next_due: Callable[[], float | None] | None = None) -> None:
         self.interval_ms = interval_ms
         self._on_tick = on_tick
         self._clock = clock
+        self._next_due = next_due
         self.max_catch_up = max_catch_up
+        self.phase_shifts = 0
+        """Deadlines moved onto a frame's due time."""
         self._task: asyncio.Task | None = None
         self.ticks = 0
         self.caught_up = 0
@@ -58,7 +70,7 @@ class Ticker:
             if now < deadline - _EARLY_TOLERANCE_MS:  # woke early: not due yet
                 await asyncio.sleep((deadline - now) / 1000.0)
                 continue
-            behind = int((now - deadline) // self.interval_ms)
+            behind = max(0, int((now - deadline) // self.interval_ms))
             if behind > self.max_catch_up:
                 self.overruns += 1
                 deadline, behind = now, 0
@@ -68,4 +80,15 @@ class Ticker:
                 self.ticks += 1
                 self._on_tick(now)
                 deadline += self.interval_ms
+            deadline = self._locked(deadline)
             await asyncio.sleep(max(0.0, deadline - self._clock()) / 1000.0)
+
+    def _locked(self, deadline: float) -> float:
+        """The regular ``deadline``, or the next frame's due time when it is close to it."""
+        if self._next_due is None:
+            return deadline
+        due = self._next_due()
+        if due is None or due - deadline > MAX_PHASE_SHIFT * self.interval_ms:
+            return deadline
+        self.phase_shifts += due != deadline
+        return due

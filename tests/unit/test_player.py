@@ -191,6 +191,10 @@ def test_a_raising_renderer_is_counted_and_playback_continues():
         (dict(max_buffer_delay_ms="80"), "max_buffer_delay_ms"),
         (dict(max_buffer_delay_ms=-5), "max_buffer_delay_ms"),
         (dict(connect_timeout_s=0), "connect_timeout_s"),
+        (dict(sync="video"), "sync"),
+        (dict(sync=True), "sync"),
+        (dict(sync_offset_ms=5000), "sync_offset_ms"),
+        (dict(sync_offset_ms="20"), "sync_offset_ms"),
         (dict(renderer=object()), "renderer"),
         (dict(provider=object()), "provider"),
     ],
@@ -347,3 +351,28 @@ def test_log_level_none_logs_nothing_and_handler_errors_are_isolated(caplog, lev
     assert bool(ours) is logged
     if logged:
         assert any("boom" in str(r.exc_info[1]) for r in ours if r.exc_info)
+
+
+def test_the_player_follows_the_audio_statistics_it_is_given_and_reports_sync_changes():
+    from avatarplayer.sync import AudioStats
+
+    async def main():
+        player, provider, renderer, _ = make()
+        changes = []
+        player.on("sync-changed", lambda mode, reason: changes.append((mode, reason)))
+        await player.connect(url="ws://x", token="t")
+        now = player._clock()
+        for k in range(3):
+            provider.sink.on_audio_stats(AudioStats(now_ms=now + k, jitter_buffer_delay_s=0.03 * 480 * k,
+                                                    jitter_buffer_emitted_count=480 * k, packets_received=k))
+        provider.sink.on_packet(encode_packet(MotionPacket(Flags(0), 0, b"x")), now, 90_000.0)
+        await asyncio.sleep(0.2)  # the frame is due 30 ms (NetEq) + the audio path after it arrived
+        summary = player.session_summary
+        await player.disconnect()
+        return changes, summary, renderer
+
+    changes, summary, renderer = asyncio.run(main())
+    assert changes[0] == ("audio", "locked")
+    assert summary.sync_mode == "audio" and summary.audio_jitter_buffer_delay_ms == pytest.approx(30.0)
+    assert summary.frames_rendered == 1 and summary.frames_held_for_sync == 1
+    assert summary.as_dict()["avSyncOffsetMs"] == pytest.approx(0.0, abs=15.0)
