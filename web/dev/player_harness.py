@@ -131,6 +131,11 @@ for name in ("connected", "disconnected", "connection-state-changed", "stalled",
     player.on(name, lambda *args, name=name: events.append([name, [describe(a) for a in args], now_ms()]))
 
 
+def _js_json(value):
+    """A JS object of the tap=1 instruments (audio-tap.js) as plain JSON data, or None."""
+    return None if value is None else json.loads(js.JSON.stringify(value))
+
+
 def results():
     return json.dumps({
         "frames": renderer.frames,
@@ -142,6 +147,9 @@ def results():
         "summary": player.session_summary.as_dict(),
         "motionMode": player.motion_mode,
         "arrivals": arrivals,
+        "packets": packets,
+        "audioTap": _js_json(getattr(js.window.harness, "audioTap", None)),
+        "receiverSamples": _js_json(getattr(js.window.harness, "receiverSamples", None)),
         "pythonMs": python_ms[0],
         "rendererMs": renderer.python_ms,
         "callMs": call_ms,
@@ -174,6 +182,7 @@ marks = {"pythonStart": js.performance.now()}
 
 async def connect():
     marks["connectStart"] = js.performance.now()
+    js.window.harness.getRoom = create_proxy(lambda: provider.room)
     if app_room is not None and cfg.get("shared") == "after":
         await player.connect()  # the app's room is connected: nothing to pass
     else:
@@ -198,10 +207,14 @@ _on_tick = player._ticker._on_tick
 call_ms = {"packet": [], "tick": []}
 
 
-def recording_on_packet(packet, arrival_ms):
+packets = []  # (arrival ms, RTP timestamp or None, the packet's first 9 bytes: flags, length, seq)
+
+
+def recording_on_packet(packet, arrival_ms, rtp_timestamp=None):
     arrivals.append(arrival_ms)
+    packets.append((arrival_ms, rtp_timestamp, packet[:9].hex()))
     t = js.performance.now()
-    _on_packet(packet, arrival_ms)
+    _on_packet(packet, arrival_ms, rtp_timestamp)
     took = js.performance.now() - t
     python_ms[0] += took
     call_ms["packet"].append(took)
