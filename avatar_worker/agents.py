@@ -703,6 +703,12 @@ class AgentsMode(TurnObserver):
             self._call(RPC_PLAYBACK_STARTED, "")
         self._poke()
 
+    def nothing_queued(self) -> None:
+        """The streamer is about to send an IDLE heartbeat: if a segment is playing and its
+        audio is late, its silent frame must be queued now, not when this task next runs."""
+        if any(segment.state == "playing" for segment in self.segments):
+            self._feed()
+
     def turn_ended(self, turn: Turn, number: int, completed: bool) -> None:
         chunk = self._chunks.pop(id(turn), None)
         if chunk is None:

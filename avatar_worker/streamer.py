@@ -75,6 +75,12 @@ class TurnObserver:
         """The turn's last tick went out (``completed``), or it was interrupted or stopped.
         Not called after :meth:`MotionStreamer.abort`: a worker dying mid-turn tells no one."""
 
+    def nothing_queued(self) -> None:
+        """A tick is due and no turn is playing or queued: a producer whose turn is still open
+        (its audio is late) queues what keeps it going now, synchronously, or an IDLE heartbeat
+        goes out and ends the turn on every receiver. (Waking another task to do it is not
+        enough: a streamer that fell behind sends its late ticks back to back.)"""
+
 
 class SendLog:
     """JSON lines, one per emission: ``{"seq", "t_ms", "flags", "sent", "data", "kind", "tick"}``,
@@ -305,6 +311,9 @@ class MotionStreamer:
             # close an interrupted turn before anything else, even a turn queued right after
             self._owe_transition_end = False
             return Tick((Emission(TRANSITION_END_PACKET, "transition_end", int(Flags.TRANSITION_END)),)), None
+        if self._playing is None and not self._queue:
+            for observer in self.observers:
+                self._tell(observer.nothing_queued)
         if self._playing is None and self._queue:
             self._start(self._queue.popleft())
         playing = self._playing

@@ -11,6 +11,7 @@ import array
 import asyncio
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -391,6 +392,32 @@ def test_late_audio_keeps_the_turn_open_with_silent_frames(tmp_path: Path) -> No
     assert sum(1 for p in frames if p.flags & Flags.START) == 1
     assert sum(1 for p in frames if p.flags & Flags.END) == 1 and frames[-1].flags & Flags.END
     assert h.mode.counts["agent_underrun_frames"] > 5
+    assert h.finished() == [{"playback_position": pytest.approx(0.6, abs=0.002), "interrupted": False}]
+
+
+def test_late_audio_keeps_the_turn_open_even_when_the_streamer_falls_behind(tmp_path: Path) -> None:
+    """The flaky run of the test above, made certain: the event loop is held up right when the
+    agent's audio runs out, so the streamer sends its late ticks back to back and the feeding task
+    cannot run between them. The streamer asks the mode for a silent frame before sending IDLE."""
+
+    async def go() -> Harness:
+        h, tasks = await start(tmp_path, tick=0.02)
+        reader = h.open("s1", rate=24_000)
+        reader.feed(sine(0.3, 24_000))
+        await until(lambda: h.mode.counts["agent_underrun_frames"] > 0 or h.finished())
+        time.sleep(0.15)  # a busy host: 7 ticks are due at once when the loop comes back
+        await asyncio.sleep(0.3)
+        reader.feed(sine(0.3, 24_000))
+        reader.end()
+        await until(lambda: h.finished())
+        await stop(h, tasks)
+        return h
+
+    h = asyncio.run(go())
+    (turn,) = turns_on_wire(h.sink.packets)  # no IDLE inside, one START, one END
+    frames = [p for p in turn if p.seq is not None]
+    assert sum(1 for p in frames if p.flags & Flags.START) == 1
+    assert frames[-1].flags & Flags.END
     assert h.finished() == [{"playback_position": pytest.approx(0.6, abs=0.002), "interrupted": False}]
 
 
