@@ -39,6 +39,8 @@ data-packet carrier."""
 # page, before livekit-client connects, and offer every new video receiver to the provider:
 # ``addTransceiver`` covers the recvonly sections livekit-client >= 2.17 pre-adds on its single
 # connection, the ``track`` event the transceivers the SFU offers on a subscriber connection.
+# Audio receivers get an observer (frames pass through untouched) that reports when the audio's
+# packets arrive, for lip sync (avatarplayer/sync.py).
 # Each provider adds itself to ``listeners`` while it is open; new receivers go to the one that
 # opened last, and closing one hands them back to the one before (it does not unhook the others).
 _PC_HOOK_JS = """
@@ -52,10 +54,14 @@ _PC_HOOK_JS = """
     if (i >= 0) hook.listeners.splice(i, 1);
   };
   const offer = (receiver) => {
-    if (!receiver || !receiver.track || receiver.track.kind !== "video" || hook.offered.has(receiver)) return;
+    if (!receiver || !receiver.track || hook.offered.has(receiver)) return;
+    const kind = receiver.track.kind;
+    if (kind !== "video" && kind !== "audio") return;
     hook.offered.add(receiver);
     const listener = current();
-    if (listener) listener.onVideoReceiver(receiver);
+    if (!listener) return;
+    if (kind === "video") listener.onVideoReceiver(receiver);
+    else if (listener.onAudioReceiver) listener.onAudioReceiver(receiver);
   };
   // With encodedInsertableStreams a sender sends nothing until its encoded streams are read, and
   // they can only be created right after the sender is: pipe them straight through, here.
@@ -90,6 +96,18 @@ _PC_HOOK_JS = """
   globalThis.__avatarplayerPcHook = hook;
   return hook;
 })()
+"""
+
+# Where NetEq is: the RTP timestamp of the avatar's audio delivered last, and when (epoch ms;
+# some browsers count from the time origin). Read every tick: one call, one string back.
+_READ_PLAYOUT_JS = """
+(receiver) => {
+  const sources = receiver.getSynchronizationSources();
+  if (!sources.length) return "";
+  const s = sources[0];
+  const at = s.timestamp < 1e12 ? performance.timeOrigin + s.timestamp : s.timestamp;
+  return s.rtpTimestamp + " " + at;
+}
 """
 
 _log = logging.getLogger("avatarplayer.livekit")
@@ -196,6 +214,10 @@ class LiveKitProvider:
         self._mic_publication: Any = None
         self._custom_publication: Any = None
         self._reading_audio = False
+        self._avatar_audio: tuple[str, Any] | None = None
+        """(track sid, RTCRtpReceiver) of the avatar's audio, once it plays."""
+        self._read_playout: Any = None
+        """The JS reader of the audio's synchronization source; False in a browser without one."""
         if room is not None and _in_browser():
             self._prepare_shared_room(room)
 
@@ -279,7 +301,12 @@ class LiveKitProvider:
         self._pc_hook = run_js(_PC_HOOK_JS)
         proxy = create_proxy(self._on_video_receiver)
         self._proxies.append(proxy)
-        self._hook_entry = _js_object({"onVideoReceiver": proxy, "pipeSenders": self._mode() == "streams"})
+        entry = {"onVideoReceiver": proxy, "pipeSenders": self._mode() == "streams"}
+        if self._mode() == "script":
+            audio_proxy = create_proxy(self._on_audio_receiver)
+            self._proxies.append(audio_proxy)
+            entry["onAudioReceiver"] = audio_proxy
+        self._hook_entry = _js_object(entry)
         self._pc_hook.add(self._hook_entry)
 
     def _on_video_receiver(self, receiver: Any) -> None:
@@ -290,6 +317,41 @@ class LiveKitProvider:
             self._attach_to_receiver(receiver)
         except Exception:
             self.log.exception("attaching the transform to a new video receiver failed")
+
+    def _on_audio_receiver(self, receiver: Any) -> None:
+        """An audio transceiver was just created: watch its packets arrive (lip sync)."""
+        try:
+            self._attach_audio_observer(receiver)
+        except Exception:
+            self.log.exception("attaching the audio observer failed; lip sync uses the statistics alone")
+
+    def _attach_audio_observer(self, receiver: Any) -> None:
+        import js
+
+        if getattr(receiver, "avatarplayerAudioId", None) is not None:
+            return
+        attach_id, port2 = self._new_port()
+        receiver.transform = js.RTCRtpScriptTransform.new(
+            self._worker, _js_object({"port": port2, "id": attach_id, "kind": "audio"}), _js_list([port2]))
+        receiver.avatarplayerAudioId = attach_id
+
+    def _new_port(self) -> tuple[int, Any]:
+        """A fresh attachment id and MessageChannel to the transform worker (started if needed);
+        returns the id and the worker's end of the channel."""
+        import js
+        from pyodide.ffi import create_proxy
+
+        if self._worker is None:
+            self._worker = js.Worker.new(self.transform_worker_url, _js_object({"name": "avatar-motion"}))
+        self._attach_count += 1
+        attach_id = self._attach_count
+        channel = js.MessageChannel.new()
+        if self._port_handler is None:
+            self._port_handler = create_proxy(self._on_port_message)
+            self._proxies.append(self._port_handler)
+        channel.port1.onmessage = self._port_handler
+        self._ports[attach_id] = channel.port1
+        return attach_id, channel.port2
 
     def _mode(self) -> str:
         """How packets are read in this connection (resolved once per ``open``)."""
@@ -448,6 +510,8 @@ class LiveKitProvider:
         attached = self._audio_elements.pop(track.sid, None)
         if attached is not None:
             _detach(*attached)
+        if self._avatar_audio is not None and self._avatar_audio[0] == track.sid:
+            self._avatar_audio = None
 
     def _attach_audio(self, track: Any, identity: str) -> None:
         import js
@@ -463,6 +527,8 @@ class LiveKitProvider:
         element.dataset.avatarIdentity = identity
         js.document.body.appendChild(element)
         self._audio_elements[track.sid] = (track, element)
+        if identity == self.avatar_identity:
+            self._avatar_audio = (track.sid, track.receiver)
 
     # ------------------------------------------------------------------------- transform
 
@@ -493,32 +559,22 @@ class LiveKitProvider:
 
     def _attach_to_receiver(self, receiver: Any, *, replace: bool = False) -> int:
         import js
-        from pyodide.ffi import create_proxy, to_js
+        from pyodide.ffi import to_js
 
         existing = getattr(receiver, "avatarplayerAttachId", None)
         if existing is not None and existing in self._ports and not replace:
             return existing
-        if self._worker is None:
-            self._worker = js.Worker.new(self.transform_worker_url, _js_object({"name": "avatar-motion"}))
-        self._attach_count += 1
-        attach_id = self._attach_count
-        channel = js.MessageChannel.new()
-        if self._port_handler is None:
-            self._port_handler = create_proxy(self._on_port_message)
-            self._proxies.append(self._port_handler)
-        channel.port1.onmessage = self._port_handler
-        self._ports[attach_id] = channel.port1
+        attach_id, port2 = self._new_port()
         mode = self._mode()
         if mode == "script":
             receiver.transform = js.RTCRtpScriptTransform.new(
-                self._worker, _js_object({"port": channel.port2, "id": attach_id, "compact": True}),
-                to_js([channel.port2]))
+                self._worker, _js_object({"port": port2, "id": attach_id, "compact": True}), to_js([port2]))
         else:
             streams = receiver.createEncodedStreams()
             self._worker.postMessage(
                 _js_object({"readable": streams.readable, "writable": streams.writable,
-                            "port": channel.port2, "id": attach_id, "compact": True}),
-                to_js([streams.readable, streams.writable, channel.port2]))
+                            "port": port2, "id": attach_id, "compact": True}),
+                to_js([streams.readable, streams.writable, port2]))
         receiver.avatarplayerAttachId = attach_id
         self.log.info("motion transform attached (%s, #%d)", mode, attach_id)
         return attach_id
@@ -545,6 +601,11 @@ class LiveKitProvider:
             if self._sink is not None and self._motion_attach_id in (None, attach_id):
                 rtp = data.rtpTimestamp
                 self._sink.on_packet(data.packet.to_bytes(), data.arrivalMs, None if rtp is None else float(rtp))
+        elif kind == "audio-clock":
+            receiver = None if self._avatar_audio is None else self._avatar_audio[1]
+            if (receiver is not None and getattr(receiver, "avatarplayerAudioId", None) == data.id
+                    and self._sink is not None and hasattr(self._sink, "on_audio_arrivals")):
+                self._sink.on_audio_arrivals(float(data.rtpTimestamp), float(data.transitMs))
         elif kind == "attached":
             self.log.info("transform #%s running in the worker (%s)", data.id, data.mode)
             self._acknowledged.add(data.id)
@@ -630,24 +691,32 @@ class LiveKitProvider:
 
     # ---------------------------------------------------------------- the audio's playout
 
-    def poll_audio(self, now_ms: float) -> None:
-        """Read the avatar audio receiver's ``inbound-rtp`` counters and hand them to the player
-        (answers arrive asynchronously; one read at a time)."""
-        if self._reading_audio or self._sink is None or not hasattr(self._sink, "on_audio_stats"):
+    def poll_audio(self, now_ms: float, *, playout: bool = True, stats: bool = False) -> None:
+        """Hand the player where the avatar's audio plays: with ``playout`` the receiver's
+        synchronization source (a synchronous call), with ``stats`` its ``inbound-rtp`` counters
+        (answered asynchronously; one read at a time)."""
+        sink = self._sink
+        if sink is None or self._avatar_audio is None:
             return
-        track = self._avatar_audio_track()
-        if track is None or track.receiver is None:
+        receiver = self._avatar_audio[1]
+        if receiver is None:
             return
-        import asyncio
+        if playout and self._read_playout is not False and hasattr(sink, "on_audio_playout"):
+            if self._read_playout is None:
+                from pyodide.code import run_js
 
-        self._reading_audio = True
-        asyncio.ensure_future(self._read_audio_stats(track.receiver))
+                has_sources = getattr(receiver, "getSynchronizationSources", None) is not None
+                self._read_playout = run_js(_READ_PLAYOUT_JS) if has_sources else False
+            if self._read_playout:
+                reading = self._read_playout(receiver)  # one call, one string: the hot path
+                if reading:
+                    rtp, delivered = reading.split()
+                    sink.on_audio_playout(float(rtp), float(delivered))
+        if stats and not self._reading_audio and hasattr(sink, "on_audio_stats"):
+            import asyncio
 
-    def _avatar_audio_track(self) -> Any:
-        for track, element in self._audio_elements.values():
-            if self.avatar_identity is not None and str(element.dataset.avatarIdentity) == self.avatar_identity:
-                return track
-        return None
+            self._reading_audio = True
+            asyncio.ensure_future(self._read_audio_stats(receiver))
 
     async def _read_audio_stats(self, receiver: Any) -> None:
         from .sync import AudioStats
@@ -763,6 +832,7 @@ class LiveKitProvider:
         for track, element in self._audio_elements.values():
             _detach(track, element)
         self._audio_elements.clear()
+        self._avatar_audio = None
         self._mic_publication = self._custom_publication = None
         self._sink = None
         for port in self._ports.values():
@@ -815,6 +885,12 @@ def _now_ms() -> float:
     import js
 
     return js.performance.timeOrigin + js.performance.now()
+
+
+def _js_list(values: list[Any]) -> Any:
+    from pyodide.ffi import to_js
+
+    return to_js(values)
 
 
 def _js_object(value: dict[str, Any]) -> Any:

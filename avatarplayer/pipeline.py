@@ -19,7 +19,7 @@ from .jitter import JitterBuffer
 from .motion import Flags, MotionPacket, PacketError, decode_packet
 from .stall import StallDetector
 from .summary import SessionSummary
-from .sync import AUDIO_PATH_MS, AudioStats, PlayoutClock, SyncMode, SyncReason
+from .sync import AUDIO_PATH_MS, NEW_CLOCK_MS, AudioStats, PlayoutClock, SyncMode, SyncReason
 from .turns import Frame, Transition, TurnEnded, TurnStarted, TurnTracker, new_conversation_id
 
 __all__ = ["MotionPipeline", "Stalled", "SyncChanged", "PipelineEvent", "SYNC_MAX_FRAMES"]
@@ -91,6 +91,7 @@ class MotionPipeline:
         self.sync_reason = SyncReason.NO_AUDIO if self.follows_audio else SyncReason.DISABLED
         self.sync_changes = 0
         self._offset: float | None = None
+        self._holding = False
         self._av_offset_ms: float | None = None
         self._controls: list[tuple[int | None, MotionPacket]] = []
         self._session_start_ms = now_ms
@@ -101,6 +102,8 @@ class MotionPipeline:
         self.packets_received = 0
         self.packets_malformed = 0
         self.packets_idle = 0
+        self.controls_stale = 0
+        self._newest_media_ms: float | None = None
         self.malformed_reasons: Counter[str] = Counter()
         self.frames_passed_through = 0
         self.reconnect_count = 0
@@ -130,8 +133,13 @@ class MotionPipeline:
         """One decoded packet arrived. Returns events that are due at once (buffer disabled)."""
         flags = packet.flags
         bits = int(flags)  # plain int masks: IntFlag operators run Python-level enum code
+        newest = self._newest_media_ms
+        if media_ms is not None and newest is not None and abs(media_ms - newest) > NEW_CLOCK_MS:
+            self._newest_media_ms = None  # another RTP clock: the track was republished
         if packet.sequenced:
             assert packet.seq is not None
+            if media_ms is not None and (self._newest_media_ms is None or media_ms > self._newest_media_ms):
+                self._newest_media_ms = media_ms
             self.buffer.push(packet.seq, (flags, packet.message), now_ms,
                              start=bool(bits & _START), end=bool(bits & _END), media_ms=media_ms)
             if bits & _REDUNDANT and not bits & _START:
@@ -140,6 +148,11 @@ class MotionPipeline:
                     media = None if media_ms is None else media_ms - (packet.seq - seq) * FRAME_INTERVAL_MS
                     self.buffer.push(seq, (Flags(0), message), now_ms, recovered=True, media_ms=media)
         else:
+            if media_ms is not None and self._newest_media_ms is not None and media_ms < self._newest_media_ms:
+                # older than a frame we already have: an IDLE heartbeat or TRANSITION_END of before
+                # this turn, retransmitted after a loss (NACK). Applied now it would end the turn.
+                self.controls_stale += 1
+                return []
             if bits & _IDLE:
                 self.packets_idle += 1
             # a control takes effect after every frame that arrived before it has been rendered
@@ -161,12 +174,23 @@ class MotionPipeline:
         """A snapshot of the avatar audio receiver's statistics (about twice a second)."""
         self.clock.observe_audio(stats)
 
+    def observe_audio_arrivals(self, rtp_timestamp: float, transit_ms: float) -> None:
+        """When the avatar's audio packets arrive (the transform worker's report, twice a second)."""
+        self.clock.observe_audio_arrivals(rtp_timestamp, transit_ms)
+
+    def observe_audio_playout(self, rtp_timestamp: float, delivered_ms: float, now_ms: float) -> None:
+        """The avatar audio receiver's synchronization source, read at ``now_ms``."""
+        self.clock.observe_audio_playout(rtp_timestamp, delivered_ms, now_ms)
+
     def tick(self, now_ms: float) -> list[PipelineEvent]:
         """One 40 ms tick: the next frame when it is due (following the audio, a few more to catch
         up after a hold), due controls, a stall if one began, a sync change."""
         events: list[PipelineEvent] = self._update_sync(now_ms)
         offset = self._offset
-        if self.buffer.enabled and (item := self.buffer.tick(now_ms, offset)) is not None:
+        self._holding = offset is not None and self.clock.frozen(now_ms)
+        if self._holding:
+            pass  # the voice stalled: the face holds with it (PlayoutClock.frozen)
+        elif self.buffer.enabled and (item := self.buffer.tick(now_ms, offset)) is not None:
             events += self._render(item, now_ms)
             extra = 0
             while extra < MAX_CATCH_UP and self.buffer.overdue(now_ms, offset):
@@ -183,8 +207,9 @@ class MotionPipeline:
 
     def next_due(self) -> float | None:
         """When the next frame's audio is heard, if the pipeline follows the audio and the frame
-        is here: the player's clock ticks then, so a frame renders on time, not up to 40 ms late."""
-        return self.buffer.next_due(self._offset)
+        is here: the player's clock ticks then, so a frame renders on time, not up to 40 ms late.
+        None while the face holds for a stalled voice: the clock keeps its own pace then."""
+        return None if self._holding else self.buffer.next_due(self._offset)
 
     def _update_sync(self, now_ms: float) -> list[PipelineEvent]:
         if not self.follows_audio:
@@ -192,12 +217,12 @@ class MotionPipeline:
         self._offset = self.clock.offset(now_ms)
         mode = SyncMode.INDEPENDENT if self._offset is None else SyncMode.AUDIO
         self.buffer.max_frames = SYNC_MAX_FRAMES if self._offset is not None else JITTER_MAX_FRAMES
-        reason = self.clock.reason
-        if mode is self.sync_mode and reason is self.sync_reason:
+        self.sync_reason = self.clock.reason
+        if mode is self.sync_mode:
             return []
-        self.sync_mode, self.sync_reason = mode, reason
+        self.sync_mode = mode
         self.sync_changes += 1
-        return [SyncChanged(mode, reason)]
+        return [SyncChanged(mode, self.sync_reason)]
 
     def close(self, now_ms: float, reason: str = "disconnect") -> list[PipelineEvent]:
         """The connection ended: end the turn, drop what is buffered (counted as flushed)."""
@@ -215,7 +240,9 @@ class MotionPipeline:
         if self._first_frame_ms is None:
             self._first_frame_ms = now_ms
         media_ms = self.buffer.last_media_ms
-        heard_offset = self.clock.target(now_ms) if self.follows_audio and media_ms is not None else None
+        heard_offset = None
+        if self.follows_audio and media_ms is not None:  # this tick's offset, if it has one
+            heard_offset = self._offset if self._offset is not None else self.clock.target(now_ms)
         if heard_offset is not None:
             assert media_ms is not None
             # the player's own estimate of render time - heard time (+ = face late), smoothed
@@ -259,6 +286,7 @@ class MotionPipeline:
             packets_received=self.packets_received,
             packets_malformed=self.packets_malformed,
             packets_idle=self.packets_idle,
+            packets_stale_control=self.controls_stale,
             frames_received=c.received,
             frames_rendered=c.rendered,
             frames_dropped=c.dropped,
@@ -295,4 +323,6 @@ class MotionPipeline:
             audio_packets_lost=self.clock.audio_packets_lost,
             frames_held_for_sync=c.held,
             frames_caught_up=c.caught_up,
+            sync_freezes=self.clock.freezes,
+            sync_mapping=self.clock.mapping_source if self.clock.follows_playout else None,
         )

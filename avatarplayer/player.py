@@ -96,11 +96,23 @@ class ProviderSink(Protocol):
 
     def on_packet(self, packet: bytes, arrival_ms: float, rtp_timestamp: float | None = None) -> None: ...
     def on_audio_stats(self, stats: AudioStats) -> None: ...
+    def on_audio_playout(self, rtp_timestamp: float, delivered_ms: float) -> None: ...
+    def on_audio_arrivals(self, rtp_timestamp: float, transit_ms: float) -> None: ...
     def on_room_state(self, state: ConnectionState, error: BaseException | None = None) -> None: ...
     def on_audio_stats(self, stats: AudioStats) -> None:
         """The avatar audio receiver's counters (the provider reads them about twice a second):
         the clock that frames follow (see :mod:`avatarplayer.sync`)."""
         self._pipeline.observe_audio(stats)
+
+    def on_audio_playout(self, rtp_timestamp: float, delivered_ms: float) -> None:
+        """The avatar audio receiver's synchronization source: the RTP timestamp of the audio
+        delivered last and when (read by the provider every tick)."""
+        self._pipeline.observe_audio_playout(rtp_timestamp, delivered_ms, self._clock())
+
+    def on_audio_arrivals(self, rtp_timestamp: float, transit_ms: float) -> None:
+        """The transform worker's report on the avatar's audio packets: the median of arrival
+        minus position, positions counted from ``rtp_timestamp`` (twice a second)."""
+        self._pipeline.observe_audio_arrivals(rtp_timestamp, transit_ms)
 
     def on_passed_through(self, count: int) -> None: ...
     def on_error(self, error: BaseException) -> None: ...
@@ -108,7 +120,9 @@ class ProviderSink(Protocol):
 
 
 AUDIO_STATS_EVERY = 12
-"""Ticks between two reads of the audio receiver's statistics (about twice a second)."""
+"""Ticks between two reads of the audio receiver's statistics (about twice a second). Where its
+audio plays (the synchronization source) is read as often as the playout clock asks
+(:meth:`~avatarplayer.sync.PlayoutClock.playout_reading_due`)."""
 
 
 if sys.platform == "emscripten":  # pragma: no cover - Pyodide
@@ -346,6 +360,16 @@ class AvatarPlayer:
         the clock that frames follow (see :mod:`avatarplayer.sync`)."""
         self._pipeline.observe_audio(stats)
 
+    def on_audio_playout(self, rtp_timestamp: float, delivered_ms: float) -> None:
+        """The avatar audio receiver's synchronization source: the RTP timestamp of the audio
+        delivered last and when (read by the provider every tick)."""
+        self._pipeline.observe_audio_playout(rtp_timestamp, delivered_ms, self._clock())
+
+    def on_audio_arrivals(self, rtp_timestamp: float, transit_ms: float) -> None:
+        """The transform worker's report on the avatar's audio packets: the median of arrival
+        minus position, positions counted from ``rtp_timestamp`` (twice a second)."""
+        self._pipeline.observe_audio_arrivals(rtp_timestamp, transit_ms)
+
     def on_passed_through(self, count: int) -> None:
         self._pipeline.frames_passed_through = count
 
@@ -387,11 +411,14 @@ class AvatarPlayer:
                 self.provider.poll(now_ms)
             except Exception:
                 self.logger.exception("the provider's watchdog failed")
-        if ticks % AUDIO_STATS_EVERY == 0 and self._pipeline.follows_audio and hasattr(self.provider, "poll_audio"):
-            try:
-                self.provider.poll_audio(now_ms)
-            except Exception:
-                self.logger.exception("reading the audio receiver's statistics failed")
+        if self._pipeline.follows_audio and hasattr(self.provider, "poll_audio"):
+            playout = self._pipeline.clock.playout_reading_due(now_ms)
+            stats = ticks % AUDIO_STATS_EVERY == 0
+            if playout or stats:
+                try:
+                    self.provider.poll_audio(now_ms, playout=playout, stats=stats)
+                except Exception:
+                    self.logger.exception("reading the audio receiver's playout failed")
         events = self._pipeline.tick(now_ms)
         if events:
             self._dispatch(events)

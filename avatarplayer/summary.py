@@ -25,6 +25,9 @@ class SessionSummary:
     packets_received: int = 0
     packets_malformed: int = 0
     packets_idle: int = 0
+    packets_stale_control: int = 0
+    """IDLE, TRANSITION or TRANSITION_END packets older (by RTP timestamp) than a frame already
+    received: retransmitted after a loss, and ignored (applied late they would end the turn)."""
     frames_received: int = 0
     frames_rendered: int = 0
     frames_dropped: int = 0
@@ -72,6 +75,12 @@ class SessionSummary:
     """Frames that waited in the buffer for their audio to be heard."""
     frames_caught_up: int = 0
     """Frames rendered together with the one before them to catch up with the audio."""
+    sync_freezes: int = 0
+    """Times the face held because the voice stalled (the audio jitter buffer ran dry)."""
+    sync_mapping: str | None = None
+    """How audio positions are matched to motion frames: "arrivals" (the audio packets are
+    watched as they arrive), "statistics" (NetEq's own accounting), or None (the playout
+    position is not followed: the statistics' estimate of the delay alone)."""
 
     @property
     def average_buffer_delay_ms(self) -> float:

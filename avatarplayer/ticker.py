@@ -91,4 +91,6 @@ class Ticker:
         if due is None or due - deadline > MAX_PHASE_SHIFT * self.interval_ms:
             return deadline
         self.phase_shifts += due != deadline
-        return due
+        # never sooner than a quarter interval after the tick that just ran: whatever a bug in
+        # the due times, the clock must not spin
+        return max(due, deadline - 0.75 * self.interval_ms)

@@ -362,10 +362,12 @@ def test_the_player_follows_the_audio_statistics_it_is_given_and_reports_sync_ch
         player.on("sync-changed", lambda mode, reason: changes.append((mode, reason)))
         await player.connect(url="ws://x", token="t")
         now = player._clock()
-        for k in range(3):
-            provider.sink.on_audio_stats(AudioStats(now_ms=now + k, jitter_buffer_delay_s=0.03 * 480 * k,
-                                                    jitter_buffer_emitted_count=480 * k, packets_received=k))
+        provider.sink.on_audio_stats(AudioStats(now_ms=now - 100, jitter_buffer_delay_s=0.0,
+                                                jitter_buffer_emitted_count=0, packets_received=0))
         provider.sink.on_packet(encode_packet(MotionPacket(Flags(0), 0, b"x")), now, 90_000.0)
+        # the next window: 6720 samples emitted, each after 30 ms in NetEq; the frame's audio among them
+        provider.sink.on_audio_stats(AudioStats(now_ms=now + 40, jitter_buffer_delay_s=0.03 * 6720,
+                                                jitter_buffer_emitted_count=6720, packets_received=7))
         await asyncio.sleep(0.2)  # the frame is due 30 ms (NetEq) + the audio path after it arrived
         summary = player.session_summary
         await player.disconnect()
