@@ -55,6 +55,65 @@ function compactPacket(id, arrivalMs, rtpTimestamp, bytes, start, end) {
   return out;
 }
 
+// Audio receivers get an observer, not an extractor: every frame passes through untouched, and
+// twice a second the worker reports where the audio's RTP clock stands against the page clock,
+//   {type:"audio-clock", id, rtpTimestamp, transitMs, count}:
+// the median over the last 2 s of (arrival - rtp/48) in ms, rtp counted from rtpTimestamp (the
+// latest frame's, 48 kHz). Compared with the same figure for the motion packets, it tells which
+// audio position goes with which motion frame (avatarplayer/sync.py); it costs the main thread
+// nothing per frame.
+const AUDIO_WINDOW = 100; // frames (2 s of 20 ms Opus packets)
+const AUDIO_REPORT_MS = 500;
+
+function observeAudio(readable, writable, port, id, mode) {
+  const t = { id, mode, port, framesSeen: 0, errors: 0, lastError: null, ended: false,
+              packetsExtracted: 0, passedThrough: 0, malformed: 0, bytesExtracted: 0,
+              firstFrameMs: null, lastFrameMs: null };
+  transforms.add(t);
+  const samples = []; // [arrivalMs, rtp] of the last AUDIO_WINDOW frames
+  let reportedAt = 0;
+  const post = (msg) => {
+    try { if (port) port.postMessage(msg); } catch (e) { t.errors++; t.lastError = String(e); }
+  };
+  if (port) {
+    port.onmessage = (ev) => {
+      const req = ev.data || {};
+      if (req.type === "stats") post(statsOf(t, req.requestId));
+    };
+  }
+  const report = (now, latest) => {
+    // rtp distances from the latest frame, as signed 32-bit differences (the clock wraps)
+    const transits = samples.map(([arrival, rtp]) => arrival - ((rtp - latest) | 0) / 48);
+    transits.sort((a, b) => a - b);
+    post({ type: "audio-clock", id, rtpTimestamp: latest, transitMs: transits[transits.length >> 1],
+           count: transits.length });
+    reportedAt = now;
+  };
+  const handle = (frame, controller) => {
+    const arrivalMs = now();
+    t.framesSeen++;
+    if (t.firstFrameMs === null) t.firstFrameMs = arrivalMs;
+    t.lastFrameMs = arrivalMs;
+    let rtp = null;
+    try { rtp = rtpTimestampOf(frame); } catch (e) { t.errors++; t.lastError = String(e); }
+    try { controller.enqueue(frame); } catch (e) { t.errors++; t.lastError = String(e); }
+    if (rtp === null) return;
+    samples.push([arrivalMs, rtp]);
+    if (samples.length > AUDIO_WINDOW) samples.shift();
+    if (arrivalMs - reportedAt >= AUDIO_REPORT_MS && samples.length >= 10) {
+      try { report(arrivalMs, rtp); } catch (e) { t.errors++; t.lastError = String(e); }
+    }
+  };
+  post({ type: "attached", id, mode, atMs: now(), kind: "audio" });
+  readable.pipeThrough(new TransformStream({ transform: handle })).pipeTo(writable).then(
+    () => finish(null), (e) => finish(e));
+  function finish(error) {
+    t.ended = true;
+    transforms.delete(t);
+    post({ type: "ended", id, error: error ? String(error) : null, stats: statsOf(t) });
+  }
+}
+
 function startTransform(readable, writable, port, id, mode, compact) {
   const t = {
     id, mode, port,
@@ -149,6 +208,10 @@ function statsOf(t, requestId) {
 self.onrtctransform = (event) => {
   const { readable, writable, options } = event.transformer;
   const opts = options || {};
+  if (opts.kind === "audio") {
+    observeAudio(readable, writable, opts.port || null, opts.id ?? null, "script");
+    return;
+  }
   startTransform(readable, writable, opts.port || null, opts.id ?? null, "script", !!opts.compact);
 };
 
