@@ -14,6 +14,8 @@ Prints one JSON document to stdout (a human summary goes to stderr). Measured, p
 * ``core_path``           one 40 ms frame through the whole core: ``unwrap_frame`` +
                           ``MotionPipeline.receive_packet`` (which decodes) + ``MotionPipeline.tick``,
                           on a stream of turns with transitions and idle heartbeats
+* ``core_path_sync``      the same, following the audio: packets with RTP timestamps, the audio's
+                          synchronization source each tick, its statistics every 12 ticks
 
 The CPython numbers are measured in this process; the Pyodide numbers by re-running this file
 inside Pyodide (``node tools/pyodide_run.mjs --script bench/core.py --inner``) and merging its
@@ -54,6 +56,10 @@ try:
     from avatarplayer.jitter import JitterBuffer
 except ImportError:  # not written yet
     JitterBuffer = None  # type: ignore[assignment,misc]
+try:
+    from avatarplayer.sync import AudioStats
+except ImportError:  # an older checkout, for comparisons
+    AudioStats = None  # type: ignore[assignment,misc]
 try:
     from avatarplayer.pipeline import MotionPipeline
 except ImportError:
@@ -293,6 +299,33 @@ def run_inner(quick: bool) -> dict:
         assert pipe.packets_malformed == 0 and summary.frames_rendered >= sent - 4, (summary, sent)
     else:
         results["core_path"] = {"skipped": "avatarplayer.pipeline not available"}
+
+    if MotionPipeline is not None and AudioStats is not None:
+        # the same stream, following the audio: every packet with its RTP timestamp, the audio's
+        # synchronization source every tick, its statistics every 12 ticks (what the browser does)
+        pipe = MotionPipeline()
+        items = [(frame, i * FRAME_MS, i) for i, frame in enumerate(stream)]
+        receive, ptick = pipe.receive_packet, pipe.tick
+        playout, audio = pipe.observe_audio_playout, pipe.observe_audio
+        delay = 30.0  # NetEq's wait, ms
+
+        def sync_step(item, receive=receive, ptick=ptick, playout=playout, audio=audio):
+            frame, now, i = item
+            split = unwrap_frame(frame)
+            if split is not None:
+                receive(split[1], now + 5, 90_000.0 + i * 3600)
+            playout(48_000.0 + (i * FRAME_MS - 20) * 48, now + 60, now + 70)  # i*40-20 delivered at now+60
+            if i % 12 == 0:
+                audio(AudioStats(now + 10, delay * i * 1920 / 1000, i * 1920, i * 2))
+            ptick(now + 10)
+
+        results["core_path_sync"] = bench_stream(sync_step, items, rounds, batches, batch, warmup)
+        summary = pipe.summary(ticks * FRAME_MS)
+        results["core_path_sync"].update(frames_rendered=summary.frames_rendered, sync_mode=summary.sync_mode,
+                                         sync_mapping=summary.sync_mapping)
+        assert summary.sync_mode == "audio" and summary.frames_rendered >= sent - 30, summary
+    else:
+        results["core_path_sync"] = {"skipped": "avatarplayer.sync not available"}
 
     return {
         "runtime": runtime_info(),

@@ -3,12 +3,15 @@ recording harness page (web/dev/player.html or pyscript-player.html), and readin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,3 +157,141 @@ def wait_for(page, predicate, timeout_s: float, poll_s: float = 0.5) -> HarnessR
         if run.phase == "error" or predicate(run) or time.monotonic() > deadline:
             return read_harness(page)
         time.sleep(poll_s)
+
+
+# ------------------------------------------------------------------- impaired networks, A/V sync
+
+
+@contextlib.contextmanager
+def impaired_browser(playwright, server, app, workdir: Path, *, profile: str | dict = "perfect", seed: int = 1,
+                     args: list[str] | None = None, max_duration_s: float = 900.0) -> Iterator[tuple]:
+    """Chromium in a private network namespace whose only way to the LiveKit server and the web
+    app is the impairment relay (tools/netimpair.py): ``yield (browser, link)``; ``link.outage(s)``
+    cuts it. The page uses the usual URLs: inside the namespace the relay answers on the same
+    loopback ports (signalling, the web app, the SFU's UDP port) as the servers outside."""
+    from netimpair import ImpairedLink, NetNamespace, chromium_wrapper
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    with NetNamespace() as ns, ImpairedLink(
+            ns, udp=[f"127.0.0.1:{server.udp_port}"], tcp=[f"127.0.0.1:{server.port}", f"127.0.0.1:{app.port}"],
+            profile=profile, seed=seed, max_duration_s=max_duration_s,
+            stats_file=workdir / "relay-stats.json") as link:
+        browser = playwright.chromium.launch(executable_path=str(chromium_wrapper(ns, workdir)), headless=True,
+                                             args=list(CHROMIUM_ARGS if args is None else args))
+        try:
+            yield browser, link
+        finally:
+            browser.close()
+
+
+@dataclass
+class SyncPulse:
+    """One sync-pulse frame (avatar_worker/script.py): when it left the worker, when the renderer
+    got it, and when its click was heard in the page (audio-tap.js). Times are epoch ms."""
+
+    seq: int
+    sent_ms: float
+    rendered_ms: float | None
+    heard_ms: float | None
+
+    @property
+    def offset_ms(self) -> float | None:
+        """Render - heard: + when the face is late, - when it leads the voice."""
+        if self.rendered_ms is None or self.heard_ms is None:
+            return None
+        return self.rendered_ms - self.heard_ms
+
+
+def sync_pulses(run: HarnessRun, sent: dict[int, dict]) -> list[SyncPulse]:
+    """Pair every pulse frame the worker sent with its renderer call and with the click onset
+    heard in the page: the first onset after the frame left and before the next pulse left (clicks
+    are a second apart; a click lost on the way, concealed by the audio jitter buffer, is not
+    heard, and must not be paired with the next one)."""
+    from avatar_worker.script import is_pulse, payload_for
+
+    by_payload = {payload_for(seq): seq for seq in sent}
+    rendered: dict[int, float] = {}
+    for frame, t in zip(run.frames, run.results.get("times", [])):
+        seq = by_payload.get(frame)
+        if seq is not None:
+            rendered.setdefault(seq, t)
+    tap = run.results.get("audioTap") or {}
+    heard = sorted(o["heardMs"] for o in tap.get("onsets", []))
+    seqs = sorted(s for s in sent if is_pulse(s))
+    pulses = []
+    for k, seq in enumerate(seqs):
+        left = sent[seq]["t_ms"]
+        until = sent[seqs[k + 1]]["t_ms"] if k + 1 < len(seqs) else left + 1000.0
+        onset = next((h for h in heard if left <= h < until), None)
+        pulses.append(SyncPulse(seq, left, rendered.get(seq), onset))
+    return pulses
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def offset_stats(offsets: list[float]) -> dict:
+    """p50, p95, max and the p95 of |offset| (what sync targets are stated in)."""
+    if not offsets:
+        return {"n": 0}
+    return {"n": len(offsets), "p50": statistics.median(offsets), "p95": percentile(offsets, 95),
+            "min": min(offsets), "max": max(offsets), "abs_p95": percentile([abs(o) for o in offsets], 95)}
+
+
+@dataclass
+class SyncSession:
+    """What one sync-pulse session produced (see :func:`run_sync_session`)."""
+
+    run: HarnessRun
+    worker: Worker
+    pulses: list[SyncPulse]
+    outage: tuple[float, float] | None = None
+    """Epoch ms when the relay's outage began and ended, if one was cut."""
+    relay: dict = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    """Every URL the page requested (HTTP and WebSocket)."""
+
+    @property
+    def offsets(self) -> list[float]:
+        return [p.offset_ms for p in self.pulses if p.offset_ms is not None]
+
+
+def run_sync_session(server, app, browser, workdir: Path, *, frames: int = 750, link=None,
+                     outage_s: float | None = None, outage_after_frames: int = 300, worker_args: tuple = (),
+                     page_params: dict | None = None, timeout_s: float | None = None) -> SyncSession:
+    """One scripted turn of ``frames`` sync-pulse frames (a click every 25th frame), played by the
+    harness page with the audio tap; with ``outage_s``, ``link`` is cut that long once the page
+    has rendered ``outage_after_frames`` frames. The worker is stopped either way."""
+    import uuid
+
+    room = f"bench-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(server, room, workdir, "--frames", str(frames), "--script-audio", "pulse",
+                          "--lead-in-ms", "1500", "--tail-ms", "1000", *worker_args)
+    outage = None
+    page = None
+    requests: list[str] = []
+    try:
+        page = browser.new_page()
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("websocket", lambda ws: requests.append(ws.url))
+        page.goto(harness_url(app, server, server.token("viewer", room, can_publish=False), tap="1",
+                              **(page_params or {})))
+        limit = timeout_s or frames * 0.04 + 90
+        if outage_s is not None:
+            assert link is not None, "an outage needs the link"
+            before = wait_for(page, lambda r: len(r.results.get("frames", [])) >= outage_after_frames,
+                              timeout_s=limit)
+            if len(before.results.get("frames", [])) >= outage_after_frames:
+                began = time.time() * 1000
+                link.outage(outage_s)
+                outage = (began, began + outage_s * 1000)
+        run = wait_for(page, lambda r: "turn-ended" in r.event_names(), timeout_s=limit)
+    finally:
+        if page is not None:
+            with contextlib.suppress(Exception):
+                page.close()
+        worker.stop()
+    return SyncSession(run, worker, sync_pulses(run, worker.sent_frames()), outage,
+                       link.stats() if link is not None else {}, requests)
