@@ -571,9 +571,13 @@ class Publisher:
             log.debug("rate control: %d bit/s at %.1f fps", feedback.rate_control.target_bitrate_bps,
                       feedback.rate_control.framerate_fps)
 
-    def realign_audio(self) -> None:
-        """Drop the audio queued but not yet sent (the streamer calls this when only silence is
-        queued, before a turn's first audio)."""
+    def audio_backlog_ms(self) -> float:
+        """Audio queued in the source but not sent yet (the SDK's estimate, from what was captured
+        and when)."""
+        source = self.audio_source
+        return 0.0 if source is None or not self._live else 1000.0 * source.queued_duration
+
+    def drop_audio_backlog(self) -> None:
         if self.audio_source is not None and self._live:
             self.audio_source.clear_queue()
 

@@ -31,6 +31,10 @@ __all__ = ["DataPath", "MotionSink", "MotionStreamer", "SendLog", "StreamStats",
 
 log = logging.getLogger(__name__)
 
+AUDIO_BACKLOG_MAX_MS = 25.0
+"""Audio queued beyond this when a tick's audio is handed over means an earlier tick ran late (one
+tick's 40 ms drains in 10 ms steps, so on time the queue holds at most ~10 ms then)."""
+
 
 class MotionSink(Protocol):
     """Where frames go: the LiveKit publisher, or a recorder in tests."""
@@ -43,10 +47,14 @@ class MotionSink(Protocol):
         """Hand 40 ms of 48 kHz mono int16 PCM to the audio track."""
         ...
 
-    def realign_audio(self) -> None:
-        """Only silence is queued for the audio track: drop it, so the next audio starts at once,
-        right after the motion frame captured with it (optional: see :meth:`MotionStreamer._start`)."""
+    def audio_backlog_ms(self) -> float:
+        """Audio handed over but not sent yet (optional, with :meth:`drop_audio_backlog`)."""
         ...
+
+    def drop_audio_backlog(self) -> None:
+        """Drop the audio handed over but not sent yet."""
+        ...
+
 
 
 class DataPath(Protocol):
@@ -136,6 +144,8 @@ class StreamStats:
     dropped_by_injection: int = 0
     refused: int = 0
     """Frames the native video source did not accept."""
+    audio_realigned: int = 0
+    """Times queued silence was dropped to keep the audio with its motion."""
     data_sent: int = 0
     """Packets handed to the data carrier (counted once, however many participants get them)."""
     late: int = 0
@@ -216,7 +226,6 @@ class MotionStreamer:
         self._ended: list[tuple[_Playing, bool]] = []
         """Finished turns whose observers have not heard it yet (told after the tick is sent)."""
         self._owe_transition_end = False
-        self._last_audio_silent = True
         self._stopping = False
         self._aborted = False
         self._running = False
@@ -327,18 +336,6 @@ class MotionStreamer:
         return idle_tick(), None
 
     def _start(self, playing: _Playing) -> None:
-        if self._last_audio_silent:
-            # Lip sync starts here. The audio source queues what we capture and sends it in real
-            # time; a tick that came late (a busy host) leaves that queue fuller for good, so the
-            # audio trails its motion by as much (seen here: 20..50 ms, different in every run).
-            # Between turns it holds only silence: dropping it puts the turn's first audio on the
-            # wire right with its first motion frame.
-            realign = getattr(self.sink, "realign_audio", None)
-            if realign is not None:
-                try:
-                    realign()
-                except Exception:
-                    log.exception("realigning the audio failed")
         self._playing = playing
         playing.started_at = self._wall()
         self.stats.turns_started += 1
@@ -405,11 +402,29 @@ class MotionStreamer:
                 self._emit(emission, when)
 
     async def _audio(self, tick: Tick) -> None:
-        self._last_audio_silent = tick.audio is None
+        if tick.audio is None:
+            self._keep_audio_with_motion()
         try:
             await self.sink.capture_audio(tick.audio or SILENCE)
         except Exception:  # a hiccup of the audio path must not stop the motion clock
             log.exception("audio capture failed")
+
+    def _keep_audio_with_motion(self) -> None:
+        """Receivers match audio to motion by when their packets arrive (avatarplayer/sync.py), so
+        both must leave together. The audio source sends what it was handed in real time: a tick
+        that ran late (a busy host) leaves its queue fuller for good, and the audio trails its
+        motion by that much from then on. On a silent tick the queue holds only silence: drop it."""
+        backlog = getattr(self.sink, "audio_backlog_ms", None)
+        if backlog is None:
+            return
+        try:
+            behind = backlog()
+            if behind > AUDIO_BACKLOG_MAX_MS:
+                self.sink.drop_audio_backlog()
+                self.stats.audio_realigned += 1
+                log.info("audio %.0f ms behind its motion: dropped the queued silence", behind)
+        except Exception:
+            log.exception("checking the audio backlog failed")
 
     def _emit(self, emission: Emission, when: TickTime) -> None:
         t_ms = self._wall() * 1000

@@ -188,6 +188,7 @@ def network_main(args: argparse.Namespace) -> None:
     profiles = list(PROFILES) if "all" in args.network else args.network
     worker_args = ("--redundant",) if args.redundant else ()
     results: dict[str, list[dict]] = {}
+    failures: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp, LiveKitServer(Path(tmp) / "lk") as server, \
             build_app(server, rooms=r"bench-[a-z0-9]+") as app, sync_playwright() as pw:
         for profile in profiles:
@@ -196,10 +197,15 @@ def network_main(args: argparse.Namespace) -> None:
                 workdir = Path(tmp) / f"{profile}-{i}"
                 # the outage is cut on command, mid-turn: the relay runs the profile without its timer
                 relay_profile = "perfect" if profile == "outage" else profile
-                with impaired_browser(pw, server, app, workdir, profile=relay_profile, seed=args.seed + i) \
-                        as (browser, link):
-                    results[profile].append(sync_run(server, app, browser, link, workdir, args.frames, profile,
-                                                     args.lk, worker_args, args.sync))
+                try:
+                    with impaired_browser(pw, server, app, workdir, profile=relay_profile, seed=args.seed + i) \
+                            as (browser, link):
+                        results[profile].append(sync_run(server, app, browser, link, workdir, args.frames, profile,
+                                                         args.lk, worker_args, args.sync))
+                except Exception as exc:  # reported, not hidden: the other runs still count
+                    failures.append({"profile": profile, "run": i + 1, "error": f"{type(exc).__name__}: {exc}"[:500]})
+                    print(f"{profile} run {i + 1}/{args.runs} FAILED: {failures[-1]['error']}", file=sys.stderr)
+                    continue
                 r = results[profile][-1]
                 print(f"{profile} run {i + 1}/{args.runs}: A/V offset p50 {r['av_offset_ms'].get('p50', float('nan')):.1f}"
                       f" ms, |p95| {r['av_offset_ms'].get('abs_p95', float('nan')):.1f} ms, rendered "
@@ -244,7 +250,8 @@ def network_main(args: argparse.Namespace) -> None:
         met["outage"]["recovery"] = (summary["outage"]["recovery_offset_s"] or 1e9) <= SYNC_TARGETS["recovery_s"]
     plot = plot_offsets(results, ROOT / "bench" / "out" / "av-sync.png")
     report = {"config": {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(args).items()},
-              "median": summary, "targets": SYNC_TARGETS, "target_met": met, "plot": plot, "runs": results}
+              "median": summary, "targets": SYNC_TARGETS, "target_met": met, "plot": plot, "failed_runs": failures,
+              "runs": results}
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

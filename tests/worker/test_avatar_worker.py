@@ -6,7 +6,6 @@ The live counterpart (a real LiveKit server and a Python subscriber) is tests/wo
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import math
 import random
@@ -450,8 +449,6 @@ class RecordingSink:
     def __init__(self) -> None:
         self.video: list[tuple[float, bytes, int]] = []
         self.audio: list[bytes] = []
-        self.realigned: list[int] = []
-        """Audio captures made before each realign_audio() call."""
         self.refuse = False
 
     def capture_video(self, frame: bytes, timestamp_us: int) -> bool:
@@ -464,9 +461,6 @@ class RecordingSink:
 
     async def capture_audio(self, pcm: bytes) -> None:
         self.audio.append(pcm)
-
-    def realign_audio(self) -> None:
-        self.realigned.append(len(self.audio))
 
     def packets(self):
         out = []
@@ -522,51 +516,42 @@ class TestStreamer:
         assert [r["seq"] for r in records if r["kind"] == "frame"] == list(range(8))
         assert streamer.stats.frames_sent == 8 and streamer.stats.turns_completed == 2
 
-    def test_audio_is_realigned_before_a_turn_that_follows_silence_only(self) -> None:
-        sink = RecordingSink()
-        streamer = fast_streamer(sink)
+    def test_a_backlog_of_audio_is_dropped_on_a_silent_tick_only(self) -> None:
         tone = audio.tone()
 
-        async def go() -> None:
-            task = asyncio.create_task(streamer.run())
-            await asyncio.sleep(0.03)  # idle heartbeats: silence
-            first = streamer.play(build_turn([TurnFrame(payload_for(i), tone) for i in range(3)], 0,
-                                             transition=False))
-            await first
-            await asyncio.sleep(0.02)
-            second = streamer.play(build_turn([TurnFrame(payload_for(3 + i), tone) for i in range(2)], 3,
-                                              transition=False))
-            await second
-            streamer.stop()
-            await task
+        class BackloggedSink(RecordingSink):
+            backlog = 0.0
 
-        asyncio.run(go())
-        # right before each turn's first audio, and only ever after silence (never mid-speech)
-        assert len(sink.realigned) == 2
-        for captured in sink.realigned:
-            assert sink.audio[captured] == tone and sink.audio[captured - 1] == audio.SILENCE
+            async def capture_audio(self, pcm: bytes) -> None:
+                await super().capture_audio(pcm)
+                if sum(a == tone for a in self.audio) == 2:
+                    self.backlog = 60.0  # a late tick in the middle of speech left 60 ms queued
 
-    def test_audio_is_not_realigned_when_the_turn_before_still_sounds(self) -> None:
-        sink = RecordingSink()
+            def audio_backlog_ms(self) -> float:
+                return self.backlog
+
+            def drop_audio_backlog(self) -> None:
+                self.drops.append(len(self.audio))
+                self.backlog = 0.0
+
+        sink = BackloggedSink()
+        sink.drops = []
         streamer = fast_streamer(sink)
-        tone = audio.tone()
-        turn = build_turn([TurnFrame(payload_for(i), tone) for i in range(3)], 0, transition=False)
-        # a turn whose ticks all carry audio, so the next one starts right after the tone
-        turn = dataclasses.replace(turn, ticks=tuple(dataclasses.replace(t, audio=t.audio or tone) for t in turn.ticks))
 
         async def go() -> None:
             task = asyncio.create_task(streamer.run())
             await asyncio.sleep(0.02)
-            first = streamer.play(turn)
-            second = streamer.play(build_turn([TurnFrame(payload_for(turn.next_seq + i), tone) for i in range(2)],
-                                              turn.next_seq, transition=False))
-            await first
-            await second
+            await streamer.play(build_turn([TurnFrame(payload_for(i), tone) for i in range(6)], 0))
+            await asyncio.sleep(0.03)
             streamer.stop()
             await task
 
         asyncio.run(go())
-        assert len(sink.realigned) == 1 and sink.audio[sink.realigned[0] - 1] == audio.SILENCE
+        assert len(sink.drops) == 1 and streamer.stats.audio_realigned == 1
+        at = sink.drops[0]
+        # dropped before the first silent tick after the turn, never while the tone played
+        assert sink.audio[at] == audio.SILENCE and sink.audio[at - 1] == tone
+        assert sum(a == tone for a in sink.audio[:at]) == 6
 
     def test_stop_mid_turn_closes_it(self) -> None:
         sink = RecordingSink()

@@ -114,6 +114,7 @@ export function installAudioTap({ threshold = 0.1, quietLevel = 0.02, quietS = 0
 // What the receivers say about playout, sampled for offline analysis of sync strategies: every
 // 20 ms the synchronization sources of the avatar's audio and motion receivers (the RTP timestamp
 // of the last frame played out / delivered, and when), every 250 ms their inbound-rtp counters.
+// (docs/sync.md also measured a hidden <video> with requestVideoFrameCallback: no use, removed.)
 export function installReceiverSampler(getRoom) {
   const samples = { ssrc: [], stats: [] };
   window.harness.receiverSamples = samples;
@@ -131,40 +132,6 @@ export function installReceiverSampler(getRoom) {
     }
     return { audio, video };
   };
-  // candidate (a): the motion track in a hidden <video>; requestVideoFrameCallback says when each
-  // frame (by RTP timestamp) is presented, after the browser's own audio/video sync.
-  samples.rvfc = [];
-  let video = null;
-  const watchVideo = () => {
-    const room = getRoom();
-    if (!room || video) return;
-    for (const p of room.remoteParticipants.values()) {
-      for (const pub of p.trackPublications.values()) {
-        const t = pub.track;
-        if (!t || t.kind !== "video" || !/motion|animation/i.test(pub.trackName)) continue;
-        video = document.createElement("video");
-        video.muted = true;
-        video.playsInline = true;
-        video.style.cssText = "position:fixed;left:0;top:0;width:2px;height:2px;opacity:0.01;pointer-events:none";
-        video.srcObject = new MediaStream([t.mediaStreamTrack]);
-        document.body.appendChild(video);
-        video.play().catch((e) => samples.rvfcError = String(e));
-        samples.streamIds = { video: t.mediaStream ? t.mediaStream.id : null };
-        for (const q of p.trackPublications.values()) {
-          if (q.track && q.track.kind === "audio") samples.streamIds.audio = q.track.mediaStream ? q.track.mediaStream.id : null;
-        }
-        const onFrame = (now, md) => {
-          samples.rvfc.push([md.rtpTimestamp, performance.timeOrigin + md.presentationTime,
-                             performance.timeOrigin + md.expectedDisplayTime,
-                             md.receiveTime ? performance.timeOrigin + md.receiveTime : null]);
-          video.requestVideoFrameCallback(onFrame);
-        };
-        video.requestVideoFrameCallback(onFrame);
-        return;
-      }
-    }
-  };
-  setInterval(watchVideo, 100);
   setInterval(() => {
     const r = receivers();
     if (!r) return;
