@@ -143,7 +143,10 @@ class StreamStats:
     bad_sent: int = 0
     dropped_by_injection: int = 0
     refused: int = 0
-    """Frames the native video source did not accept."""
+    """Frames the native video source did not accept while the track was published."""
+    offline: int = 0
+    """Packets not sent because the track was not published: joining, or rejoining (the server
+    closes an empty room every ``empty_timeout`` seconds, and the worker comes back)."""
     audio_realigned: int = 0
     """Times queued silence was dropped to keep the audio with its motion."""
     data_sent: int = 0
@@ -443,8 +446,10 @@ class MotionStreamer:
                 counter = _COUNTERS.get(emission.kind)
                 if counter:
                     setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-            else:
+            elif getattr(self.sink, "live", True):
                 self.stats.refused += 1
+            else:
+                self.stats.offline += 1
             on_data = self._send_data(emission)
         else:
             self.stats.dropped_by_injection += 1

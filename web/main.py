@@ -137,6 +137,8 @@ player.on("turn-started", lambda cid: log_event(f"turn started {str(cid)[-6:]}")
 player.on("turn-ended", lambda cid, reason: log_event(f"turn ended ({reason})"))
 player.on("stalled", lambda: log_event("stalled: no motion for 3 s"))
 player.on("motion-track-attached", lambda mode: log_event(f"motion track attached ({mode})"))
+player.on("sync-changed", lambda mode, reason: log_event(
+    "lips follow the voice" if mode == "audio" else f"lips on their own clock ({reason})"))
 player.on("error", lambda exc: log_event(f"error: {exc}"))
 
 
@@ -293,6 +295,9 @@ def refresh_panel() -> None:
         "s-framesRendered": fmt(s.frames_rendered),
         "s-fps": fmt(s.average_fps, "", 1),
         "s-delay": fmt(s.average_buffer_delay_ms, " ms", 1),
+        "s-sync": "following the voice" if s.sync_mode == "audio" else f"own clock ({s.sync_reason})",
+        "s-avOffset": fmt(s.av_sync_offset_ms, " ms", 0),
+        "s-audioDelay": fmt(s.audio_delay_ms, " ms", 0),
         "s-framesReceived": fmt(s.frames_received),
         "s-framesDropped": fmt(s.frames_dropped),
         "s-framesSkipped": fmt(s.frames_skipped),

@@ -30,8 +30,9 @@ DEAD_TRANSFORM = """
   const url = URL.createObjectURL(new Blob([source], {type: "text/javascript"}));
   let left = %d;
   window.RTCRtpScriptTransform = function (worker, options, transfer) {
-    if (left > 0) { left -= 1; window.deadTransforms = (window.deadTransforms || 0) + 1;
-                    return new Native(new Worker(url), {}, []); }
+    const motion = !(options && options.kind === "audio");  // the audio observer stays alive
+    if (motion && left > 0) { left -= 1; window.deadTransforms = (window.deadTransforms || 0) + 1;
+                              return new Native(new Worker(url), {}, []); }
     return new Native(worker, options, transfer);
   };
 })();

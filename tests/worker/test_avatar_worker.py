@@ -625,7 +625,22 @@ class TestStreamer:
         log.close()
         records = [json.loads(line) for line in (tmp_path / "sent.jsonl").read_text().splitlines()]
         assert records and not any(r["sent"] for r in records)
-        assert streamer.stats.refused == len(records)
+        assert streamer.stats.refused == len(records) and streamer.stats.offline == 0
+
+    def test_packets_while_the_track_is_not_published_are_counted_apart(self) -> None:
+        sink = RecordingSink()
+        sink.refuse = True
+        sink.live = False  # joining or rejoining: nothing to refuse, nothing published
+        streamer = fast_streamer(sink)
+
+        async def go() -> None:
+            task = asyncio.create_task(streamer.run())
+            await asyncio.sleep(0.03)
+            streamer.stop()
+            await task
+
+        asyncio.run(go())
+        assert streamer.stats.offline > 0 and streamer.stats.refused == 0
 
     def test_play_checks_the_sequence(self) -> None:
         streamer = fast_streamer(RecordingSink())

@@ -1,7 +1,8 @@
 // Test/benchmark harness: plain Pyodide (no PyScript) running the real AvatarPlayer.
 // Query: url, token, lk (livekit-client version), mode (auto|script|streams|data), jitter (1|0),
 //        autoconnect (1|0), log (info|warning|error|none), tap (1: time the avatar's voice as
-//        heard, audio-tap.js), shared (0: the player's own room;
+//        heard, audio-tap.js), sync (audio|independent: the player's option), shared (0: the
+//        player's own room;
 //        "before": the app creates a Room, hands it to the provider, then connects it itself;
 //        "after": the app connects its Room first, then creates the provider), timeout (s).
 const params = new URLSearchParams(location.search);
@@ -31,6 +32,7 @@ try {
     logLevel: params.get("log") || "info",
     shared: params.get("shared") || "",
     timeout: Number(params.get("timeout") || 15),
+    sync: params.get("sync") || "audio",
   }));
   // tap=1: time the avatar's voice as heard (A/V offset measurements: audio-tap.js)
   if (params.get("tap") === "1") {

@@ -29,7 +29,8 @@ async def page_config():
             "livekitClientUrl": config["livekitClients"][lk], "transformWorker": config["transformWorker"],
             "mode": params.get("mode") or "auto", "jitter": params.get("jitter") != "0",
             "autoconnect": params.get("autoconnect") != "0", "logLevel": params.get("log") or "info",
-            "shared": params.get("shared") or "", "timeout": float(params.get("timeout") or 15)}
+            "shared": params.get("shared") or "", "timeout": float(params.get("timeout") or 15),
+            "sync": params.get("sync") or "audio"}
 
 
 try:
@@ -104,7 +105,8 @@ elif cfg.get("shared") == "after":
 else:
     provider = make_provider()
 player = AvatarPlayer(provider, renderer, log_level=cfg.get("logLevel", "info"),
-                      enable_jitter_buffer=cfg["jitter"], connect_timeout_s=cfg.get("timeout", 15.0))
+                      enable_jitter_buffer=cfg["jitter"], connect_timeout_s=cfg.get("timeout", 15.0),
+                      sync=cfg.get("sync") or "audio")
 events = []
 
 
@@ -127,7 +129,7 @@ def describe(value):
 
 for name in ("connected", "disconnected", "connection-state-changed", "stalled", "turn-started",
              "turn-ended", "error", "motion-track-attached", "audio-blocked", "audio-playback-changed",
-             "data-message", "transcript", "agent-status"):
+             "data-message", "transcript", "agent-status", "sync-changed"):
     player.on(name, lambda *args, name=name: events.append([name, [describe(a) for a in args], now_ms()]))
 
 
