@@ -99,21 +99,6 @@ class ProviderSink(Protocol):
     def on_audio_playout(self, rtp_timestamp: float, delivered_ms: float) -> None: ...
     def on_audio_arrivals(self, rtp_timestamp: float, transit_ms: float) -> None: ...
     def on_room_state(self, state: ConnectionState, error: BaseException | None = None) -> None: ...
-    def on_audio_stats(self, stats: AudioStats) -> None:
-        """The avatar audio receiver's counters (the provider reads them about twice a second):
-        the clock that frames follow (see :mod:`avatarplayer.sync`)."""
-        self._pipeline.observe_audio(stats)
-
-    def on_audio_playout(self, rtp_timestamp: float, delivered_ms: float) -> None:
-        """The avatar audio receiver's synchronization source: the RTP timestamp of the audio
-        delivered last and when (read by the provider every tick)."""
-        self._pipeline.observe_audio_playout(rtp_timestamp, delivered_ms, self._clock())
-
-    def on_audio_arrivals(self, rtp_timestamp: float, transit_ms: float) -> None:
-        """The transform worker's report on the avatar's audio packets: the median of arrival
-        minus position, positions counted from ``rtp_timestamp`` (twice a second)."""
-        self._pipeline.observe_audio_arrivals(rtp_timestamp, transit_ms)
-
     def on_passed_through(self, count: int) -> None: ...
     def on_error(self, error: BaseException) -> None: ...
     def on_motion_attached(self, mode: str) -> None: ...
@@ -362,7 +347,7 @@ class AvatarPlayer:
 
     def on_audio_playout(self, rtp_timestamp: float, delivered_ms: float) -> None:
         """The avatar audio receiver's synchronization source: the RTP timestamp of the audio
-        delivered last and when (read by the provider every tick)."""
+        delivered last and when (read as often as the playout clock asks)."""
         self._pipeline.observe_audio_playout(rtp_timestamp, delivered_ms, self._clock())
 
     def on_audio_arrivals(self, rtp_timestamp: float, transit_ms: float) -> None:
