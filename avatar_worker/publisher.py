@@ -6,14 +6,23 @@ What the Python SDK (livekit 1.2.1, Rust core) does by itself, and what is left 
   ("reconnecting" → "reconnected") and keeps the publications.
 - A full reconnect (e.g. the server restarted and is back within the SDK's retry window): the SDK
   rejoins and republishes the local tracks itself ("local_track_republished", new track SIDs).
-- When the SDK gives up, or the server ends our session, the room emits "disconnected" and is
-  dead. We then join again with a fresh token and publish new tracks fed by the same sources,
-  with backoff, until stopped. Seen here: SERVER_SHUTDOWN (graceful server stop), and
-  ROOM_CLOSED every ``room.empty_timeout`` seconds while nobody else is in the room — an
-  ``agent`` participant does not keep a room open on its own, so the server closes it and we
-  come back ~0.1 s later. We do not rejoin after DUPLICATE_IDENTITY or PARTICIPANT_REMOVED:
-  someone replaced or removed us on purpose, and two workers fighting over one identity would
-  kick each other forever.
+- When the SDK gives up, or the server ends our session for any reason but our own
+  ``disconnect()``, the room emits "disconnected" and is dead. We then join again with a fresh
+  token and publish new tracks fed by the same sources, until stopped. Seen here:
+  SERVER_SHUTDOWN (graceful server stop), ROOM_CLOSED every ``room.empty_timeout`` seconds while
+  nobody else is in the room (an ``agent`` participant does not keep a room open on its own, so
+  the server closes it and we come back ~0.1 s later), and DUPLICATE_IDENTITY: someone joined
+  with our identity and the server dropped us. Only the worker holds the API secret that mints
+  its identity, so the newcomer is an impostor (or a second worker misconfigured with the same
+  identity): we take the identity back, which drops it in turn. PARTICIPANT_REMOVED,
+  ROOM_DELETED, signal and connection failures are rejoined the same way: the worker exists to
+  be in that room, and a process that stays alive but absent is never restarted by anyone.
+- Backoff (:class:`RejoinBackoff`): the first rejoin after a stable connection (``stable_after``
+  seconds, 20 by default) goes at once; every further one waits 1 s, doubling up to 30 s, so
+  two parties fighting over the identity, or a server that keeps dropping us, never make a
+  tight loop. While we wait, a server seen unreachable and reachable again cuts the wait short
+  (it is back: join now). Each attempt is logged with its reason; the summary counts the rejoins
+  and the disconnections per reason. Only ``close()``/``abort()`` (a clean shutdown) stop it.
 - A server restarted on the same address: the SDK's own attempts back off, so after a 5–6 s
   outage it came back 1.4–4 s after the server did. While it reconnects we probe the server's
   port; once the server has been seen unreachable and is reachable again, the SDK gets
@@ -51,18 +60,61 @@ from .audio import CHANNELS, SAMPLE_RATE
 from .config import LiveKitSettings
 from .token import mint_token
 
-__all__ = ["LiveKitSettings", "Publisher", "PublisherError", "RoomHook", "VIDEO_SIZE", "server_address"]
+__all__ = ["LiveKitSettings", "Publisher", "PublisherError", "RejoinBackoff", "RoomHook", "VIDEO_SIZE",
+           "server_address"]
 
 log = logging.getLogger(__name__)
 
 VIDEO_SIZE = (16, 16)
 """The carrier's VP8 key frame is 16x16 (``avatarplayer.motion.VP8_KEYFRAME_PREFIX``)."""
 
-_NO_REJOIN = {
-    rtc.DisconnectReason.CLIENT_INITIATED,
-    rtc.DisconnectReason.DUPLICATE_IDENTITY,
-    rtc.DisconnectReason.PARTICIPANT_REMOVED,
+_WHY = {
+    rtc.DisconnectReason.DUPLICATE_IDENTITY:
+        "another participant joined with our identity; taking it back (only the worker should hold it)",
+    rtc.DisconnectReason.PARTICIPANT_REMOVED: "removed from the room by the server API",
+    rtc.DisconnectReason.ROOM_DELETED: "the room was deleted",
+    rtc.DisconnectReason.ROOM_CLOSED: "the server closed the room",
+    rtc.DisconnectReason.SERVER_SHUTDOWN: "the server is shutting down",
 }
+"""What an involuntary disconnection means, for the log (the others are signal or connection
+failures)."""
+
+
+class RejoinBackoff:
+    """How long to wait before each rejoin attempt (pure: the clock is injectable).
+
+    The first attempt after a connection that lasted ``stable_after`` seconds (or the first ever)
+    goes at once; each further one waits ``first`` seconds, doubling up to ``cap``. A connection
+    that lasts ``stable_after`` seconds starts the count afresh.
+    """
+
+    def __init__(self, first: float = 1.0, cap: float = 30.0, *, stable_after: float = 20.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < first <= cap:
+            raise ValueError("the backoff needs 0 < first <= cap")
+        self.first = first
+        self.cap = cap
+        self.stable_after = stable_after
+        self._clock = clock
+        self.attempts = 0
+        """Attempts since the connection was last stable."""
+        self._connected_at: float | None = None
+
+    def connected(self) -> None:
+        """Joined and published."""
+        self._connected_at = self._clock()
+
+    def lost(self) -> None:
+        """The connection is gone: a stable one resets the count."""
+        if self._connected_at is not None and self._clock() - self._connected_at >= self.stable_after:
+            self.attempts = 0
+        self._connected_at = None
+
+    def next_delay(self) -> float:
+        """Seconds to wait before the next attempt (which this counts)."""
+        delay = 0.0 if self.attempts == 0 else min(self.cap, self.first * 2.0 ** min(self.attempts - 1, 32))
+        self.attempts += 1
+        return delay
 
 
 class PublisherError(RuntimeError):
@@ -126,11 +178,11 @@ class Publisher:
     RELIABLE_QUEUE = 1024
 
     def __init__(self, settings: LiveKitSettings, *, rejoin: bool = True,
-                 rejoin_backoff: tuple[float, float] = (0.5, 5.0), resume_grace: float = 0.5,
-                 probe_interval: float = 0.25) -> None:
+                 rejoin_backoff: tuple[float, float] = (1.0, 30.0), stable_after: float = 20.0,
+                 resume_grace: float = 0.5, probe_interval: float = 0.25) -> None:
         self.settings = settings
         self.rejoin = rejoin
-        self._backoff = rejoin_backoff
+        self.backoff = RejoinBackoff(*rejoin_backoff, stable_after=stable_after)
         self.resume_grace = resume_grace
         self.probe_interval = probe_interval
         self.hooks: list[RoomHook] = []
@@ -157,6 +209,11 @@ class Publisher:
         self._frames_since_feedback = 0
         self.keyframe_requests = 0
         self.rejoins = 0
+        """Successful rejoins."""
+        self.rejoin_attempts = 0
+        self.disconnects: dict[str, int] = {}
+        """Involuntary disconnections by reason (``DUPLICATE_IDENTITY``, ``ROOM_CLOSED``, ...), and
+        ``SDK_STUCK`` when we dropped the SDK's own reconnection (the server was back)."""
         self.on_state: Callable[[str], None] | None = None
 
     # --------------------------------------------------------------------------- lifecycle
@@ -203,6 +260,7 @@ class Publisher:
             await _quietly_leave(room)
             raise PublisherError(f"could not publish in room {s.room!r}: {exc}") from exc
         self._live = self._connected = True
+        self.backoff.connected()
         self._recovered()
         self._notify("connected")
         log.info("joined room %r as %r (sid %s); publishing %r and %r",
@@ -271,15 +329,20 @@ class Publisher:
             self._live = self._connected = False
             self._lost()
             self._notify("disconnected")
-            name = rtc.DisconnectReason.Name(reason)
+            try:
+                name = rtc.DisconnectReason.Name(reason)
+            except ValueError:
+                name = f"reason {reason}"
             if self._closing or reason == rtc.DisconnectReason.CLIENT_INITIATED:
                 log.debug("left the room (%s)", name)
                 return
-            if not self.rejoin or reason in _NO_REJOIN:
-                log.error("disconnected from the room (%s); not rejoining", name)
+            self.disconnects[name] = self.disconnects.get(name, 0) + 1
+            why = f"{name}: {_WHY.get(reason, 'signal or connection failure')}"
+            if not self.rejoin:
+                log.error("disconnected from the room (%s); not rejoining (rejoin is off)", why)
                 return
-            log.warning("disconnected from the room (%s); rejoining", name)
-            self._start_rejoin()
+            log.warning("disconnected from the room (%s); rejoining", why)
+            self._start_rejoin(why)
 
         @room.on("participant_connected")
         def _joined(participant: rtc.RemoteParticipant) -> None:
@@ -296,9 +359,11 @@ class Publisher:
             log.info("local track %r subscribed", track.name)
             self._changed.set()
 
-    def _start_rejoin(self) -> None:
+    def _start_rejoin(self, why: str) -> None:
+        if self._closing:
+            return
         if self._rejoin_task is None or self._rejoin_task.done():
-            self._rejoin_task = asyncio.get_running_loop().create_task(self._rejoin_loop())
+            self._rejoin_task = asyncio.get_running_loop().create_task(self._rejoin_loop(why), name="rejoin")
 
     def _lost(self) -> None:
         if self._lost_at is None:
@@ -327,30 +392,80 @@ class Publisher:
                     back_since = back_since or now
                     if now - back_since >= self.resume_grace:
                         log.warning("the server is back but the SDK is still reconnecting; joining again")
-                        self._start_rejoin()
+                        self.disconnects["SDK_STUCK"] = self.disconnects.get("SDK_STUCK", 0) + 1
+                        self._start_rejoin("SDK_STUCK: the server is back but the SDK is still reconnecting")
                         return
             else:
                 seen_down, back_since = True, None
             await asyncio.sleep(self.probe_interval)
 
-    async def _rejoin_loop(self) -> None:
-        delay, cap = self._backoff
+    async def _rejoin_loop(self, why: str) -> None:
+        """Join again until it works or we are closed, waiting as :attr:`backoff` says."""
         old = self.room
         self.room = None
         self._video_pub = self._audio_pub = None
+        self.backoff.lost()
         if old is not None:
             await _quietly_leave(old)  # may be the SDK's own reconnection, still under way
+        failed = False
         while not self._closing:
+            delay = self.backoff.next_delay()
+            attempt = self.backoff.attempts
+            if delay > 0:
+                log.warning("rejoin attempt %d (after %s) in %.1f s", attempt, why, delay)
+                await self._wait_to_rejoin(delay, probe=failed)
+                if self._closing:
+                    return
+            else:
+                log.warning("rejoin attempt %d (after %s) now", attempt, why)
+            self.rejoin_attempts += 1
             try:
                 await self._join()
-            except PublisherError as exc:
-                log.warning("rejoin failed (%s); next try in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(cap, delay * 2)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # PublisherError, or anything the SDK raises: try again
+                failed = True
+                log.warning("rejoin attempt %d failed: %s", attempt, exc)
+                continue
+            room = self.room
+            if room is None or not room.isconnected():  # dropped again while we were publishing
+                failed = False
+                log.warning("rejoin attempt %d: the room was lost again at once", attempt)
+                self.room = None
+                self._video_pub = self._audio_pub = None
+                self._live = self._connected = False
+                self.backoff.lost()
+                if room is not None:
+                    await _quietly_leave(room)
                 continue
             self.rejoins += 1
+            log.warning("rejoined the room (attempt %d, after %s); %d rejoin(s) so far", attempt, why, self.rejoins)
             self._changed.set()
             return
+
+    async def _wait_to_rejoin(self, delay: float, *, probe: bool) -> None:
+        """Sleep ``delay`` seconds; with ``probe`` (the last attempt failed), cut it short once the
+        server's port, seen closed meanwhile, opens again."""
+        try:
+            host, port = server_address(self.settings.url)
+        except ValueError:
+            probe = False
+        if not probe:
+            await asyncio.sleep(delay)
+            return
+        deadline = time.monotonic() + delay
+        seen_down = False
+        while not self._closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if await _reachable(host, port, timeout=min(0.5, left)):
+                if seen_down:
+                    log.info("the server answers again; rejoining now")
+                    return
+            else:
+                seen_down = True
+            await asyncio.sleep(max(0.0, min(self.probe_interval, deadline - time.monotonic())))
 
     async def close(self) -> None:
         """Unpublish both tracks, leave the room, release the sources. Idempotent."""

@@ -305,3 +305,60 @@ def test_bad_credentials_fail_fast(livekit_server: LiveKitServer, tmp_path: Path
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert json.loads(proc.stdout.splitlines()[-1])["outcome"] == "join-failed"
+
+
+def test_worker_takes_its_identity_back_from_an_impostor(livekit_server: LiveKitServer, tmp_path: Path) -> None:
+    """Someone joins with the worker's identity (a token minted for it with the API secret): the
+    server drops the worker as a duplicate. The worker rejoins (which drops the impostor in turn),
+    publishes its motion and microphone tracks again within a few seconds, and logs why."""
+    worker = start_worker(livekit_server, tmp_path, "--room", "twin", "--mode", "scripted",
+                          "--frames", "50", "--turns", "1000", "--turn-gap-ms", "200")
+    marks: dict[str, float] = {}
+    kicked: list[int] = []
+
+    def worker_back(viewer: Viewer, old_sid: str) -> bool:
+        assert viewer.room is not None
+        part = viewer.room.remote_participants.get(WORKER_IDENTITY)
+        if part is None or part.sid == old_sid or part.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            return False
+        sources = {pub.source for pub in part.track_publications.values()}
+        return {rtc.TrackSource.SOURCE_CAMERA, rtc.TrackSource.SOURCE_MICROPHONE} <= sources
+
+    async def scenario() -> None:
+        viewer = Viewer(livekit_server, "twin")
+        await viewer.connect()
+        assert viewer.room is not None
+        await wait_for(lambda: len(viewer.seen.tracks) == 2 and viewer.frames_16x16() > 10, 20,
+                       "the worker's tracks and frames")
+        old_sid = viewer.room.remote_participants[WORKER_IDENTITY].sid
+        impostor = rtc.Room()
+
+        @impostor.on("disconnected")
+        def _gone(reason: int) -> None:
+            kicked.append(reason)
+
+        marks["impostor"] = time.time()
+        await impostor.connect(livekit_server.url, livekit_server.token(WORKER_IDENTITY, "twin"))
+        await wait_for(lambda: worker_back(viewer, old_sid), 8, "the worker back in the room with both tracks")
+        marks["back"] = time.time()
+        await wait_for(lambda: viewer.frames_16x16(since=marks["back"]) > 10, 10, "motion frames after the rejoin")
+        await wait_for(lambda: bool(kicked), 5, "the impostor to be dropped")
+        await impostor.disconnect()
+        await viewer.close()
+
+    try:
+        asyncio.run(scenario())
+        worker.send_signal(signal.SIGTERM)
+        summary = summary_of(worker, 20)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    log = (tmp_path / "worker.log").read_text()
+    print(f"\nworker back {marks['back'] - marks['impostor']:.2f} s after the impostor joined; "
+          f"rejoins {summary['rejoins']}, disconnects {summary['disconnects']}")
+    assert worker.returncode == 0, log[-3000:]
+    assert kicked == [rtc.DisconnectReason.DUPLICATE_IDENTITY]
+    assert "disconnected from the room (DUPLICATE_IDENTITY: another participant joined with our identity" in log
+    assert "rejoined the room (attempt 1, after DUPLICATE_IDENTITY" in log, log[-3000:]
+    assert summary["outcome"] == "signal"
+    assert summary["rejoins"] == 1 and summary["disconnects"] == {"DUPLICATE_IDENTITY": 1}
