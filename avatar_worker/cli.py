@@ -17,8 +17,12 @@ to everyone else (without ``--data-carrier`` only to viewers who ask, see
 audio to ``heard.jsonl`` (:mod:`avatar_worker.audio_report`), and swaps the motion track for a
 fresh one after 50 frames of the first turn (:mod:`avatar_worker.republish`).
 
-Connection settings come from ``--url/--api-key/--api-secret`` or ``LIVEKIT_URL``,
-``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``. Logs go to stderr; the last line on stdout is a JSON
+Connection settings come from ``--url/--api-key`` or ``LIVEKIT_URL``, ``LIVEKIT_API_KEY``; the API
+secret only from the environment (``LIVEKIT_API_SECRET``) or a file (``--api-secret-file PATH``,
+its first line): a command line is visible to every local user (``ps``, ``/proc/PID/cmdline``), so
+``--api-secret`` is refused (exit 2, saying what to use instead). The secret is removed from the
+worker's own environment once read, so the programs it runs (sox, espeak-ng) do not inherit it.
+Logs go to stderr; the last line on stdout is a JSON
 summary. Exit status: 0 after a normal or signalled stop, 1 if the room could not be joined, 2 for
 bad arguments, 3 if shutdown got stuck before the summary was made.
 
@@ -37,6 +41,7 @@ import logging
 import os
 import signal
 import sys
+import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +78,41 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+SECRET_ENV = "LIVEKIT_API_SECRET"
+
+API_SECRET_REFUSED = (
+    "--api-secret is not accepted: a secret on the command line is visible to every user of this "
+    "machine (ps, /proc/PID/cmdline). Put it in the environment (LIVEKIT_API_SECRET) or in a file "
+    "readable only by you (--api-secret-file PATH)")
+
+
+class _RefuseSecret(argparse.Action):
+    """``--api-secret``: refused with a message saying what to use instead. It stays an option
+    of its own so that argparse never takes it for an abbreviation of ``--api-secret-file``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(API_SECRET_REFUSED)
+
+
+def read_secret_file(path: Path) -> tuple[str, str | None]:
+    """The secret in ``path`` (its first line, stripped) and a warning when others may read the
+    file. Raises ValueError if it cannot be read or is empty."""
+    try:
+        text = path.read_text()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--api-secret-file {path}: {exc}") from exc
+    lines = text.splitlines()
+    secret = lines[0].strip() if lines else ""
+    if not secret:
+        raise ValueError(f"--api-secret-file {path}: the file is empty")
+    warning = None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warning = f"{path} may be read by other users (mode {stat.filemode(mode)}): chmod 600 it"
+    return secret, warning
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m avatar_worker",
@@ -81,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     conn = p.add_argument_group("connection")
     conn.add_argument("--url", default=os.environ.get("LIVEKIT_URL"), help="server URL [$LIVEKIT_URL]")
     conn.add_argument("--api-key", default=os.environ.get("LIVEKIT_API_KEY"), help="[$LIVEKIT_API_KEY]")
-    conn.add_argument("--api-secret", default=os.environ.get("LIVEKIT_API_SECRET"), help="[$LIVEKIT_API_SECRET]")
+    conn.add_argument("--api-secret-file", type=Path, default=None, metavar="PATH",
+                      help="read the API secret from the first line of this file (default: $LIVEKIT_API_SECRET; "
+                           "never on the command line)")
+    conn.add_argument("--api-secret", nargs="?", action=_RefuseSecret, help=argparse.SUPPRESS)
     conn.add_argument("--room", required=True)
     conn.add_argument("--identity", default="avatar-worker")
     conn.add_argument("--name", default=None, help="display name (default: the identity)")
@@ -178,13 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
-    """Turn parsed arguments into a :class:`WorkerConfig` (raises ValueError for bad combos)."""
+    """Turn parsed arguments into a :class:`WorkerConfig` (raises ValueError for bad combos). The
+    API secret comes from ``--api-secret-file`` or else ``$LIVEKIT_API_SECRET``."""
+    secret = read_secret_file(args.api_secret_file)[0] if args.api_secret_file else os.environ.get(SECRET_ENV)
     missing = [flag for flag, value in (("--url", args.url), ("--api-key", args.api_key),
-                                        ("--api-secret", args.api_secret)) if not value]
+                                        (f"${SECRET_ENV} or --api-secret-file", secret)) if not value]
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or the LIVEKIT_* environment variables)")
     settings = LiveKitSettings(
-        url=args.url, api_key=args.api_key, api_secret=args.api_secret, room=args.room,
+        url=args.url, api_key=args.api_key, api_secret=secret, room=args.room,
         identity=args.identity, name=args.name, video_track_name=args.motion_track_name,
         audio_track_name=args.audio_track_name,
     )
@@ -297,8 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
+        secret_warning = read_secret_file(args.api_secret_file)[1] if args.api_secret_file else None
     except ValueError as exc:
         parser.error(str(exc))
+    # read: the programs the worker runs (sox, espeak-ng) need not inherit it
+    os.environ.pop(SECRET_ENV, None)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how a hung worker explains itself
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(
@@ -308,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # the SDK logs every FFI event at debug; keep it at our level or quieter
     logging.getLogger("livekit").setLevel(max(logging.INFO, getattr(logging, args.log_level.upper())))
+    if secret_warning:
+        logging.getLogger("avatar_worker").warning("%s", secret_warning)
     try:
         guard = ExitGuard()
         summary = asyncio.run(_main(config, guard))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -18,11 +18,12 @@ Mode = Literal["scripted", "speech", "demo", "replay", "agents"]
 
 @dataclass(frozen=True)
 class LiveKitSettings:
-    """Where to publish and as whom."""
+    """Where to publish and as whom. ``repr`` and ``str`` show the API secret as ``'***'``: a
+    setting logged or printed in a traceback must not give it away."""
 
     url: str
     api_key: str
-    api_secret: str
+    api_secret: str = field(repr=False)
     room: str
     identity: str = "avatar-worker"
     name: str | None = None
@@ -33,6 +34,13 @@ class LiveKitSettings:
     """Head room over the ~120 kbit/s a keyframe-per-frame stream needs, so the bandwidth
     estimator never starts queueing frames."""
     connect_timeout: float = 10.0
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={'***' if f.name == 'api_secret' else getattr(self, f.name)!r}"
+                          for f in fields(self))
+        return f"{type(self).__name__}({shown})"
+
+    __str__ = __repr__
 
 
 @dataclass

@@ -271,8 +271,9 @@ def test_chunks_make_one_turn() -> None:
     assert redundant.seq == 13 and redundant.previous == (msgs[2].message, msgs[1].message)
 
 
-def test_config_and_cli() -> None:
-    args = build_parser().parse_args(["--url", "ws://x", "--api-key", "k", "--api-secret", "s", "--room", "r",
+def test_config_and_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "s")  # never on a command line
+    args = build_parser().parse_args(["--url", "ws://x", "--api-key", "k", "--room", "r",
                                       "--mode", "agents", "--agent-identity", "agent-7"])
     config = config_from_args(args)
     assert config.mode == "agents" and config.agent_identity == "agent-7"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -256,9 +257,10 @@ class TestOptions:
             with pytest.raises(ValueError):
                 _config(mode="demo", **bad)
 
-    def test_cli(self, tmp_path: Path) -> None:
+    def test_cli(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         parser = build_parser()
-        base = ["--url", "ws://x", "--api-key", "k", "--api-secret", "s", "--room", "r"]
+        monkeypatch.setenv("LIVEKIT_API_SECRET", "s")  # never on a command line
+        base = ["--url", "ws://x", "--api-key", "k", "--room", "r"]
         config = config_from_args(parser.parse_args(base + [
             "--mode", "demo", "--reply", "echo", "--vad-start-ms", "100", "--vad-end-ms", "500",
             "--max-utterance-s", "5", "--barge-in-ms", "0", "--max-replies", "2", "--text", "Hi"]))
@@ -274,9 +276,10 @@ class TestOptions:
 
     def test_cli_reports_a_bad_recording(self, tmp_path: Path) -> None:
         (tmp_path / MESSAGES_FILE).write_bytes(b"\x05\x00\x00")
-        env_args = ["--url", "ws://127.0.0.1:9", "--api-key", "k", "--api-secret", "s" * 32, "--room", "r"]
+        env_args = ["--url", "ws://127.0.0.1:9", "--api-key", "k", "--room", "r"]
         proc = subprocess.run([sys.executable, "-m", "avatar_worker", *env_args, "--mode", "replay",
-                               "--replay-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                               "--replay-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, LIVEKIT_API_SECRET="s" * 32))
         assert proc.returncode == 1, proc.stderr
         summary = json.loads(proc.stdout.splitlines()[-1])
         assert summary["outcome"] == "replay-failed" and "offset 0" in summary["error"]

@@ -795,8 +795,10 @@ class TestPublisherData:
 
 class TestCliOptions:
     def args(self, *extra: str) -> WorkerConfig:
-        base = ["--room", "r", "--url", "ws://127.0.0.1:1", "--api-key", "k", "--api-secret", "s" * 32]
-        return config_from_args(build_parser().parse_args([*base, *extra]))
+        base = ["--room", "r", "--url", "ws://127.0.0.1:1", "--api-key", "k"]
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("LIVEKIT_API_SECRET", "s" * 32)  # never on a command line
+            return config_from_args(build_parser().parse_args([*base, *extra]))
 
     def test_defaults(self) -> None:
         config = self.args()

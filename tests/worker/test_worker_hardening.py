@@ -125,3 +125,82 @@ def test_a_clean_shutdown_stops_the_rejoin_loop() -> None:
 
     asyncio.run(go())
     assert 2 <= len(attempts) <= 8, attempts
+
+
+# --------------------------------------------------------------------------------- secrets
+
+
+def test_settings_never_show_the_secret() -> None:
+    from avatar_worker.config import WorkerConfig
+
+    config = WorkerConfig(SETTINGS, mode="agents", agent_identity="agent-1")
+    for text in (repr(SETTINGS), str(SETTINGS), f"{SETTINGS}", repr(config), str(config), repr([SETTINGS])):
+        assert SECRET not in text
+        assert "api_secret='***'" in text
+    assert SETTINGS.api_secret == SECRET  # still there for minting tokens
+    assert "api_key='devkey'" in repr(SETTINGS) and "room='r'" in repr(SETTINGS)
+
+
+@pytest.mark.parametrize("argv", [["--api-secret", SECRET], [f"--api-secret={SECRET}"], ["--api-secret"]])
+def test_api_secret_on_the_command_line_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from avatar_worker.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--room", "r", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--api-secret is not accepted" in err and "LIVEKIT_API_SECRET" in err and "--api-secret-file" in err
+    assert SECRET not in err
+
+
+def test_the_worker_refuses_api_secret_and_says_what_to_use() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "avatar_worker", "--room", "r", "--url", "ws://127.0.0.1:1",
+                           "--api-key", "k", "--api-secret", SECRET], cwd=root, capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "LIVEKIT_API_SECRET" in proc.stderr and "--api-secret-file" in proc.stderr
+    assert SECRET not in proc.stderr + proc.stdout
+
+
+def test_secret_from_the_environment_or_a_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from avatar_worker.cli import build_parser, config_from_args, read_secret_file
+
+    base = ["--room", "r", "--url", "ws://x", "--api-key", "k"]
+    monkeypatch.setenv("LIVEKIT_API_SECRET", SECRET)
+    assert config_from_args(build_parser().parse_args(base)).livekit.api_secret == SECRET
+    path = tmp_path / "secret"
+    path.write_text("from-the-file-0123456789012345678901\nignored\n")
+    path.chmod(0o600)
+    config = config_from_args(build_parser().parse_args([*base, "--api-secret-file", str(path)]))
+    assert config.livekit.api_secret == "from-the-file-0123456789012345678901"  # the file wins
+    assert read_secret_file(path)[1] is None
+    path.chmod(0o644)
+    assert "chmod 600" in (read_secret_file(path)[1] or "")
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        read_secret_file(path)
+    with pytest.raises(ValueError, match="missing"):
+        read_secret_file(tmp_path / "missing")
+    monkeypatch.delenv("LIVEKIT_API_SECRET")
+    with pytest.raises(ValueError, match="LIVEKIT_API_SECRET or --api-secret-file"):
+        config_from_args(build_parser().parse_args(base))
+
+
+def test_the_worker_drops_the_secret_from_its_environment(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Once read, the secret is not passed on to the programs the worker runs (sox, espeak-ng)."""
+    import os
+
+    from avatar_worker.cli import main
+    from avatar_worker.replay import MESSAGES_FILE
+
+    (tmp_path / MESSAGES_FILE).write_bytes(b"\x05\x00\x00")  # a bad recording: fails before joining
+    monkeypatch.setenv("LIVEKIT_API_SECRET", SECRET)
+    code = main(["--room", "r", "--url", "ws://127.0.0.1:1", "--api-key", "k", "--mode", "replay",
+                 "--replay-dir", str(tmp_path)])
+    assert code == 1
+    assert "LIVEKIT_API_SECRET" not in os.environ

@@ -315,6 +315,8 @@ def test_worker_takes_its_identity_back_from_an_impostor(livekit_server: LiveKit
                           "--frames", "50", "--turns", "1000", "--turn-gap-ms", "200")
     marks: dict[str, float] = {}
     kicked: list[int] = []
+    # the secret reaches the worker through its environment, never its command line
+    assert livekit_server.api_secret.encode() not in Path(f"/proc/{worker.pid}/cmdline").read_bytes()
 
     def worker_back(viewer: Viewer, old_sid: str) -> bool:
         assert viewer.room is not None
