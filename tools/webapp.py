@@ -8,15 +8,22 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import unicodedata
+import urllib.parse
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from devstack import LiveKitServer
-from httpserve import StaticServer
+from httpserve import (DEFAULT_CSP, DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT_S, StaticServer,
+                       inline_script_hashes)
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB_WHEELS = ROOT / ".cache" / "wheels" / "web"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEV_PAGES = ROOT / "web" / "dev"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # room names
+NAME_MAX = 64  # display names
 TOKEN_TTL_S = 15 * 60
+VIEWER_SOURCES = ("microphone",)
 
 LIVEKIT_CLIENTS = {"2.23.0": "livekit-client", "2.16.1": "livekit-client-2.16.1"}
 """livekit-client builds served under /vendor/<folder>/ (the default first)."""
@@ -57,12 +64,16 @@ def pyscript_config() -> dict:
 
 
 class TokenEndpoint:
-    """``POST /api/token`` → ``{token, serverUrl, roomName}``.
+    """``POST /api/token`` → ``{token, serverUrl, roomName, identity}``.
 
-    Input: optional JSON ``{"identity": str, "name": str, "room": str}``. Names are checked against
-    a strict pattern, the room must be one this app allows, and the grant is the least a viewer
-    needs: join that room, subscribe, publish a microphone and data; 15 minutes. The API secret
-    stays on the server.
+    Input: an empty body or a JSON object with at most ``{"name": str, "room": str}``. The server
+    chooses every identity (``viewer-<16 hex digits>``): a request that names one gets 400, so a
+    browser can never take the avatar's, an agent's or another viewer's identity (LiveKit would
+    disconnect the one already in the room). ``name`` is only a display name: at most 64
+    characters, no control or format characters. The room must match this app's pattern (403
+    otherwise). The grant is the least a viewer needs: join that room, subscribe, publish data and
+    a microphone (no camera, no screen share); 15 minutes. The API secret stays on the server.
+    Every answer is JSON; a refusal is ``{"error": "..."}`` with 400 or 403.
     """
 
     def __init__(self, server: LiveKitServer, rooms: re.Pattern[str] | str, default_room: str) -> None:
@@ -72,26 +83,31 @@ class TokenEndpoint:
 
     def __call__(self, body: bytes) -> tuple[int, str, bytes]:
         try:
-            request = json.loads(body or b"{}")
-        except ValueError:
-            return self._error(400, "body must be JSON")
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._error(400, "body must be UTF-8 JSON")
+        try:
+            request = json.loads(text, object_pairs_hook=_unique_keys) if text.strip() else {}
+        except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
+            return self._error(400, "body must be a JSON object")
         if not isinstance(request, dict):
             return self._error(400, "body must be a JSON object")
-        unknown = set(request) - {"identity", "name", "room"}
+        if "identity" in request:
+            return self._error(400, "identity is chosen by the server; send only name and room")
+        unknown = set(request) - {"name", "room"}
         if unknown:
-            return self._error(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-        identity = request.get("identity") or f"viewer-{secrets.token_hex(4)}"
-        room = request.get("room") or self.default_room
-        name = request.get("name") or identity
-        for field, value in (("identity", identity), ("room", room)):
-            if not isinstance(value, str) or not NAME_RE.match(value):
-                return self._error(400, f"{field} must match {NAME_RE.pattern}")
-        if not isinstance(name, str) or len(name) > 64:
-            return self._error(400, "name must be a string of at most 64 characters")
+            return self._error(400, f"unknown field(s): {', '.join(sorted(map(repr, unknown)))[:200]}")
+        room = request.get("room", self.default_room)
+        if not isinstance(room, str) or not NAME_RE.match(room):
+            return self._error(400, f"room must match {NAME_RE.pattern}")
         if not self.rooms.fullmatch(room):
             return self._error(403, f"room {room!r} is not offered here")
+        identity = f"viewer-{secrets.token_hex(8)}"
+        name = request.get("name", identity)
+        if not valid_display_name(name):
+            return self._error(400, f"name must be a string of 1 to {NAME_MAX} characters without control characters")
         token = self.server.token(identity, room, name=name, ttl_s=TOKEN_TTL_S, can_publish=True,
-                                  can_subscribe=True, can_publish_data=True, sources=["microphone"])
+                                  can_subscribe=True, can_publish_data=True, sources=list(VIEWER_SOURCES))
         reply = {"token": token, "serverUrl": self.server.url, "roomName": room, "identity": identity}
         return 200, "application/json", json.dumps(reply).encode()
 
@@ -100,8 +116,68 @@ class TokenEndpoint:
         return status, "application/json", json.dumps({"error": message}).encode()
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate key")
+    return dict(pairs)
+
+
+def valid_display_name(name: object) -> bool:
+    """A display name: a string of 1 to NAME_MAX characters, none of them a control, format,
+    surrogate, private-use or unassigned character, nor a line or paragraph separator."""
+    return (isinstance(name, str) and 0 < len(name) <= NAME_MAX
+            and not any(unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp") for c in name))
+
+
+def livekit_sources(url: str) -> list[str]:
+    """CSP sources for the LiveKit server at ``url``: its signalling WebSocket and the HTTP(S) origin
+    livekit-client asks when a connection fails (and, for LiveKit Cloud, its region hosts)."""
+    parts = urllib.parse.urlsplit(url)
+    secure = parts.scheme in ("wss", "https")
+    ws, http = ("wss", "https") if secure else ("ws", "http")
+    sources = [f"{ws}://{parts.netloc}", f"{http}://{parts.netloc}"]
+    if (parts.hostname or "").endswith(".livekit.cloud"):
+        sources += [f"{ws}://*.livekit.cloud", f"{http}://*.livekit.cloud"]
+    return sources
+
+
+def content_security_policy(livekit_url: str) -> Callable[[str, bytes], str]:
+    """The CSP of each HTML page: strict for the app's pages (scripts from this server and the
+    page's own inline scripts by hash, plus WebAssembly and eval for Pyodide/PyScript; connections
+    to this server and the LiveKit server only; no frames, no plugins). The harness pages under
+    ``/dev/`` (served with ``dev=True`` only) run whatever Python a test sends and connect where
+    their ``?url=`` says: they get the basic policy (no framing, no plugins)."""
+    connect = " ".join(["'self'", *livekit_sources(livekit_url)])
+
+    def policy(url_path: str, html: bytes) -> str:
+        if url_path == "/dev" or url_path.startswith("/dev/"):
+            return DEFAULT_CSP
+        scripts = " ".join(["'self'", "'wasm-unsafe-eval'", "'unsafe-eval'", *inline_script_hashes(html)])
+        return "; ".join([
+            "default-src 'self'",
+            f"script-src {scripts}",
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data: blob:",
+            "media-src 'self' blob: mediastream:",
+            "worker-src 'self' blob:",
+            f"connect-src {connect}",
+            "font-src 'self'",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ])
+
+    return policy
+
+
 def build_app(server: LiveKitServer, *, rooms: str = r"avatar-demo", default_room: str = "avatar-demo",
-              host: str = "127.0.0.1", port: int = 0) -> StaticServer:
+              host: str = "127.0.0.1", port: int = 0, dev: bool = False, allowed_hosts: Iterable[str] = (),
+              timeout_s: float = DEFAULT_TIMEOUT_S, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> StaticServer:
+    """The app on ``host:port``. ``dev``: also serve the test harness pages under ``/dev/`` (404
+    otherwise). ``allowed_hosts``: host names besides the loopback ones that browsers may use to
+    reach it (the ``Host`` and ``Origin`` checks of tools/httpserve.py)."""
     def json_route(make):
         return lambda _body: (200, "application/json", json.dumps(make()).encode())
 
@@ -110,4 +186,6 @@ def build_app(server: LiveKitServer, *, rooms: str = r"avatar-demo", default_roo
         ("GET", "/api/config"): json_route(web_config),
         ("GET", "/pyscript.json"): json_route(pyscript_config),
     }
-    return StaticServer(ROOT, mounts(), host=host, port=port, routes=routes)
+    return StaticServer(ROOT, mounts(), host=host, port=port, routes=routes, allowed_hosts=allowed_hosts,
+                        exclude=() if dev else (DEV_PAGES,), csp=content_security_policy(server.url),
+                        timeout_s=timeout_s, max_connections=max_connections)
