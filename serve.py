@@ -69,6 +69,8 @@ external LiveKit server:
 
 examples:
   python3 serve.py
+  python3 serve.py --dev                  # also the test harness pages under /dev/
+  python3 serve.py --host 0.0.0.0 --allow-remote --allowed-host demo.lan   # see docs/security.md
   python3 serve.py --port 8080 --livekit-port 7890
   LIVEKIT_URL=wss://... LIVEKIT_API_KEY=... LIVEKIT_API_SECRET=... python3 serve.py --external
 """)
@@ -81,7 +83,16 @@ examples:
                      help="allow a non-loopback --host. The page and its token endpoint are plain HTTP without "
                           "any login: anyone who reaches the port gets a LiveKit token for the demo room. "
                           "The built-in LiveKit server only listens on 127.0.0.1, so remote browsers also need "
-                          "an external server (see below)")
+                          "an external server (see below). Browsers must reach the page by a name the server "
+                          "answers for: the --host address itself (unless 0.0.0.0 or ::) and each --allowed-host")
+    web.add_argument("--allowed-host", action="append", default=[], metavar="NAME", type=allowed_host,
+                     help="a host name or IP address, besides 127.0.0.1, localhost and [::1], that browsers may "
+                          "use in the page's URL (repeatable). Requests naming any other host in their Host "
+                          "header, or posting from any other Origin, get 403: this stops DNS-rebinding pages "
+                          "from minting tokens. Example: --allowed-host demo.lan")
+    web.add_argument("--dev", action="store_true",
+                     help="also serve the test harness pages under /dev/ (they run any Python a caller sends "
+                          "and join any LiveKit URL given in their query string; 404 without --dev)")
     lk = p.add_argument_group("LiveKit server")
     lk.add_argument("--livekit-port", type=int, default=7880,
                     help="port of the built-in loopback LiveKit server (default: %(default)s; 0 picks a free one)")
@@ -105,6 +116,25 @@ examples:
     p.add_argument("--skip-setup", action="store_true",
                    help="do not run tools/bootstrap.py (everything must already be installed)")
     return p
+
+
+def allowed_host(value: str) -> str:
+    """argparse type of --allowed-host: a host name or an IP address, normalized (no port, no scheme)."""
+    sys.path.insert(0, str(TOOLS))
+    from httpserve import normalize_host
+
+    try:
+        return normalize_host(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def web_allowed_hosts(args: argparse.Namespace) -> list[str]:
+    """The extra host names the web server answers for: --allowed-host, and a specific --host."""
+    hosts = list(args.allowed_host)
+    if args.host not in ("0.0.0.0", "::", "[::]", "") and not is_loopback_host(args.host):
+        hosts.append(allowed_host(args.host))
+    return hosts
 
 
 def is_loopback_host(host: str) -> bool:
@@ -272,7 +302,8 @@ def main() -> int:
 
             try:
                 http = webapp.build_app(server, rooms=re.escape(args.room), default_room=args.room,
-                                        host=args.host, port=args.port).start()
+                                        host=args.host, port=args.port, dev=args.dev,
+                                        allowed_hosts=web_allowed_hosts(args)).start()
             except OSError as exc:
                 raise RuntimeError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
 

@@ -190,7 +190,7 @@ def network_main(args: argparse.Namespace) -> None:
     results: dict[str, list[dict]] = {}
     failures: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp, LiveKitServer(Path(tmp) / "lk") as server, \
-            build_app(server, rooms=r"bench-[a-z0-9]+") as app, sync_playwright() as pw:
+            build_app(server, rooms=r"bench-[a-z0-9]+", dev=True) as app, sync_playwright() as pw:
         for profile in profiles:
             results[profile] = []
             for i in range(args.runs):
@@ -316,7 +316,7 @@ def main() -> None:
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp, LiveKitServer(Path(tmp) / "lk") as server, \
-            build_app(server, rooms=r"bench-[a-z0-9]+") as app, sync_playwright() as pw:
+            build_app(server, rooms=r"bench-[a-z0-9]+", dev=True) as app, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
         for i in range(args.runs):
             runs.append(one_run(server, app, browser, args.frames, args.lk, args.page, Path(tmp) / f"run{i}",

@@ -80,7 +80,7 @@ def app(livekit_server):
     """The web app (tools/webapp.py) on loopback: pages, vendored JS, the wheels of the package as
     it is in the work tree, and a token endpoint for rooms named ``e2e-…``."""
     bootstrap.ensure_web_wheels()
-    with build_app(livekit_server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default") as server:
+    with build_app(livekit_server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default", dev=True) as server:
         yield server
 
 

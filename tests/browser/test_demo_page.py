@@ -11,6 +11,7 @@ Screenshots (idle and speaking) go to the test's tmp folder; their paths are pri
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -195,11 +196,33 @@ def test_ctrl_c_stops_everything(demo: Demo):
         assert line in log, f"{line!r} missing:\n{demo.log_tail()}"
 
 
-def test_serve_refuses_a_remote_host_without_allow_remote():
-    result = subprocess.run([sys.executable, str(SERVE), "--host", "0.0.0.0", "--skip-setup"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
-    assert "--allow-remote" in result.stderr
+def test_serve_refuses_a_remote_host_without_allow_remote(monkeypatch):
+    """serve.py's own refusal (not an argparse error), before the set-up and before anything starts."""
+    refusal = "serve.py: refusing --host 0.0.0.0: the demo page and its token endpoint have no authentication"
+    env = {k: v for k, v in os.environ.items() if k not in EXTERNAL_ENV}
+    result = subprocess.run([sys.executable, str(SERVE), "--host", "0.0.0.0", "--port", str(free_port())], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert result.stderr.startswith(refusal) and "Pass --allow-remote" in result.stderr, result.stderr
+    assert "usage:" not in result.stderr
+    assert result.stdout == "", f"serve.py did something before refusing:\n{result.stdout}"
+
+    # in this process: main() exits before the set-up, the port check or any server start
+    spec = importlib.util.spec_from_file_location("serve_refusal", SERVE)
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    calls = []
+    for name in ("setup_and_reexec", "external_settings", "port_in_use"):
+        monkeypatch.setattr(serve, name, lambda *a, _name=name, **k: calls.append(_name))
+    monkeypatch.setattr(sys, "argv", ["serve.py", "--host", "0.0.0.0"])
+    with pytest.raises(SystemExit) as exited:
+        serve.main()
+    assert str(exited.value.code).startswith(refusal) and calls == [], (exited.value.code, calls)
+    monkeypatch.setattr(sys, "argv", ["serve.py", "--host", "0.0.0.0", "--allow-remote"])
+    monkeypatch.setattr(serve, "setup_and_reexec", lambda *a: sys.exit("set-up reached"))
+    with pytest.raises(SystemExit) as exited:
+        serve.main()
+    assert exited.value.code == "set-up reached"  # with --allow-remote it goes on to the set-up
 
 
 # The canvas regions (fractions of its width and height) that hold the eyes and the mouth of the

@@ -122,7 +122,7 @@ def test_server_restart_mid_turn_recovers_and_frames_flow_again(browser_page, tm
     room = new_room()
     worker = None
     try:
-        with build_app(server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default") as app:
+        with build_app(server, rooms=r"e2e-[a-z0-9-]+", default_room="e2e-default", dev=True) as app:
             worker = start_worker(server, room, tmp_path / "worker", "--frames", "2500", "--tail-ms", "500")
             open_harness(browser_page, app, server, room)
             run = wait_for(browser_page, lambda r: len(r.results.get("frames", [])) >= 100, timeout_s=60)
