@@ -3,8 +3,8 @@
 Serves chosen folders of the repository under URL prefixes (by default ``/web/``,
 ``/worker_transform/`` and ``/node_modules/``) with the MIME types browsers insist on for
 module scripts and WebAssembly, and ``Cache-Control: no-store`` so a test never sees a stale
-file. Anything outside the mounts (or inside an ``exclude``\\d folder) is 404; paths cannot escape
-a mount, through ``..``, ``%2e%2e`` or a symlink.
+file. Anything outside the mounts, or inside one of the ``exclude`` folders, is 404; paths cannot
+escape a mount, through ``..``, ``%2e%2e`` or a symlink.
 
     with StaticServer(ROOT) as server:
         page.goto(server.url("/web/dev/transform-probe.html"))
@@ -372,7 +372,8 @@ class StaticServer:
 
     def stop(self) -> None:
         self._stopping = True
-        self._httpd.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever(): only if it runs
+            self._httpd.shutdown()
         self._httpd.server_close()
         with self._lock:
             open_now = list(self._open)

@@ -179,6 +179,9 @@ def test_demo_page_connects_speaks_and_disconnects(demo: Demo, browser_page, bro
           f"\nrequests: {len(browser_log.requests)}, off loopback: {len(browser_log.off_loopback)}")
     assert browser_log.requests, "no request was logged"
     assert not browser_log.off_loopback, browser_log.off_loopback
+    # the page runs under the app's Content-Security-Policy (tools/webapp.py): nothing was refused
+    violations = [line for line in browser_log.console if "Content Security Policy" in line or "EvalError" in line]
+    assert not violations, "\n".join(violations)
 
     # SIGTERM (what `kill` or a service manager sends) stops serve.py and everything it started
     code = demo.stop(signal.SIGTERM)

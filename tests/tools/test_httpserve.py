@@ -183,12 +183,12 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def make_server(tree: Path, **kwargs) -> StaticServer:
+def make_server(tree: Path, extra_mounts: dict[str, Path] | None = None, **kwargs) -> StaticServer:
     options = dict(routes={("POST", "/api/echo"): echo, ("POST", "/api/boom"): boom,
                            ("GET", "/api/config"): lambda _b: (200, "application/json", b'{"ok": true}')},
                    exclude=[tree / "www" / "dev"], timeout_s=1.0, max_connections=8)
     options.update(kwargs)
-    return StaticServer(tree, {"/": tree / "www", "/static/": tree / "static"}, **options)
+    return StaticServer(tree, {"/": tree / "www", "/static/": tree / "static", **(extra_mounts or {})}, **options)
 
 
 @pytest.fixture(scope="module")
@@ -546,6 +546,29 @@ def test_an_idle_keep_alive_connection_is_closed_without_a_response(server: Stat
     result = exchange(server.port, request("GET", "/index.html", close=False), timeout=5)
     assert [r.status for r in result.responses] == [200]
     assert result.closed and 0.9 < result.elapsed_s < 2.5 and not result.rest
+
+
+def test_a_client_that_stops_reading_a_response_is_dropped(fresh, tree: Path, tmp_path: Path):
+    """The response is sent in chunks, each within the timeout: a client that never reads holds
+    its connection (and thread) for about timeout_s, not for ever."""
+    (tmp_path / "huge.bin").write_bytes(b"\0" * (48 * 1024 * 1024))
+    srv = fresh(timeout_s=1.0, max_connections=1, extra_mounts={"/huge/": tmp_path})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", srv.port))
+    try:
+        sock.sendall(request("GET", "/huge/huge.bin"))
+        time.sleep(0.5)
+        assert get(srv.port, "/index.html").status == 503  # the one slot is taken by the stalled download
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            result = get(srv.port, "/index.html")
+            if result.responses and result.status == 200:
+                break
+            time.sleep(0.2)
+        assert result.status == 200, "the stalled download still holds its connection"
+    finally:
+        sock.close()
 
 
 def test_connections_over_the_limit_get_503_and_the_thread_count_is_bounded(fresh):
