@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AgentStatus", "DataMessage", "TranscriptChunk", "parse_data_message",
-           "MOTION_TOPIC", "CONTROL_TOPIC"]
+__all__ = ["AgentStatus", "DataMessage", "TranscriptChunk", "parse_data_message", "parse_json",
+           "MOTION_TOPIC", "CONTROL_TOPIC", "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]
 
 MOTION_TOPIC = "avatarplayer.motion"
 """Default topic of the data-packet carrier (wire-format.md 3b): one motion packet per message."""
@@ -63,7 +63,7 @@ def parse_data_message(payload: bytes, topic: str | None = None,
     """Classify one data message. Never raises."""
     payload = bytes(payload)
     base = {"topic": topic, "participant_identity": participant_identity, "payload": payload}
-    decoded = _json(payload)
+    decoded = parse_json(payload)
     if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
         return DataMessage(type=None, data=decoded, **base)
     kind, data = decoded["type"], decoded.get("data")
@@ -82,7 +82,12 @@ def parse_data_message(payload: bytes, topic: str | None = None,
     return DataMessage(type=kind, data=data, **base)
 
 
-def _json(payload: bytes) -> Any:
+def parse_json(payload: bytes) -> Any:
+    """The one JSON parser of every data path: a JSON object, array or string, or None when the
+    payload is not one, is larger than :data:`MAX_JSON_BYTES` or nests deeper than
+    :data:`MAX_JSON_DEPTH` (checked before parsing: in Pyodide a deep parse exhausts the stack,
+    which is fatal there, not a ``RecursionError``). Never raises."""
+    payload = bytes(payload)
     if not payload or len(payload) > MAX_JSON_BYTES or payload[:1] not in b'{["' or _too_deep(payload):
         return None
     try:

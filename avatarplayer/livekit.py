@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 from . import options
-from .datamsg import CONTROL_TOPIC, MOTION_TOPIC
+from .datamsg import CONTROL_TOPIC, MOTION_TOPIC, parse_json
 from .events import ConnectionState
 
 __all__ = ["LiveKitProvider", "DEFAULT_LIVEKIT_CLIENT_URL", "DEFAULT_TRANSFORM_WORKER_URL"]
@@ -32,6 +32,37 @@ WATCHDOG_MIN_FRAMES = 10
 MAX_REATTACH = 2
 """Re-attaching rarely revives a transform that never ran: after this many, fall back to the
 data-packet carrier."""
+PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
+"""The attribute a LiveKit Agents avatar sets to the identity of the agent it speaks for."""
+MAX_PENDING_PACKETS = 50
+"""Packets held per video receiver while the motion track is not known yet (2 s at 25 fps)."""
+
+# Data messages go through this filter before they reach Python: messages from participants the
+# player does not trust are counted here (by topic) and dropped, so a burst of them costs no
+# Python call. Trusted: the identities Python put in ``trusted``, server messages (no
+# participant), and, while ``open`` (no avatar known yet), any participant of kind agent. Python
+# checks again: this is only the cheap first cut.
+_DATA_FILTER_JS = """
+((handler, lk) => {
+  const agentKind = lk.ParticipantKind ? lk.ParticipantKind.AGENT : 4;
+  const filter = { trusted: new Set(), open: true, ignored: {} };
+  filter.isAgent = (p) => !!p && (p.isAgent === true || p.kind === agentKind);
+  filter.onBehalfOf = (p) => (p && p.attributes && p.attributes["lk.publish_on_behalf"]) || "";
+  filter.trust = (identities, open) => {
+    filter.trusted = new Set(JSON.parse(identities));
+    filter.open = open;
+  };
+  filter.counts = () => JSON.stringify(filter.ignored);
+  filter.handler = (payload, participant, kind, topic) => {
+    if (!participant || filter.trusted.has(participant.identity) || (filter.open && filter.isAgent(participant))) {
+      return handler(payload, participant, kind, topic);
+    }
+    const key = typeof topic === "string" ? topic : "";
+    filter.ignored[key] = (filter.ignored[key] || 0) + 1;
+  };
+  return filter;
+})
+"""
 
 # Chromium calls a receiver's script transform reliably only when it is set as the transceiver is
 # created, before negotiation (measured on Chromium 156 with livekit-client 2.16.1 and 2.23.0:
@@ -129,6 +160,15 @@ class LiveKitProvider:
     :param data_topic: the topic of the data-packet carrier.
     :param audio: whose audio the page plays: "avatar" (default: only the avatar participant),
         "all" remote participants, or "none".
+    :param avatar_identity: the identity of the avatar participant. Without it, the avatar is the
+        first participant that publishes the motion track as an agent (``kind == agent``) or on
+        behalf of one (the ``lk.publish_on_behalf`` attribute naming an agent in the room).
+
+    Only the avatar is obeyed: its motion track, its audio (with ``audio="avatar"``), its packets
+    on the carrier and control topics, and the data messages (transcripts, agent status) of the
+    avatar and of the agent it speaks for. Everything from other participants is ignored and
+    counted (``session_summary.untrusted_reasons``); data messages from the server itself (no
+    participant) reach the app as data messages.
 
     A shared ``room`` is best handed over before the app connects it: the provider then attaches
     its transform as the receivers are created (the reliable path). A room that is already
@@ -148,6 +188,7 @@ class LiveKitProvider:
         single_peer_connection: bool = False,
         data_topic: str = MOTION_TOPIC,
         audio: str = "avatar",
+        avatar_identity: str | None = None,
     ) -> None:
         self.animation_track_name = options.optional_text("animation_track_name", animation_track_name)
         self.animation_track_name_pattern = options.optional_pattern(
@@ -168,6 +209,7 @@ class LiveKitProvider:
         if audio not in AUDIO_POLICIES:
             raise ValueError(f"audio must be one of {AUDIO_POLICIES}, got {audio!r}")
         self.audio = audio
+        self.fixed_avatar_identity = options.optional_text("avatar_identity", avatar_identity)
         if room is not None and (getattr(room, "connect", None) is None or getattr(room, "on", None) is None):
             raise TypeError(f"room must be a livekit-client Room, got {type(room).__name__}")
         self.log = _log
@@ -196,7 +238,14 @@ class LiveKitProvider:
         self._hook_entry: Any = None
         self._passed_through: dict[int, int] = {}
         self._audio_elements: dict[str, Any] = {}
-        self.avatar_identity: str | None = None
+        self.avatar_identity: str | None = self.fixed_avatar_identity
+        """The avatar participant's identity, once known (or as given)."""
+        self.agent_identity: str | None = None
+        """The agent the avatar speaks for (its ``lk.publish_on_behalf`` attribute), if any."""
+        self._filter: Any = None
+        self._ignored: dict[str, int] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._pending: dict[int, list[tuple[bytes, float, float | None]]] = {}
         self.transform_stats: dict[int, dict] = {}
         self.timings: dict[str, float] = {}
         """Start-up costs of the last ``open`` (ms): loading livekit-client, ``room.connect``."""
@@ -208,6 +257,7 @@ class LiveKitProvider:
         self.foreign_packets = 0
         """Packets from a video track other than the motion track (ignored)."""
         self.data_packets_ignored = 0
+        self.control_messages_malformed = 0
         self._data_requested: set[str] = set()
         self._data_acked: set[str | None] = set()
         self._data_requested_at = 0.0
@@ -259,6 +309,12 @@ class LiveKitProvider:
             self._resolved_mode = self._resolve_mode()
         self.carrier = self._resolved_mode
         self.fallbacks = []
+        self._ignored.clear()
+        self.control_messages_malformed = 0
+        self._warned.clear()
+        self._pending.clear()
+        self.avatar_identity = self.fixed_avatar_identity
+        self.agent_identity = None
         self._data_requested.clear()
         self._data_acked.clear()
         self.reattach_count = 0
@@ -370,9 +426,14 @@ class LiveKitProvider:
         return "data"
 
     def _listen(self) -> None:
+        from pyodide.code import run_js
         from pyodide.ffi import create_proxy
 
         events = self.lk.RoomEvent
+        data_proxy = create_proxy(self._on_data_received)
+        self._proxies.append(data_proxy)
+        self._filter = run_js(_DATA_FILTER_JS)(data_proxy, self.lk)
+        self._update_trust()
         handlers = {
             events.TrackSubscribed: self._on_track_subscribed,
             events.TrackUnsubscribed: self._on_track_unsubscribed,
@@ -380,7 +441,6 @@ class LiveKitProvider:
             events.SignalReconnecting: lambda *a: self._state(ConnectionState.RECONNECTING),
             events.Reconnected: lambda *a: self._state(ConnectionState.CONNECTED),
             events.Disconnected: self._on_disconnected,
-            events.DataReceived: self._on_data_received,
             events.AudioPlaybackStatusChanged: lambda *a: self._audio_status(),
             events.ParticipantDisconnected: self._on_participant_disconnected,
         }
@@ -389,8 +449,8 @@ class LiveKitProvider:
             self._proxies.append(proxy)
             self._room_handlers.append((name, proxy))
             self.room.on(name, proxy)
-
-    # ------------------------------------------------------------------------ room events
+        self._room_handlers.append((events.DataReceived, self._filter.handler))  # a JS function
+        self.room.on(events.DataReceived, self._filter.handler)
 
     def _state(self, state: ConnectionState, error: BaseException | None = None) -> None:
         if self._sink is not None:
@@ -403,10 +463,80 @@ class LiveKitProvider:
         else:
             self._state(ConnectionState.FAILED, ConnectionError(f"the room disconnected (reason {reason})"))
 
+    # ------------------------------------------------------------------------------- trust
+
+    def _is_avatar(self, participant: Any) -> bool:
+        """May ``participant``'s motion track drive the face? The named avatar, else the first
+        agent (or a participant publishing on behalf of an agent in the room) with a motion track."""
+        identity = participant.identity
+        if self.fixed_avatar_identity is not None:
+            return identity == self.fixed_avatar_identity
+        if self.avatar_identity is not None and identity != self.avatar_identity:
+            return False  # one avatar at a time: the first one keeps the face
+        if self._filter is None:
+            return False
+        if self._filter.isAgent(participant):
+            return True
+        principal = self._filter.onBehalfOf(participant)
+        if not principal or self.room is None:
+            return False
+        agent = self.room.remoteParticipants.get(principal)
+        return agent is not None and bool(self._filter.isAgent(agent))
+
+    def _trusts(self, participant: Any) -> bool:
+        """May ``participant``'s data messages drive the player's events?"""
+        identity = participant.identity
+        if identity in (self.avatar_identity, self.agent_identity):
+            return True
+        if self.avatar_identity is None and self._filter is not None:
+            return bool(self._filter.isAgent(participant))  # not known yet: agents only
+        return False
+
+    def _become_avatar(self, participant: Any) -> None:
+        self.avatar_identity = participant.identity
+        principal = self._filter.onBehalfOf(participant) if self._filter is not None else ""
+        self.agent_identity = principal if principal and principal != participant.identity else None
+        self._update_trust()
+
+    def _update_trust(self) -> None:
+        if self._filter is None:
+            return
+        identities = [i for i in (self.avatar_identity, self.agent_identity) if i]
+        self._filter.trust(json.dumps(identities), self.avatar_identity is None)
+
+    def _ignore(self, what: str, identity: str | None, detail: str = "") -> None:
+        self._ignored[what] = self._ignored.get(what, 0) + 1
+        if (what, identity or "") not in self._warned:
+            self._warned.add((what, identity or ""))
+            self.log.warning("ignoring %s from %s: not the avatar%s", what.replace("-", " "), identity,
+                             f" ({detail})" if detail else "")
+
+    def untrusted_counts(self) -> dict[str, int]:
+        """What was ignored from participants other than the avatar, by kind (see
+        ``SessionSummary.untrusted_reasons``)."""
+        counts = dict(self._ignored)
+        if self._filter is not None:
+            for topic, n in json.loads(self._filter.counts()).items():
+                what = self._topic_kind(topic)
+                counts[what] = counts.get(what, 0) + n
+        return counts
+
+    def _topic_kind(self, topic: str | None) -> str:
+        if topic == self.data_topic:
+            return "data-carrier"
+        if topic == CONTROL_TOPIC:
+            return "control"
+        return "data"
+
+    # ------------------------------------------------------------------------ room events
+
     def _on_track_subscribed(self, track: Any, publication: Any, participant: Any, *_: Any) -> None:
         try:
             if track.kind == "video" and self.is_motion_publication(publication.trackName):
-                self.avatar_identity = participant.identity
+                if not self._is_avatar(participant):
+                    self._ignore("motion-track", participant.identity, f"track {publication.trackName!r}")
+                    return
+                self._become_avatar(participant)
                 self._motion_track = track
                 if self.carrier == "data":
                     self._request_data_carrier(participant.identity, again=True)
@@ -430,6 +560,9 @@ class LiveKitProvider:
     def _on_participant_disconnected(self, participant: Any, *_: Any) -> None:
         self._data_requested.discard(participant.identity)
         self._data_acked.discard(participant.identity)
+        if participant.identity == self.avatar_identity and self.fixed_avatar_identity is None:
+            self.avatar_identity = self.agent_identity = None  # the next avatar to publish takes over
+            self._update_trust()
 
     def _audio_status(self) -> None:
         room = self.room
@@ -445,6 +578,13 @@ class LiveKitProvider:
         topic = topic if isinstance(topic, str) else None
         identity = participant.identity if participant is not None else None
         try:
+            from_avatar = identity is not None and identity == self.avatar_identity
+            if topic in (self.data_topic, CONTROL_TOPIC) and not from_avatar:
+                self._ignore(self._topic_kind(topic), identity)
+                return
+            if participant is not None and not self._trusts(participant):
+                self._ignore("data", identity)
+                return
             if topic == self.data_topic:
                 if self.carrier == "data" and self._sink is not None:
                     self._sink.on_packet(payload.to_bytes(), _now_ms())
@@ -458,9 +598,11 @@ class LiveKitProvider:
             self.log.exception("handling a data message failed")
 
     def _on_control(self, payload: bytes, identity: str | None) -> None:
-        try:
-            message = json.loads(payload.decode("utf-8"))
-        except ValueError:
+        message = parse_json(payload)
+        if not isinstance(message, dict):
+            self.control_messages_malformed += 1
+            self.log.warning("a control message from %s that is not a small JSON object (%d bytes)",
+                             identity, len(payload))
             return
         if isinstance(message, dict) and message.get("type") == "carrier-ack" and message.get("carrier") == "data":
             self._data_acked.add(identity)
@@ -507,6 +649,7 @@ class LiveKitProvider:
     def _on_track_unsubscribed(self, track: Any, publication: Any, participant: Any, *_: Any) -> None:
         if self._motion_track is not None and track.sid == self._motion_track.sid:
             self._motion_track = None
+            self._motion_attach_id = None  # until the next motion track: hold, then deliver only its packets
         attached = self._audio_elements.pop(track.sid, None)
         if attached is not None:
             _detach(*attached)
@@ -556,6 +699,7 @@ class LiveKitProvider:
         self._last_rtp_frames = None
         if self._sink is not None:
             self._sink.on_motion_attached(self.carrier)
+        self._release_pending()
 
     def _attach_to_receiver(self, receiver: Any, *, replace: bool = False) -> int:
         import js
@@ -589,18 +733,15 @@ class LiveKitProvider:
             if self._sink is None:  # a shared room the app connected before the player did
                 self.packets_before_open += 1
                 return
-            if self._motion_attach_id is not None and attach_id != self._motion_attach_id:
-                self.foreign_packets += 1  # another video track that carries packets: not the avatar's
-                return
-            self._sink.on_packet(raw[_COMPACT.size:], arrival_ms, rtp_timestamp if rtp_timestamp >= 0 else None)
+            self._deliver(attach_id, raw[_COMPACT.size:], arrival_ms, rtp_timestamp if rtp_timestamp >= 0 else None)
             return
         kind = data.type
         if kind == "packet":
             attach_id = data.id
             self._packets[attach_id] = self._packets.get(attach_id, 0) + 1
-            if self._sink is not None and self._motion_attach_id in (None, attach_id):
+            if self._sink is not None:
                 rtp = data.rtpTimestamp
-                self._sink.on_packet(data.packet.to_bytes(), data.arrivalMs, None if rtp is None else float(rtp))
+                self._deliver(attach_id, data.packet.to_bytes(), data.arrivalMs, None if rtp is None else float(rtp))
         elif kind == "audio-clock":
             receiver = None if self._avatar_audio is None else self._avatar_audio[1]
             if (receiver is not None and getattr(receiver, "avatarplayerAudioId", None) == data.id
@@ -615,6 +756,32 @@ class LiveKitProvider:
             self._passed_through[stats.get("id")] = stats.get("passedThrough", 0)
             if self._sink is not None:
                 self._sink.on_passed_through(sum(self._passed_through.values()))
+
+    def _deliver(self, attach_id: int, packet: bytes, arrival_ms: float, rtp_timestamp: float | None) -> None:
+        """Hand a packet of the avatar's motion track to the player. Until the motion track is
+        known (TrackSubscribed of the avatar), packets of every video receiver are held, a few per
+        receiver: only the avatar's are delivered then, in order."""
+        if self._motion_attach_id is None:
+            pending = self._pending.setdefault(attach_id, [])
+            if len(pending) < MAX_PENDING_PACKETS:
+                pending.append((packet, arrival_ms, rtp_timestamp))
+            else:
+                self.foreign_packets += 1
+            return
+        if attach_id != self._motion_attach_id:
+            self.foreign_packets += 1  # another video track that carries packets: not the avatar's
+            return
+        self._sink.on_packet(packet, arrival_ms, rtp_timestamp)
+
+    def _release_pending(self) -> None:
+        """The motion track is known: deliver its held packets, count the others' as foreign."""
+        pending, self._pending = self._pending, {}
+        for attach_id, packets in pending.items():
+            if attach_id != self._motion_attach_id or self._sink is None:
+                self.foreign_packets += len(packets)
+                continue
+            for packet, arrival_ms, rtp_timestamp in packets:
+                self._sink.on_packet(packet, arrival_ms, rtp_timestamp)
 
     # -------------------------------------------------------------------------- watchdog
 
@@ -823,6 +990,9 @@ class LiveKitProvider:
         if self._pc_hook is not None:
             self._pc_hook.remove(self._hook_entry)  # another player's entry stays
             self._pc_hook = self._hook_entry = None
+        self._ignored = self.untrusted_counts()  # the filter goes with this connection
+        self._filter = None
+        self._pending.clear()
         room = self.room
         if room is not None:
             for name, proxy in self._room_handlers:

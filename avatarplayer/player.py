@@ -12,7 +12,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from . import options
@@ -200,7 +201,14 @@ class AvatarPlayer:
 
     @property
     def session_summary(self) -> SessionSummary:
-        return self._pipeline.summary(self._clock())
+        summary = self._pipeline.summary(self._clock())
+        counts = getattr(self.provider, "untrusted_counts", None)
+        if not callable(counts):
+            return summary
+        ignored = dict(counts())
+        return replace(summary, untrusted_ignored=sum(ignored.values()),
+                       untrusted_reasons=MappingProxyType(ignored),
+                       control_messages_malformed=int(getattr(self.provider, "control_messages_malformed", 0)))
 
     def get_native_client(self) -> Any:
         """The livekit-client ``Room`` (a JS object), or None before ``connect``."""

@@ -82,6 +82,16 @@ class SessionSummary:
     watched as they arrive), "statistics" (NetEq's own accounting), or None (the playout
     position is not followed: the statistics' estimate of the delay alone)."""
 
+    untrusted_ignored: int = 0
+    """Tracks and data messages from participants other than the avatar (and the agent it speaks
+    for) that were ignored; by kind in ``untrusted_reasons``."""
+    untrusted_reasons: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """"motion-track" (a video track named like the motion track), "data-carrier" (packets on the
+    carrier's topic), "control" (the player/worker control topic), "data" (transcripts, agent
+    status and any other message)."""
+    control_messages_malformed: int = 0
+    """Messages from the avatar on the control topic that were not small, shallow JSON objects."""
+
     @property
     def average_buffer_delay_ms(self) -> float:
         """Mean time a rendered frame spent in the jitter buffer."""
@@ -92,4 +102,5 @@ class SessionSummary:
         """The counters under their camelCase names (``framesRendered``, ...), JSON-ready."""
         out = {_camel(f.name): getattr(self, f.name) for f in fields(self)}
         out["malformedReasons"] = dict(self.malformed_reasons)
+        out["untrustedReasons"] = dict(self.untrusted_reasons)
         return out
