@@ -299,6 +299,10 @@ class PlayoutClock:
             self._anchor = self._audio_transit = None
             self._mappings.clear()
             self._update_mapping()
+        if last is not None and position > last[0]:
+            # new audio was played: its packets are arriving, whatever the (asynchronous, and under
+            # load slow) statistics reads say
+            self._audio_seen_at = now_ms if self._audio_seen_at is None else max(self._audio_seen_at, now_ms)
         self._last_delivery = (position, delivered_ms)
         anchor = delivered_ms - position
         if self._anchor is None or abs(anchor - self._anchor) > ANCHOR_JUMP_MS:

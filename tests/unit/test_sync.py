@@ -152,6 +152,22 @@ def test_no_audio_stalled_audio_and_stale_statistics_release_the_clock():
     assert clock.offset(4000 + 1500) is None and clock.reason is SyncReason.AUDIO_STALLED  # no news
 
 
+def test_slow_statistics_do_not_stall_a_voice_that_plays():
+    """Under load (a flood of data messages, a busy page) a getStats() read can take longer than
+    the stall threshold; while the synchronization source shows new audio played, the voice is
+    not stalled, and once it stops moving the stall is seen as before."""
+    clock = PlayoutClock()
+    receiver = AudioReceiver()
+    clock.observe_audio(receiver.window(0, 30))
+    for start in range(0, 2000, 500):
+        deliver(clock, start, start + 500, 1000)
+        run_clock(clock, receiver, start, start + 500, transit=lambda k: 5.0, jbd_ms=30)
+    assert clock.offset(2000) is not None
+    deliver(clock, 2000, 4000, 1000)  # two seconds of voice, and no statistics at all
+    assert clock.offset(4000) is not None and clock.reason is SyncReason.LOCKED
+    assert clock.offset(4000 + 1500) is None and clock.reason is SyncReason.AUDIO_STALLED  # nothing new
+
+
 def test_absurd_audio_delay_and_missing_rtp_release_the_clock():
     clock = locked_clock(jbd_ms=5000)
     assert clock.offset(2000) is None and clock.reason is SyncReason.AUDIO_DELAY
