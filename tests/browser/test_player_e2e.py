@@ -87,7 +87,10 @@ def test_injected_loss_reorder_duplicates_and_bad_packets_keep_order(browser_pag
     assert s["packetsMalformed"] >= 1, why  # the injected bad packets were counted, not raised
     assert s["framesRendered"] == len(rendered_seqs), why
     assert s["framesReceived"] == s["framesRendered"] + s["framesDropped"] + s["framesBuffered"], why
-    assert s["framesRendered"] >= 0.8 * len(sent), why
+    # a reordered frame trades places with its neighbour (40 ms, inside the buffer's delay) and a
+    # duplicate is dropped: every frame the worker sent renders, and every loss is a skip
+    assert sorted(rendered_seqs) == sorted(sent), why
+    assert s["framesDropped"] == s["framesDroppedDuplicate"] + s["framesDroppedStale"], why
     assert s["framesSkipped"] >= 1, why
     assert "error" not in run.event_names() and s["rendererErrors"] == 0, why
 

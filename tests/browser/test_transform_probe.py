@@ -297,12 +297,13 @@ def test_scripted_frames_arrive_through_transform(case, livekit_server, static_s
 
 
 def test_script_transform_attached_late_on_single_pc(livekit_server, static_server, browser_page, avatar_room,
-                                                     tmp_path):
-    """Known Chromium 156 behaviour: livekit-client 2.23.0 on one connection, script transform set
-    at TrackSubscribed. The receiver decodes every frame and the transform sees none. That is the
-    signal the player's watchdog must catch (frames counted by getStats rise, the worker counts
-    none). XFAIL while that holds. If it passes, Chromium has changed and attach=subscribed can
-    go back to being the default."""
+                                                     tmp_path, record_property):
+    """Chromium 156, livekit-client 2.23.0 on one connection, script transform set at TrackSubscribed
+    (the late attach): in some runs the transform is never called (measured up to 10 in 26) while
+    the receiver decodes every frame. That is the signal the player's watchdog acts on (frames
+    counted by getStats rise, the worker counts none), which is why the player attaches when the
+    transceiver is created. Either the transform sees every frame in order, or it sees none at all
+    after the worker acknowledged it: anything in between fails."""
     frames = 50
     send_log = tmp_path / "sent.jsonl"
     worker = start_avatar_worker(livekit_server, avatar_room, frames, send_log, tmp_path)
@@ -320,10 +321,10 @@ def test_script_transform_attached_late_on_single_pc(livekit_server, static_serv
     assert probe["pcMode"] == "publisher-only"
     assert probe["receiverStats"]["framesDecoded"] >= frames
     seen = sum(s["framesSeen"] for s in probe["workerStats"].values())
-    if seen == 0:
+    record_property("late_attach_called", seen > 0)
+    if seen == 0:  # the transform was never called: the worker got it, the receiver decoded all
         assert probe["attachments"] and probe["attachments"][0]["ackMs"] is not None, "the worker did get the transform"
-        pytest.xfail("Chromium 156: a script transform attached at TrackSubscribed on livekit-client's single "
-                     "peer connection is never called (receiver decoded "
-                     f"{probe['receiverStats']['framesDecoded']} frames, the worker saw 0)")
+        assert probe["packets"] == []
+        return
     seqs = [p.seq for p in (decode_packet(bytes.fromhex(x["hex"])) for x in probe["packets"]) if p.seq is not None]
-    assert seqs == list(range(frames))
+    assert seqs == list(range(frames)), f"the late transform saw {seen} frames: {seqs[:20]}..."

@@ -1,11 +1,13 @@
 """JitterBuffer: each rule of player.md on its own, then seeded simulations of bad networks."""
 
 import random
+import zlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from avatarplayer.constants import FRAME_INTERVAL_MS
 from avatarplayer.jitter import JitterBuffer, PushResult
 from tests.unit import netsim
 
@@ -239,16 +241,25 @@ SCENARIOS = {
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 @pytest.mark.parametrize("seed", range(3))
 def test_bad_networks_keep_order_and_bounds(name, seed):
-    rng = random.Random(hash((name, seed)) & 0xFFFF)
+    rng = random.Random(zlib.crc32(f"{name}/{seed}".encode()))  # the same network in every process
     n = 4000
-    events = netsim.arrivals(n, SCENARIOS[name], rng)
+    path = SCENARIOS[name]
+    events = netsim.arrivals(n, path, rng)
     result = netsim.run(JitterBuffer(), events, n, rng)  # asserts order and bounds on every tick
     c = result.buffer.counters
     delivered = {seq for _, seq in events}
     assert set(result.rendered) <= delivered
     # every frame that arrived is accounted for exactly once
     assert c.received == len(events) == c.rendered + c.dropped
-    assert c.rendered >= 0.5 * len(delivered)
+    if path.jitter_ms <= 2 * FRAME_INTERVAL_MS and not path.burst_every_ms:
+        # jitter within the 80 ms delay: every frame that arrived renders; only copies are dropped
+        assert c.rendered == len(delivered) and c.dropped == c.dropped_duplicate + c.dropped_stale
+        assert c.dropped == len(events) - len(delivered)
+    else:
+        # jitter beyond the delay, or freezes: late frames and the overflow of a burst are dropped,
+        # and nothing else (these fixed seeds render 88-95 %)
+        assert c.rendered >= 0.85 * len(delivered)
+        assert c.dropped == c.dropped_late + c.dropped_overflow + c.dropped_duplicate + c.dropped_stale
 
 
 @given(
