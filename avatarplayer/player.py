@@ -76,6 +76,8 @@ class ConnectConfig:
     def of(cls, config: Any = None, **kwargs: Any) -> ConnectConfig:
         if isinstance(config, ConnectConfig):
             return config
+        if config is not None and not isinstance(config, Mapping) and callable(getattr(config, "to_py", None)):
+            config = config.to_py()  # a JS object, e.g. what ``await (await js.fetch(...)).json()`` gives
         values = dict(config) if isinstance(config, Mapping) else {}
         if config is not None and not isinstance(config, Mapping):
             values = {k: getattr(config, k) for k in ("url", "token", "room_name") if hasattr(config, k)}
@@ -216,8 +218,9 @@ class AvatarPlayer:
 
     async def connect(self, config: Any = None, *, url: str | None = None, token: str | None = None,
                       room_name: str | None = None) -> None:
-        """Join the room. Accepts keyword arguments, a dict (the token endpoint's JSON works as is)
-        or a :class:`ConnectConfig`; with a shared room the app connected itself
+        """Join the room. Accepts keyword arguments, a dict or the JS object of
+        ``await (await js.fetch("/api/token", ...)).json()`` (the token endpoint's JSON works as
+        is), or a :class:`ConnectConfig`; with a shared room the app connected itself
         (``LiveKitProvider(room=...)``), no arguments at all.
 
         On failure the state becomes ``failed``, an ``error`` event fires and

@@ -3,6 +3,7 @@ is exercised by tests/browser against a real LiveKit server)."""
 
 import asyncio
 import logging
+import sys
 
 import pytest
 
@@ -63,6 +64,28 @@ def test_connect_and_disconnect_states_in_order():
 def test_token_endpoint_json_is_accepted_as_is():
     cfg = ConnectConfig.of({"token": "abc", "serverUrl": "ws://127.0.0.1:7880", "roomName": "r"})
     assert cfg == ConnectConfig("ws://127.0.0.1:7880", "abc", "r")
+
+
+def js_object(values):
+    """The JS object ``fetch(...).json()`` gives: a real one inside Pyodide, a stand-in elsewhere."""
+    if sys.platform == "emscripten":
+        import js
+        from pyodide.ffi import to_js
+
+        return to_js(values, dict_converter=js.Object.fromEntries)
+
+    class JsObject:  # a JsProxy: not a Mapping, converted with to_py()
+        def to_py(self):
+            return dict(values)
+
+    return JsObject()
+
+
+def test_the_js_object_of_fetch_json_is_accepted_as_is():
+    endpoint = {"token": "abc", "serverUrl": "ws://127.0.0.1:7880", "roomName": "r", "identity": "viewer-1"}
+    assert ConnectConfig.of(js_object(endpoint)) == ConnectConfig("ws://127.0.0.1:7880", "abc", "r")
+    with pytest.raises(ValueError, match="token"):
+        ConnectConfig.of(js_object({"serverUrl": "ws://127.0.0.1:7880"}))
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(url="ftp://x", token="t"), "url"), (dict(url="ws://x", token=""), "token")])
