@@ -13,9 +13,9 @@ in requirements/agents.txt) and 1.8.9:
   built with ``wait_remote_track=KIND_VIDEO`` sends nothing before the video track is there.
 - Speech comes as byte streams on topic ``lk.audio_stream`` from the agent, addressed to the
   worker: raw interleaved int16 PCM, stream attributes ``sample_rate`` and ``num_channels``
-  (decimal strings). One stream is one *segment*; closing the stream ends it. Streams from
-  anyone but the agent are ignored. The agent pushes faster than real time; a segment may stay
-  open through pauses of its TTS (filled here with silent frames, the mouth at rest). As in
+  (decimal strings). One stream is one *segment*; closing the stream ends it. The agent pushes
+  faster than real time; a segment may stay open through pauses of its TTS (filled here with
+  silent frames, the mouth at rest). As in
   livekit-agents >= 1.8, a new stream while an older one is still open means the older one's
   trailer got lost (it ends there), and so does :data:`STREAM_IDLE_TIMEOUT_S` without data.
 - Each segment is played as one turn (wire-format.md: TRANSITION, START ... END,
@@ -24,9 +24,24 @@ in requirements/agents.txt) and 1.8.9:
   :func:`avatarplayer.messages.build_message`, :func:`avatar_worker.turns.build_turn`).
   Playback starts once :data:`PREBUFFER_FRAMES` frames are in (or the segment is complete).
 - RPC ``lk.clear_buffer`` (payload empty), registered by the worker: only the agent may call it
-  (anyone else gets ``"reject"``); the worker stops at once — the turn is interrupted and closed
-  with TRANSITION_END on the next 40 ms tick, queued frames and the audio source's queue are
-  dropped, the rest of the open stream is discarded — and answers ``"ok"``.
+  (see below); the worker stops at once — the turn is interrupted and closed with TRANSITION_END
+  on the next 40 ms tick, queued frames and the audio source's queue are dropped, the rest of the
+  open stream is not read — and answers ``"ok"``.
+- Who may drive the avatar: RPCs and streams are taken only from the participant whose identity
+  is ``--agent-identity`` *and* whose kind is ``agent`` (looked up in the room's participants: a
+  token minted with that identity but another kind does not pass). Anyone else's
+  ``lk.clear_buffer`` gets an RPC error (code :data:`RPC_REFUSED`, saying who may call it), and
+  their streams are not read at all: the reader is closed at once (it unsubscribes, so nothing
+  more reaches it), or, if it cannot be closed, drained with every chunk thrown away as it comes.
+  Refusals are counted (``agent_rpc_rejected``, ``agent_streams_refused``) and logged once per
+  participant, not per call or packet.
+- Bounded buffering: a segment's audio waiting to play is at most :data:`MAX_SEGMENT_BUFFER_S`,
+  all segments' together :data:`MAX_BUFFERED_S`, a stream brings at most :data:`MAX_SEGMENT_BYTES`
+  bytes, and at most :data:`MAX_OPEN_SEGMENTS` segments are open at once. A stream over a cap is
+  *cut*: no more of it is read (log: ``stream X from Y cut at N bytes: over the cap (...)``), what
+  came plays as a normal turn (END, TRANSITION_END), and the agent hears
+  ``interrupted: true`` with the position played. A stream beyond the open segments is not read
+  and reported finished at once (position 0, interrupted), so the agent does not wait for it.
 - RPC ``lk.playback_finished`` on the agent, once per segment, payload
   ``{"playback_position": <seconds of the segment's audio played>, "interrupted": <bool>}``
   (exactly these two keys: the agent builds its ``PlaybackFinishedEvent`` from them):
@@ -41,12 +56,14 @@ The send log (``--send-log``) gets, besides the streamer's per-packet records:
 
 - ``{"kind": "turn", "event": "start", "segment", "t_ms", "first_seq", "stream_id", "sample_rate",
   "num_channels"}`` as a segment's turn starts (its TRANSITION or START packet goes out next);
-- ``{"kind": "turn", "event": "end", "reason": "end" | "interrupted", "segment", "t_ms",
+- ``{"kind": "turn", "event": "end", "reason": "end" | "interrupted" | "cut", "segment", "t_ms",
   "first_seq", "last_seq", "frames", "audio_s"}`` once the turn is over (``last_seq``: the last
   frame sent; the TRANSITION_END record follows or precedes it within one tick);
 - ``{"kind": "agent-rpc", "direction": "in" | "out", "method", "caller" | "to", "t_ms", "answer"
-  | "result", ...}`` for every RPC (``in``: ``answer`` is ``"ok"`` / ``"reject"``);
-- ``{"kind": "agent-stream", "event": "open" | "close", "segment", "stream_id", "t_ms", ...}``.
+  | "result", ...}`` for every RPC (``in``: ``answer`` is ``"ok"``, or ``"refused"`` for the first
+  refused call of each participant);
+- ``{"kind": "agent-stream", "event": "open" | "close" | "cut" | "refused" | "ignored", "segment",
+  "stream_id", "t_ms", ...}`` (``refused``: the first refused stream of each participant).
 """
 
 from __future__ import annotations
@@ -108,6 +125,21 @@ nothing to the interruption latency."""
 STREAM_IDLE_TIMEOUT_S = 10.0
 """An open segment with no data for this long is taken as ended (its trailer got lost)."""
 RPC_TRIES = 3
+
+MAX_SEGMENT_BUFFER_S = 60.0
+"""A segment's audio waiting to be played may not exceed this: a stream that brings more is cut."""
+MAX_SEGMENT_BYTES = 32 * 1024 * 1024
+"""Bytes one stream may bring in all (whatever its format: 5.8 minutes at 48 kHz mono)."""
+MAX_BUFFERED_S = 120.0
+"""All segments' audio waiting to be played, together."""
+MAX_OPEN_SEGMENTS = 8
+"""Segments not yet over (buffering, playing or queued behind); a stream beyond is not read."""
+MAX_DRAINS = 16
+"""Refused streams read and discarded at once, for a reader that cannot be closed."""
+MAX_REFUSALS_LOGGED = 1024
+"""Senders whose refusals are logged (once each); beyond, they are only counted."""
+RPC_REFUSED = 403
+"""The RPC error code a participant other than the agent gets for ``lk.clear_buffer``."""
 
 _RESAMPLE_QUALITY = "medium"
 
@@ -228,6 +260,13 @@ class Segment:
     final_chunk: _Chunk | None = None
     notify: bool = True
     """Tell the agent when it is over (not once the agent has left)."""
+    sender: str = ""
+    reader: Any = None
+    """The byte-stream reader while it is being read (closed to stop reading)."""
+    bytes_in: int = 0
+    """Bytes of the stream taken in (in the agent's format)."""
+    cut: bool = False
+    """The stream brought more than the caps allow: the rest was not read (see :meth:`AgentsMode._take`)."""
     _pcm: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
@@ -238,8 +277,19 @@ class Segment:
         """Take a chunk of the stream (in the agent's format)."""
         if self.converter is None:
             self.converter = PcmConverter(self.sample_rate, self.num_channels)
+        self.bytes_in += len(data)
         self._take(self.converter.push(data))
         self.last_data_at = time.monotonic()
+
+    @property
+    def buffered_s(self) -> float:
+        """Audio received and not yet handed to the streamer."""
+        samples = len(self.ready) * pcm_audio.SAMPLES_PER_FRAME + len(self._pcm) // 2
+        return samples / pcm_audio.SAMPLE_RATE
+
+    @property
+    def input_bytes_per_s(self) -> int:
+        return 2 * max(1, self.sample_rate) * max(1, self.num_channels)
 
     def _take(self, pcm: bytes) -> None:
         self._pcm += pcm
@@ -321,6 +371,36 @@ def closing_turn(first_seq: int, label: str) -> Turn:
 # ---------------------------------------------------------------------------------- mode
 
 
+def _is_agent_kind(participant: Any) -> bool:
+    from livekit import rtc
+
+    return bool(getattr(participant, "kind", None) == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
+
+
+def _kind_name(participant: Any) -> str:
+    from livekit import rtc
+
+    kind = getattr(participant, "kind", None)
+    try:
+        return rtc.ParticipantKind.Name(kind).removeprefix("PARTICIPANT_KIND_")  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return repr(kind)
+
+
+def _close_reader(reader: Any) -> bool:
+    """Close a byte-stream reader (unsubscribes it: nothing more reaches it); False if it cannot."""
+    close = getattr(reader, "close", None)
+    if close is None:
+        return False
+    try:
+        close()
+    except Exception as exc:
+        log.debug("closing a byte-stream reader failed: %s", exc)
+        return False
+    return True
+
+
+
 class AgentsMode(TurnObserver):
     """The ``agents`` mode runner (see :mod:`avatar_worker.modes`): room hook, turn observer and
     turn driver in one."""
@@ -343,6 +423,8 @@ class AgentsMode(TurnObserver):
         self._rpc_out: asyncio.Queue[tuple[str, str]] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._readers: set[asyncio.Task[None]] = set()
+        self._drains: set[asyncio.Task[None]] = set()
+        self._refusals_logged: set[tuple[str, str]] = set()
         self._agent_seen = False
         self._agent_left = False
         self._started_unsupported = False
@@ -354,6 +436,13 @@ class AgentsMode(TurnObserver):
             "agent_rpc_rejected": 0,
             "agent_underrun_frames": 0,
             "agent_rpc_failed": 0,
+            # byte streams on lk.audio_stream from anyone but the agent: not read
+            "agent_streams_refused": 0,
+            # bytes of refused streams read only to be thrown away (a reader that would not close)
+            "agent_bytes_discarded": 0,
+            # the agent's streams cut at a cap, and those not read at all (too many segments open)
+            "agent_segments_cut": 0,
+            "agent_segments_refused": 0,
         }
         self.interruptions: list[dict[str, Any]] = []
         """Per ``lk.clear_buffer``: when it arrived and which segment it stopped."""
@@ -377,8 +466,11 @@ class AgentsMode(TurnObserver):
         assert self._wake is not None
         log.info("agents mode: waiting for audio from agent %r on %r", self.agent_identity, AUDIO_STREAM_TOPIC)
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+            # asyncio.timeout, not wait_for: wait_for (3.11) swallows a cancel that comes just as
+            # the event is set (a poke right before the run ends), and this loop would go on
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
             self._wake.clear()
             self._feed()
             if self.config.exit_when_done and self._agent_seen and self._agent_left and not self.segments:
@@ -389,7 +481,7 @@ class AgentsMode(TurnObserver):
         return {**self.counts, "agent_identity": self.agent_identity}
 
     async def close(self) -> None:
-        tasks = [*self._readers, *([self._sender] if self._sender is not None else [])]
+        tasks = [*self._readers, *self._drains, *([self._sender] if self._sender is not None else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -413,11 +505,14 @@ class AgentsMode(TurnObserver):
     # ---------------------------------------------------------------------- RoomHook
 
     def attach(self, room: rtc.Room) -> None:
-        room.register_byte_stream_handler(AUDIO_STREAM_TOPIC, self._on_stream)
+        def _on_stream(reader: rtc.ByteStreamReader, participant_identity: str) -> None:
+            self._on_stream(reader, participant_identity, room)
+
+        room.register_byte_stream_handler(AUDIO_STREAM_TOPIC, _on_stream)
 
         @room.on("participant_connected")
         def _joined(participant: rtc.RemoteParticipant) -> None:
-            if participant.identity == self.agent_identity:
+            if participant.identity == self.agent_identity and _is_agent_kind(participant):
                 self._agent_seen, self._agent_left = True, False
                 log.info("agent %r joined", participant.identity)
 
@@ -432,20 +527,56 @@ class AgentsMode(TurnObserver):
     def joined(self, room: rtc.Room) -> None:
         self.room = room
         self._ensure_loop_objects()
-        room.local_participant.register_rpc_method(RPC_CLEAR_BUFFER, self._on_clear_buffer)
-        if any(p.identity == self.agent_identity for p in room.remote_participants.values()):
+
+        def _clear_buffer(data: rtc.RpcInvocationData) -> str:
+            return self._on_clear_buffer(data, room)
+
+        room.local_participant.register_rpc_method(RPC_CLEAR_BUFFER, _clear_buffer)
+        if any(p.identity == self.agent_identity and _is_agent_kind(p) for p in room.remote_participants.values()):
             self._agent_seen, self._agent_left = True, False
 
     # -------------------------------------------------------------------- incoming
 
-    def _on_stream(self, reader: rtc.ByteStreamReader, participant_identity: str) -> None:
+    def _not_the_agent(self, identity: str, room: rtc.Room | None) -> str | None:
+        """None if ``identity`` is the agent, in ``room`` as a participant of kind agent; else why
+        its RPCs and streams are refused."""
+        if identity != self.agent_identity:
+            return f"not the agent {self.agent_identity!r}"
+        participant = room.remote_participants.get(identity) if room is not None else None
+        if participant is None:
+            return "not a participant of the room"
+        if not _is_agent_kind(participant):
+            return f"a participant of kind {_kind_name(participant)}, not an agent"
+        return None
+
+    def _refused(self, what: str, identity: str, why: str, record: dict[str, Any]) -> None:
+        """Logged once per participant and kind of thing (never per packet); the caller counts."""
+        key = (what, identity)
+        if key in self._refusals_logged or len(self._refusals_logged) >= MAX_REFUSALS_LOGGED:
+            return
+        self._refusals_logged.add(key)
+        log.warning("refusing %s from %r: %s (only the agent %r, a participant of kind agent, is heard); "
+                    "further ones from %r are only counted", what, identity, why, self.agent_identity, identity)
+        self._log({**record, "from": identity, "reason": why})
+
+    def _on_stream(self, reader: rtc.ByteStreamReader, participant_identity: str, room: rtc.Room | None = None) -> None:
         info = reader.info
-        if participant_identity != self.agent_identity:
-            log.warning("ignoring an audio stream from %r (not the agent %r)", participant_identity,
-                        self.agent_identity)
-            self._log({"kind": "agent-stream", "event": "ignored", "from": participant_identity,
-                       "stream_id": info.stream_id})
-            reader.close()
+        room = room if room is not None else self.room
+        why = self._not_the_agent(participant_identity, room)
+        if why is not None:
+            self.counts["agent_streams_refused"] += 1
+            self._refused(f"audio streams on {AUDIO_STREAM_TOPIC}", participant_identity, why,
+                          {"kind": "agent-stream", "event": "refused", "stream_id": info.stream_id})
+            self._drop(reader)
+            return
+        if len(self.segments) >= MAX_OPEN_SEGMENTS:
+            # not read; reported over at once, or the agent would wait for it forever
+            self.counts["agent_segments_refused"] += 1
+            self._refused("audio streams beyond the open segments", participant_identity,
+                          f"{MAX_OPEN_SEGMENTS} segments are open already",
+                          {"kind": "agent-stream", "event": "refused", "stream_id": info.stream_id})
+            self._drop(reader)
+            self._call(RPC_PLAYBACK_FINISHED, json.dumps({"playback_position": 0.0, "interrupted": True}))
             return
         attrs = dict(info.attributes or {})
         try:
@@ -458,7 +589,7 @@ class AgentsMode(TurnObserver):
                       info.stream_id, exc)
             self._log({"kind": "agent-stream", "event": "ignored", "from": participant_identity,
                        "stream_id": info.stream_id, "attributes": attrs})
-            reader.close()
+            self._drop(reader)
             self._numbers += 1
             self.counts["agent_segments"] += 1
             self.segments.append(Segment(self._numbers, info.stream_id, 0, 0, input_closed=True))
@@ -468,8 +599,10 @@ class AgentsMode(TurnObserver):
             if not older.input_closed:
                 log.warning("segment %d: a new stream began before its own ended; ending it", older.number)
                 older.close_input()
+                self._stop_reading(older)
         self._numbers += 1
-        segment = Segment(self._numbers, info.stream_id, rate, channels, converter)
+        segment = Segment(self._numbers, info.stream_id, rate, channels, converter, sender=participant_identity,
+                          reader=reader)
         self.segments.append(segment)
         self.counts["agent_segments"] += 1
         self._log({"kind": "agent-stream", "event": "open", "segment": segment.number,
@@ -479,35 +612,94 @@ class AgentsMode(TurnObserver):
         task.add_done_callback(self._readers.discard)
         self._poke()
 
+    def _drop(self, reader: rtc.ByteStreamReader) -> None:
+        """Read nothing of a refused stream. Closing the reader unsubscribes it, so nothing more
+        reaches it; a reader that cannot be closed is drained instead (chunks thrown away as they
+        come, counted), so nothing piles up in it either."""
+        if _close_reader(reader):
+            return
+        if len(self._drains) >= MAX_DRAINS:
+            log.error("a refused stream could not be closed and %d are being drained already", MAX_DRAINS)
+            return
+        task = asyncio.get_running_loop().create_task(self._drain(reader), name="agent-stream-drain")
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _drain(self, reader: rtc.ByteStreamReader) -> None:
+        with contextlib.suppress(Exception):
+            async for data in reader:
+                self.counts["agent_bytes_discarded"] += len(data)
+
+    def _stop_reading(self, segment: Segment) -> None:
+        """No more of ``segment``'s stream is read (cleared, superseded or cut)."""
+        reader, segment.reader = segment.reader, None
+        if reader is not None:
+            _close_reader(reader)
+
+    def _take(self, segment: Segment, data: bytes) -> bool:
+        """Take a chunk of ``segment``'s stream within the caps; False (the segment is cut) when it
+        would go over one: :data:`MAX_SEGMENT_BYTES` in all, :data:`MAX_SEGMENT_BUFFER_S` of its own
+        audio waiting to play, :data:`MAX_BUFFERED_S` of everyone's."""
+        per_s = segment.input_bytes_per_s
+        waiting = sum(s.buffered_s for s in self.segments if s.state != "done")
+        room_for = {
+            f"{MAX_SEGMENT_BYTES} bytes per stream": MAX_SEGMENT_BYTES - segment.bytes_in,
+            f"{MAX_SEGMENT_BUFFER_S:g} s of audio waiting to play per segment":
+                int((MAX_SEGMENT_BUFFER_S - segment.buffered_s) * per_s),
+            f"{MAX_BUFFERED_S:g} s of audio waiting to play in all": int((MAX_BUFFERED_S - waiting) * per_s),
+        }
+        cap, allowed = min(room_for.items(), key=lambda item: item[1])
+        if len(data) <= allowed:
+            segment.push(data)
+            return True
+        step = 2 * segment.num_channels
+        allowed = max(0, allowed - allowed % step)
+        if allowed:
+            segment.push(data[:allowed])
+        segment.cut = True
+        self.counts["agent_segments_cut"] += 1
+        log.warning("stream %s from %r cut at %d bytes: over the cap (%s); segment %d plays what came",
+                    segment.stream_id, segment.sender, segment.bytes_in, cap, segment.number)
+        self._log({"kind": "agent-stream", "event": "cut", "segment": segment.number,
+                   "stream_id": segment.stream_id, "bytes": segment.bytes_in, "cap": cap})
+        return False
+
     async def _read(self, segment: Segment, reader: rtc.ByteStreamReader) -> None:
         error = None
         try:
             async for data in reader:
                 if segment.cleared or segment.input_closed:
-                    continue  # the rest of a cleared (or superseded) stream is dropped
-                segment.push(data)
+                    break  # the rest of a cleared (or superseded) stream is not read
+                if not self._take(segment, data):
+                    break  # cut
                 self._poke()
         except asyncio.CancelledError:
-            reader.close()
+            _close_reader(reader)
             raise
         except Exception as exc:  # rtc.StreamError: aborted, or the room went away
             error = str(exc) or type(exc).__name__
             log.warning("segment %d: audio stream failed: %s", segment.number, error)
+        finally:
+            if segment.reader is reader:
+                self._stop_reading(segment)
         if not segment.cleared:
             segment.close_input()
         self._log({"kind": "agent-stream", "event": "close", "segment": segment.number,
                    "stream_id": segment.stream_id, "audio_s": round(segment.duration_s, 3),
-                   "cleared": segment.cleared, **({"error": error} if error else {})})
+                   "cleared": segment.cleared, "cut": segment.cut, **({"error": error} if error else {})})
         self._poke()
 
-    def _on_clear_buffer(self, data: rtc.RpcInvocationData) -> str:
-        if data.caller_identity != self.agent_identity:
+    def _on_clear_buffer(self, data: rtc.RpcInvocationData, room: rtc.Room | None = None) -> str:
+        why = self._not_the_agent(data.caller_identity, room if room is not None else self.room)
+        if why is not None:
+            from livekit import rtc
+
             self.counts["agent_rpc_rejected"] += 1
-            log.warning("%s from %r rejected (only the agent %r may call it)", RPC_CLEAR_BUFFER,
-                        data.caller_identity, self.agent_identity)
-            self._log({"kind": "agent-rpc", "direction": "in", "method": RPC_CLEAR_BUFFER,
-                       "caller": data.caller_identity, "answer": "reject"})
-            return "reject"
+            self._refused(f"RPC {RPC_CLEAR_BUFFER}", data.caller_identity, why,
+                          {"kind": "agent-rpc", "direction": "in", "method": RPC_CLEAR_BUFFER,
+                           "caller": data.caller_identity, "answer": "refused"})
+            raise rtc.RpcError(RPC_REFUSED, f"{RPC_CLEAR_BUFFER} refused: only the agent {self.agent_identity!r}, "
+                                            f"a participant of kind agent, may call it (the caller is {why})")
         arrived = self._wall() * 1000
         self.counts["agent_clear_buffer"] += 1
         stopped = self._interrupt("clear_buffer")
@@ -538,6 +730,7 @@ class AgentsMode(TurnObserver):
             segment.cleared = True
             segment.notify = segment.notify and notify
             segment.ready.clear()
+            self._stop_reading(segment)  # the rest of its stream is not read
             stopped.append(segment.number)
             if segment.state == "interrupting":
                 closing = segment.closing_chunk
@@ -717,8 +910,9 @@ class AgentsMode(TurnObserver):
         if segment.state == "done":
             return
         if chunk.final and completed:
-            self._end_turn(segment, "end")
-            self._finish(segment, interrupted=False)
+            # a cut segment ends on the wire like any other, but the agent learns it was not all played
+            self._end_turn(segment, "cut" if segment.cut else "end")
+            self._finish(segment, interrupted=segment.cut)
         elif chunk.closing or not completed:
             self._end_turn(segment, "interrupted")
             self._finish(segment, interrupted=True)

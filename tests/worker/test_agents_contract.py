@@ -18,6 +18,7 @@ import array
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -324,44 +325,170 @@ def test_agent_drives_turns_and_interrupts_them(livekit_server: LiveKitServer, t
 
 
 def test_only_the_agent_may_clear_the_buffer(livekit_server: LiveKitServer, tmp_path: Path) -> None:
-    """lk.clear_buffer from another participant is answered "reject" and changes nothing; audio
-    streams from others are ignored."""
+    """lk.clear_buffer from another agent and from a standard participant gets an RPC error and
+    changes nothing; their audio streams are not read. Counted, logged once per participant; the
+    agent's own turn plays to its end."""
     log_path = tmp_path / "sent.jsonl"
     worker = start_worker(livekit_server, tmp_path, "--send-log", str(log_path))
     pcm, rate = espeak(SHORT_TEXT)
     agent = Agent(livekit_server)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"errors": []}
 
     async def scenario() -> None:
         await agent.connect()
-        intruder = rtc.Room()
-        await intruder.connect(livekit_server.url, livekit_server.token("intruder", ROOM, kind="agent"))
+        others = []
+        for identity, kind in (("intruder", "agent"), ("user-1", None)):
+            room = rtc.Room()
+            await room.connect(livekit_server.url, livekit_server.token(identity, ROOM, kind=kind))
+            others.append(room)
         speaking = asyncio.create_task(agent.say(pcm, rate))
         await agent.wait_started(1)
         await asyncio.sleep(0.5)
-        results["answer"] = await intruder.local_participant.perform_rpc(
-            destination_identity=WORKER, method="lk.clear_buffer", payload="")
-        # the intruder's own speech goes nowhere
-        writer = await intruder.local_participant.stream_bytes(
-            "x", topic="lk.audio_stream", destination_identities=[WORKER],
-            attributes={"sample_rate": str(rate), "num_channels": "1"})
-        await writer.write(pcm[: rate])
-        await writer.aclose()
+        for room in others:
+            for _ in range(2):
+                try:
+                    await room.local_participant.perform_rpc(destination_identity=WORKER, method="lk.clear_buffer",
+                                                             payload="")
+                except rtc.RpcError as exc:
+                    results["errors"].append((room.local_participant.identity, exc.code, exc.message))
+            # their own speech goes nowhere
+            writer = await room.local_participant.stream_bytes(
+                "x", topic="lk.audio_stream", destination_identities=[WORKER],
+                attributes={"sample_rate": str(rate), "num_channels": "1"})
+            await writer.write(pcm[: rate])
+            await writer.aclose()
         await speaking
         results["ev"] = await agent.playout()
-        await intruder.disconnect()
+        for room in others:
+            await room.disconnect()
         await agent.close()
 
     try:
         asyncio.run(scenario())
     finally:
         summary = stop_worker(worker)
-    assert results["answer"] == "reject"
+    log = (tmp_path / "worker.log").read_text()
+    assert [(who, code) for who, code, _ in results["errors"]] == [("intruder", 403)] * 2 + [("user-1", 403)] * 2
+    assert all(f"only the agent '{AGENT}', a participant of kind agent, may call it" in m for _, _, m in results["errors"])
     assert results["ev"].interrupted is False
     assert abs(results["ev"].playback_position - len(pcm) / 2 / rate) < 0.1
     records = records_of(log_path)
     rpcs = [(r["caller"], r["answer"]) for r in records if r["kind"] == "agent-rpc" and r["direction"] == "in"]
-    assert rpcs == [("intruder", "reject")]
-    assert sorted(r["event"] for r in records if r["kind"] == "agent-stream") == ["close", "ignored", "open"]
+    assert rpcs == [("intruder", "refused"), ("user-1", "refused")]  # the first of each only
+    streams = sorted((r["event"], r.get("from", "")) for r in records if r["kind"] == "agent-stream")
+    assert streams == [("close", ""), ("open", ""), ("refused", "intruder"), ("refused", "user-1")]
     assert [t["end"]["reason"] for t in turns_in(records)] == ["end"]
-    assert summary["agent_rpc_rejected"] == 1 and summary["agent_segments"] == 1
+    assert summary["agent_rpc_rejected"] == 4 and summary["agent_streams_refused"] == 2
+    assert summary["agent_segments"] == 1 and summary["agent_clear_buffer"] == 0
+    for who in ("intruder", "user-1"):
+        lines = [line for line in log.splitlines() if f"refusing RPC lk.clear_buffer from {who!r}" in line]
+        assert len(lines) == 1, lines  # once per participant, not per call
+    assert "refusing audio streams on lk.audio_stream from 'user-1': not the agent" in log
+
+
+def test_the_agents_identity_without_the_agent_kind_is_refused(livekit_server: LiveKitServer, tmp_path: Path) -> None:
+    """A standard participant with the agent's identity (a token any web token endpoint could
+    mint, if it lets the browser pick its identity): its clear_buffer gets an RPC error and its
+    stream is not played. The real agent, once it joins, drives the avatar as usual."""
+    log_path = tmp_path / "sent.jsonl"
+    worker = start_worker(livekit_server, tmp_path, "--send-log", str(log_path))
+    pcm, rate = espeak(SHORT_TEXT)
+    results: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        impostor = rtc.Room()
+        await impostor.connect(livekit_server.url, livekit_server.token(AGENT, ROOM))  # kind standard
+        deadline = time.monotonic() + 15
+        while not (WORKER in impostor.remote_participants
+                   and len(impostor.remote_participants[WORKER].track_publications) == 2):
+            assert time.monotonic() < deadline, "the worker's tracks never showed up"
+            await asyncio.sleep(0.05)
+        try:
+            await impostor.local_participant.perform_rpc(destination_identity=WORKER, method="lk.clear_buffer",
+                                                         payload="")
+            results["rpc"] = "ok"
+        except rtc.RpcError as exc:
+            results["rpc"] = (exc.code, exc.message)
+        writer = await impostor.local_participant.stream_bytes(
+            "speech", topic="lk.audio_stream", destination_identities=[WORKER],
+            attributes={"sample_rate": str(rate), "num_channels": "1"})
+        await writer.write(pcm)
+        await writer.aclose()
+        await asyncio.sleep(1.5)  # what the old worker took as the agent's speech would be playing by now
+        await impostor.disconnect()
+        agent = Agent(livekit_server)
+        await agent.connect()
+        await agent.say(pcm, rate)
+        results["ev"] = await agent.playout()
+        await agent.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        summary = stop_worker(worker)
+    log = (tmp_path / "worker.log").read_text()
+    assert isinstance(results["rpc"], tuple) and results["rpc"][0] == 403, results["rpc"]
+    assert "kind STANDARD" in results["rpc"][1]
+    assert results["ev"].interrupted is False
+    assert abs(results["ev"].playback_position - len(pcm) / 2 / rate) < 0.1
+    records = records_of(log_path)
+    assert len(turns_in(records)) == 1  # the agent's only
+    refused = [r for r in records if r["kind"] == "agent-stream" and r["event"] == "refused"]
+    assert [r["from"] for r in refused] == [AGENT]
+    assert summary["agent_streams_refused"] == 1 and summary["agent_rpc_rejected"] == 1
+    assert summary["agent_segments"] == 1 and summary["agent_segments_completed"] == 1
+    assert f"refusing audio streams on lk.audio_stream from '{AGENT}': a participant of kind STANDARD" in log
+
+
+def test_an_oversized_stream_is_cut_and_the_worker_keeps_working(livekit_server: LiveKitServer,
+                                                                 tmp_path: Path) -> None:
+    """The agent pushes 80 s of speech in one segment: the worker reads about 60 s of it, logs
+    where it cut the stream, plays it until the agent clears the buffer, and the next segment
+    plays normally."""
+    log_path = tmp_path / "sent.jsonl"
+    worker = start_worker(livekit_server, tmp_path, "--send-log", str(log_path))
+    pcm, rate = espeak(SHORT_TEXT)
+    seconds = len(pcm) / 2 / rate
+    long_pcm = pcm * (int(80 / seconds) + 1)
+    agent = Agent(livekit_server)
+    results: dict[str, Any] = {}
+    worker_log = tmp_path / "worker.log"
+
+    async def scenario() -> None:
+        await agent.connect()
+        assert agent.output is not None
+        step = rate // 2 * 2  # half a second a frame: fewer writes, same stream
+        for i in range(0, len(long_pcm), step):
+            chunk = long_pcm[i:i + step]
+            await agent.output.capture_frame(rtc.AudioFrame(chunk, rate, 1, len(chunk) // 2))
+        agent.output.flush()
+        deadline = time.monotonic() + 20
+        while " cut at " not in worker_log.read_text():
+            assert time.monotonic() < deadline, "no cut in the worker's log"
+            await asyncio.sleep(0.1)
+        await agent.wait_started(1)
+        await asyncio.sleep(1.0)
+        agent.output.clear_buffer()
+        results["cut"] = await agent.playout(10)
+        await agent.say(pcm, rate)
+        results["next"] = await agent.playout()
+        await agent.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        summary = stop_worker(worker)
+    log = worker_log.read_text()
+    (line,) = [line for line in log.splitlines() if " cut at " in line]
+    match = re.search(r"stream (\S+) from 'agent-1' cut at (\d+) bytes: over the cap \((.*?)\)", line)
+    assert match, line
+    cut_s = int(match.group(2)) / 2 / rate
+    assert 59 <= cut_s <= 62, (cut_s, line)
+    assert results["cut"].interrupted is True and 0.5 < results["cut"].playback_position < 5
+    assert results["next"].interrupted is False
+    assert abs(results["next"].playback_position - seconds) < 0.1
+    records = records_of(log_path)
+    assert [t["end"]["reason"] for t in turns_in(records)] == ["interrupted", "end"]
+    assert [r["event"] for r in records if r["kind"] == "agent-stream" and r["segment"] == 1] == ["open", "cut", "close"]
+    assert summary["agent_segments_cut"] == 1 and summary["agent_segments"] == 2
+    assert summary["agent_rpc_failed"] == 0

@@ -11,6 +11,7 @@ import array
 import asyncio
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from avatar_worker.agents import (
     RPC_CLEAR_BUFFER,
     RPC_PLAYBACK_FINISHED,
     RPC_PLAYBACK_STARTED,
+    RPC_REFUSED,
     AgentsMode,
     PcmConverter,
     chunk_turn,
@@ -73,14 +75,22 @@ class Info:
 
 
 class Reader:
-    """A byte-stream reader fed by the test: ``feed`` chunks, ``end`` closes it."""
+    """A byte-stream reader fed by the test: ``feed`` chunks, ``end`` closes it. Like the SDK's,
+    ``close`` unsubscribes it: nothing fed afterwards arrives, and a pending read ends."""
 
     def __init__(self, stream_id: str, rate: int, channels: int) -> None:
         self.info = Info(stream_id, {"sample_rate": str(rate), "num_channels": str(channels)})
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.closed = False
+        self.reads = 0
+        """Chunks handed to the worker."""
+        self.fed = 0
+        """Bytes the sender sent."""
 
     def feed(self, data: bytes, chunk: int = 4800) -> None:
+        self.fed += len(data)
+        if self.closed:
+            return
         for i in range(0, len(data), chunk):
             self._queue.put_nowait(data[i:i + chunk])
 
@@ -88,7 +98,9 @@ class Reader:
         self._queue.put_nowait(None)
 
     def close(self) -> None:
-        self.closed = True
+        if not self.closed:
+            self.closed = True
+            self._queue.put_nowait(None)
 
     def __aiter__(self) -> Reader:
         return self
@@ -97,7 +109,14 @@ class Reader:
         item = await self._queue.get()
         if item is None:
             raise StopAsyncIteration
+        self.reads += 1
         return item
+
+
+class UnclosableReader(Reader):
+    """A reader of an SDK without ``close``: everything sent piles up in it unless it is read."""
+
+    close = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -124,10 +143,29 @@ class LocalParticipant:
         self.methods[name] = handler
 
 
+@dataclass
+class Participant:
+    identity: str
+    kind: int
+
+
+def agent_kind() -> int:
+    from livekit import rtc
+
+    return rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+
+
+def standard_kind() -> int:
+    from livekit import rtc
+
+    return rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+
+
 class Room:
     def __init__(self) -> None:
         self.local_participant = LocalParticipant()
-        self.remote_participants: dict[str, Any] = {}
+        # the agent is in the room, as a participant of kind agent
+        self.remote_participants: dict[str, Any] = {AGENT: Participant(AGENT, agent_kind())}
         self.stream_handlers: dict[str, Any] = {}
 
     def isconnected(self) -> bool:
@@ -322,7 +360,11 @@ def test_clear_buffer_stops_at_once_and_reports_the_position(tmp_path: Path) -> 
         reader.feed(sine(5.0, 48_000))
         reader.end()
         await until(lambda: h.mode.segments and h.mode.segments[0].frames_sent >= 20)
-        assert h.clear("intruder") == "reject"
+        from livekit import rtc
+
+        with pytest.raises(rtc.RpcError) as refused:
+            h.clear("intruder")
+        assert refused.value.code == RPC_REFUSED and "only the agent 'agent-1'" in refused.value.message
         assert h.mode.segments[0].state == "flushed" or h.mode.segments[0].state == "playing"
         sent_before = len(h.sink.packets)
         assert h.clear() == "ok"
@@ -343,7 +385,7 @@ def test_clear_buffer_stops_at_once_and_reports_the_position(tmp_path: Path) -> 
     turn_records = [r for r in h.records() if r["kind"] == "turn"]
     assert turn_records[-1]["reason"] == "interrupted" and turn_records[-1]["frames"] == len(frames)
     rpcs = [r for r in h.records() if r["kind"] == "agent-rpc" and r["direction"] == "in"]
-    assert [(r["caller"], r["answer"]) for r in rpcs] == [("intruder", "reject"), (AGENT, "ok")]
+    assert [(r["caller"], r["answer"]) for r in rpcs] == [("intruder", "refused"), (AGENT, "ok")]
     assert h.mode.counts["agent_rpc_rejected"] == 1
 
 
@@ -488,3 +530,236 @@ def test_playback_started_unsupported_is_tolerated(tmp_path: Path) -> None:
     h = asyncio.run(go())
     assert len(h.finished()) == 2 and not h.calls(RPC_PLAYBACK_STARTED)
     assert h.mode._started_unsupported
+
+
+# ------------------------------------------------------ who may drive the avatar, and how much
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture, who: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("refusing") and f"from {who!r}" in r.getMessage()]
+
+
+def test_only_the_agent_of_kind_agent_is_heard(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Another agent, a standard participant, and someone not (yet) in the room: their
+    lk.clear_buffer gets an RPC error, their streams are never read, nothing of theirs is buffered;
+    all counted, logged once per participant; the agent's own turn plays on untouched."""
+    from livekit import rtc
+
+    async def go() -> tuple[Harness, list[Reader]]:
+        h, tasks = await start(tmp_path, tick=0.02)
+        h.room.remote_participants["other-agent"] = Participant("other-agent", agent_kind())
+        h.room.remote_participants["user"] = Participant("user", standard_kind())
+        reader = h.open("s1", rate=24_000)
+        reader.feed(sine(1.0, 24_000))
+        reader.end()
+        await until(lambda: h.mode.segments and h.mode.segments[0].frames_sent >= 5)
+        foreign = []
+        for who in ("other-agent", "user", "ghost"):
+            for k in range(3):  # three of each: one log line per participant all the same
+                with pytest.raises(rtc.RpcError) as refused:
+                    h.clear(who)
+                assert refused.value.code == RPC_REFUSED
+                stream = h.open(f"{who}-{k}", sender=who)
+                stream.feed(sine(0.5, 24_000))
+                stream.end()
+                foreign.append(stream)
+        await until(lambda: h.finished())
+        await stop(h, tasks)
+        return h, foreign
+
+    caplog.set_level("WARNING", logger="avatar_worker.agents")
+    h, foreign = asyncio.run(go())
+    assert all(r.closed and r.reads == 0 for r in foreign)  # never read
+    assert h.finished() == [{"playback_position": pytest.approx(1.0, abs=0.002), "interrupted": False}]
+    assert h.mode.counts["agent_segments"] == 1
+    assert h.mode.counts["agent_rpc_rejected"] == 9 and h.mode.counts["agent_streams_refused"] == 9
+    assert h.mode.counts["agent_clear_buffer"] == 0
+    for who in ("other-agent", "user", "ghost"):
+        assert len(refusal_lines(caplog, who)) == 2, refusal_lines(caplog, who)  # one for RPCs, one for streams
+    assert "not the agent 'agent-1'" in refusal_lines(caplog, "user")[0]
+    (turn,) = turns_on_wire(h.sink.packets)
+    assert turn[-2].flags & Flags.END
+
+
+def test_the_agents_identity_with_another_kind_is_refused(tmp_path: Path) -> None:
+    """A token minted with the agent's identity but kind standard (e.g. from a web token endpoint)."""
+    from livekit import rtc
+
+    async def go() -> tuple[Harness, Reader]:
+        h, tasks = await start(tmp_path)
+        h.room.remote_participants[AGENT] = Participant(AGENT, standard_kind())
+        with pytest.raises(rtc.RpcError) as refused:
+            h.clear()
+        assert "kind STANDARD" in refused.value.message
+        reader = h.open("s1")
+        reader.feed(sine(0.5, 24_000))
+        reader.end()
+        await asyncio.sleep(0.2)
+        await stop(h, tasks)
+        return h, reader
+
+    h, reader = asyncio.run(go())
+    assert reader.closed and reader.reads == 0 and not h.mode.segments
+    assert h.mode.counts["agent_streams_refused"] == 1 and h.mode.counts["agent_rpc_rejected"] == 1
+    assert not h.finished() and not turns_on_wire(h.sink.packets)
+    refused = [r for r in h.records() if r["kind"] == "agent-stream" and r["event"] == "refused"]
+    assert [(r["from"], r["stream_id"]) for r in refused] == [(AGENT, "s1")]
+
+
+def test_a_refused_stream_that_cannot_be_closed_is_drained_not_kept(tmp_path: Path) -> None:
+    async def go() -> tuple[Harness, Reader]:
+        h, tasks = await start(tmp_path)
+        reader = UnclosableReader("x", 24_000, 1)
+        h.room.stream_handlers[AUDIO_STREAM_TOPIC](reader, "intruder")
+        reader.feed(bytes(96_000))
+        await until(lambda: reader._queue.empty())  # nothing piles up in the reader
+        reader.feed(bytes(48_000))
+        reader.end()
+        await until(lambda: not h.mode._drains)
+        await stop(h, tasks)
+        return h, reader
+
+    h, reader = asyncio.run(go())
+    assert h.mode.counts["agent_bytes_discarded"] == reader.fed == 144_000
+    assert h.mode.counts["agent_streams_refused"] == 1 and not h.mode.segments and not h.finished()
+
+
+def test_an_oversized_stream_is_cut_and_its_turn_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Over the per-segment cap: the rest is not read, a log line says where it was cut, what
+    came plays as a whole turn (END, TRANSITION_END), the agent hears interrupted with the
+    position played; the next segment plays normally."""
+    from avatar_worker import agents
+
+    monkeypatch.setattr(agents, "MAX_SEGMENT_BUFFER_S", 0.5)
+
+    async def go() -> tuple[Harness, Reader]:
+        h, tasks = await start(tmp_path, tick=1.0)  # nothing plays while it is fed
+        big = h.open("big", rate=24_000)
+        big.feed(sine(3.0, 24_000))
+        await until(lambda: big.closed)
+        await asyncio.sleep(0.05)
+        big.feed(sine(1.0, 24_000))  # still sending: goes nowhere
+        h.streamer.clock = FrameClock(0.01, late_threshold_s=0.5)
+        await until(lambda: h.finished(), timeout=10)
+        small = h.open("small", rate=24_000)
+        small.feed(sine(0.2, 24_000))
+        small.end()
+        await until(lambda: len(h.finished()) == 2, timeout=10)
+        await stop(h, tasks)
+        return h, big
+
+    caplog.set_level("WARNING", logger="avatar_worker.agents")
+    h, big = asyncio.run(go())
+    lines = [r.getMessage() for r in caplog.records if "cut at" in r.getMessage()]
+    (line,) = lines
+    match = re.fullmatch(r"stream big from 'agent-1' cut at (\d+) bytes: over the cap "
+                         r"\(0.5 s of audio waiting to play per segment\); segment 1 plays what came", line)
+    assert match, line
+    cut_at = int(match.group(1))
+    # 0.5 s at 24 kHz mono is 24000 bytes; the resampler holds a few ms back
+    assert 24_000 <= cut_at <= 24_000 + 2_400
+    assert big.reads <= cut_at // 4800 + 1 and big.fed == 4 * 48_000
+    first, second = h.finished()
+    assert first == {"playback_position": pytest.approx(cut_at / 48_000, abs=0.002), "interrupted": True}
+    assert second == {"playback_position": pytest.approx(0.2, abs=0.002), "interrupted": False}
+    turns = turns_on_wire(h.sink.packets)
+    assert len(turns) == 2
+    frames = [p for p in turns[0] if p.seq is not None]
+    # cut_at bytes at 24 kHz are as many samples at 48 kHz: 1920 a frame
+    assert len(frames) == math.ceil(cut_at / 1920) and frames[-1].flags & Flags.END and turns[0][-1].flags & Flags.TRANSITION_END
+    reasons = [r["reason"] for r in h.records() if r["kind"] == "turn" and r["event"] == "end"]
+    assert reasons == ["cut", "end"]
+    assert h.mode.counts["agent_segments_cut"] == 1
+
+
+def test_buffering_is_bounded_with_the_real_caps(tmp_path: Path) -> None:
+    """Ten minutes of audio pushed at once: at most 60 s of it is taken in, the rest not read."""
+    from avatar_worker.agents import MAX_SEGMENT_BUFFER_S
+
+    async def go() -> tuple[Harness, Reader, float]:
+        h, tasks = await start(tmp_path, tick=1.0)
+        reader = h.open("huge", rate=16_000)
+        for _ in range(600):
+            reader.feed(bytes(32_000), chunk=32_000)  # 1 s each
+        await until(lambda: reader.closed, timeout=10)
+        buffered = h.mode.segments[0].buffered_s
+        assert h.clear() == "ok"
+        await until(lambda: h.finished())
+        await stop(h, tasks)
+        return h, reader, buffered
+
+    h, reader, buffered = asyncio.run(go())
+    assert MAX_SEGMENT_BUFFER_S - 1.0 <= buffered <= MAX_SEGMENT_BUFFER_S + 0.1  # + the resampler tail
+    assert reader.reads <= MAX_SEGMENT_BUFFER_S + 1
+    assert h.mode.counts["agent_segments_cut"] == 1
+
+
+def test_all_segments_together_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avatar_worker import agents
+
+    monkeypatch.setattr(agents, "MAX_SEGMENT_BUFFER_S", 2.0)
+    monkeypatch.setattr(agents, "MAX_BUFFERED_S", 1.5)
+
+    async def go() -> tuple[Harness, list[Reader]]:
+        h, tasks = await start(tmp_path, tick=1.0)
+        readers = []
+        for k in range(3):
+            reader = h.open(f"s{k}", rate=24_000)
+            reader.feed(sine(1.2, 24_000))
+            reader.end()
+            await until(lambda: reader.closed)  # noqa: B023
+            readers.append(reader)
+        waiting = sum(s.buffered_s for s in h.mode.segments)
+        assert waiting <= 1.5 + 0.1  # + the resampler tails
+        await stop(h, tasks)
+        return h, readers
+
+    h, readers = asyncio.run(go())
+    assert h.mode.counts["agent_segments_cut"] == 2  # the second partly, the third at once
+    assert readers[0].reads == readers[0].fed // 4800 and readers[2].reads <= 1
+
+
+def test_open_segments_are_bounded(tmp_path: Path) -> None:
+    from avatar_worker.agents import MAX_OPEN_SEGMENTS
+
+    async def go() -> tuple[Harness, Reader]:
+        h, tasks = await start(tmp_path, tick=1.0)
+        for k in range(MAX_OPEN_SEGMENTS):
+            reader = h.open(f"s{k}", rate=24_000)
+            reader.feed(sine(0.1, 24_000))
+            reader.end()
+        extra = h.open("extra", rate=24_000)
+        extra.feed(sine(0.1, 24_000))
+        extra.end()
+        await until(lambda: h.finished())
+        await stop(h, tasks)
+        return h, extra
+
+    h, extra = asyncio.run(go())
+    assert extra.closed and extra.reads == 0
+    assert h.finished()[0] == {"playback_position": 0.0, "interrupted": True}
+    assert h.mode.counts["agent_segments_refused"] == 1 and h.mode.counts["agent_segments"] == MAX_OPEN_SEGMENTS
+
+
+def test_cleared_and_superseded_streams_are_no_longer_read(tmp_path: Path) -> None:
+    async def go() -> tuple[Reader, Reader]:
+        h, tasks = await start(tmp_path, tick=0.02)
+        first = h.open("s1")
+        first.feed(sine(0.4, 24_000))
+        await until(lambda: h.mode.segments and h.mode.segments[0].samples_received >= 0.35 * 48_000)
+        second = h.open("s2")  # supersedes s1
+        assert first.closed
+        second.feed(sine(1.0, 24_000))
+        await until(lambda: any(s.number == 2 and s.frames_sent >= 3 for s in h.mode.segments))
+        assert h.clear() == "ok"
+        assert second.closed
+        reads = second.reads
+        second.feed(sine(1.0, 24_000))
+        await asyncio.sleep(0.1)
+        assert second.reads == reads
+        await until(lambda: len(h.finished()) == 2)
+        await stop(h, tasks)
+        return first, second
+
+    asyncio.run(go())
