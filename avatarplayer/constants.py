@@ -26,6 +26,3 @@ CARRIER_MAGIC = b"AVMF"
 
 LIVEKIT_TRAILER_MAGIC = b"LKTS"
 """LiveKit's own packet-trailer marker: a carrier frame must never end with it."""
-
-DEFAULT_DATA_TOPIC = "avatar-motion"
-"""Data-packet carrier topic (wire-format.md §3b)."""

@@ -32,6 +32,8 @@ WATCHDOG_MIN_FRAMES = 10
 MAX_REATTACH = 2
 """Re-attaching rarely revives a transform that never ran: after this many, fall back to the
 data-packet carrier."""
+MAX_TOPIC_LENGTH = 128
+"""The longest data topic the avatar worker accepts for the data carrier."""
 PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
 """The attribute a LiveKit Agents avatar sets to the identity of the agent it speaks for."""
 MAX_PENDING_PACKETS = 50
@@ -204,8 +206,11 @@ class LiveKitProvider:
         self.transform_mode = transform_mode
         self.single_peer_connection = options.flag("single_peer_connection", single_peer_connection)
         self.data_topic = options.optional_text("data_topic", data_topic)
-        if data_topic is None or data_topic in (CONTROL_TOPIC,):
-            raise ValueError(f"data_topic must be a topic name other than {CONTROL_TOPIC!r}, got {data_topic!r}")
+        if (data_topic is None or not data_topic.strip() or len(data_topic) > MAX_TOPIC_LENGTH
+                or data_topic == CONTROL_TOPIC or data_topic.startswith("lk.")):
+            # the avatar worker refuses these (carrier-error): refuse them here, with the option's name
+            raise ValueError(f"data_topic must be a topic name of at most {MAX_TOPIC_LENGTH} characters, not "
+                             f"{CONTROL_TOPIC!r} and not starting with 'lk.' (LiveKit's own), got {data_topic!r}")
         if audio not in AUDIO_POLICIES:
             raise ValueError(f"audio must be one of {AUDIO_POLICIES}, got {audio!r}")
         self.audio = audio
@@ -260,6 +265,7 @@ class LiveKitProvider:
         self.control_messages_malformed = 0
         self._data_requested: set[str] = set()
         self._data_acked: set[str | None] = set()
+        self._data_refused: set[str | None] = set()
         self._data_requested_at = 0.0
         self._mic_publication: Any = None
         self._custom_publication: Any = None
@@ -317,6 +323,11 @@ class LiveKitProvider:
         self.agent_identity = None
         self._data_requested.clear()
         self._data_acked.clear()
+        self._data_refused.clear()
+        self._passed_through.clear()  # counters since this connect
+        self.transform_stats.clear()
+        self._packets.clear()
+        self.foreign_packets = self.data_packets_ignored = 0
         self.reattach_count = 0
         started = _now_ms()
         self.lk = self.lk or await self._load_livekit()
@@ -608,7 +619,11 @@ class LiveKitProvider:
             self._data_acked.add(identity)
             self.log.info("%s sends motion packets on the data topic %r", identity, message.get("topic"))
         elif isinstance(message, dict) and message.get("type") == "carrier-error":
-            self.log.error("%s cannot use the data carrier: %s", identity, message.get("error"))
+            why = message.get("error")
+            self.log.error("%s cannot use the data carrier: %s", identity, why)
+            self._data_refused.add(identity)  # asking again would get the same answer
+            if self._sink is not None:
+                self._sink.on_error(ConnectionError(f"the avatar refused the data carrier: {str(why)[:200]}"))
 
     def _request_data_carrier(self, identity: str | None, *, again: bool = False) -> None:
         """Ask the avatar worker to send motion packets as data messages to us (wire-format 3b).
@@ -793,7 +808,8 @@ class LiveKitProvider:
         track = self._motion_track
         if self.carrier == "data":
             identity = self.avatar_identity
-            if identity is not None and identity not in self._data_acked and now_ms - self._data_requested_at > 900:
+            if (identity is not None and identity not in self._data_acked and identity not in self._data_refused
+                    and now_ms - self._data_requested_at > 900):
                 self._request_data_carrier(identity, again=True)
             return
         if track is None or self._worker is None or self._motion_attach_id is None:

@@ -46,7 +46,10 @@ class Payload(bytes):
 
 class Sink:
     def __init__(self):
-        self.data, self.packets = [], []
+        self.data, self.packets, self.errors = [], [], []
+
+    def on_error(self, error):
+        self.errors.append(error)
 
     def on_data(self, payload, topic, identity):
         self.data.append((bytes(payload), topic, identity))
@@ -166,3 +169,23 @@ def test_the_guarded_parser_refuses_depth_and_size_but_not_ordinary_json():
     assert parse_json(b'{"a": "' + b"x" * 300_000 + b'"}') is None
     assert parse_json(b'{"text": "[[[[[[' + b"[" * 100 + b'"}') == {"text": "[[[[[[" + "[" * 100}
     assert parse_json(b"\xff\xfe") is None and parse_json(b"") is None and parse_json(b"12") is None
+
+
+def test_a_refused_data_carrier_is_reported_once_and_not_asked_again(monkeypatch):
+    p = provider()
+    p.carrier = "data"
+    p._become_avatar(person("avatar", agent=True))
+    asked = []
+    monkeypatch.setattr(p, "_request_data_carrier", lambda identity, again=False: asked.append(identity))
+    p.poll(5000.0)
+    assert asked == ["avatar"]  # not acknowledged yet: asked again
+    send(p, person("avatar", agent=True), b'{"type": "carrier-error", "error": "topic is reserved"}', CONTROL_TOPIC)
+    assert len(p._sink.errors) == 1 and "topic is reserved" in str(p._sink.errors[0])
+    p.poll(10000.0)
+    assert asked == ["avatar"]
+
+
+@pytest.mark.parametrize("topic", ["avatarplayer.control", "lk.chat", " ", "x" * 129, ""])
+def test_data_topics_the_worker_would_refuse_are_refused_at_construction(topic):
+    with pytest.raises((TypeError, ValueError), match="data_topic"):
+        LiveKitProvider(data_topic=topic)
