@@ -22,7 +22,7 @@ MAX_PACKET_BODY = 64 * 1024
 """Cap on a packet body, before and after decompression (a keyframe is ~500 bytes)."""
 
 CARRIER_MAGIC = b"AVMF"
-"""Trailer magic of the VP8 carrier layout, version 1 (wire-format.md §3a)."""
+"""Trailer magic of the VP8 carrier layout, version 1 (docs/wire-format.md §3a)."""
 
 LIVEKIT_TRAILER_MAGIC = b"LKTS"
 """LiveKit's own packet-trailer marker: a carrier frame must never end with it."""

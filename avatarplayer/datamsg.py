@@ -19,7 +19,7 @@ __all__ = ["AgentStatus", "DataMessage", "TranscriptChunk", "parse_data_message"
            "MOTION_TOPIC", "CONTROL_TOPIC", "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]
 
 MOTION_TOPIC = "avatarplayer.motion"
-"""Default topic of the data-packet carrier (wire-format.md 3b): one motion packet per message."""
+"""Default topic of the data-packet carrier (docs/wire-format.md §3b): one motion packet per message."""
 CONTROL_TOPIC = "avatarplayer.control"
 """Player <-> avatar worker requests, e.g. ``{"type": "carrier", "carrier": "data"}``."""
 

@@ -1,4 +1,4 @@
-"""The motion jitter buffer: sequenced frames in, one frame per 40 ms tick out (``player.md``).
+"""The motion jitter buffer: sequenced frames in, one frame per 40 ms tick out (``docs/player.md``).
 
 The buffer knows nothing about clocks, sockets or the browser: arrival and tick times are passed
 in as milliseconds, so tests can simulate hours of traffic in milliseconds of CPU.

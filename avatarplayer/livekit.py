@@ -1,7 +1,7 @@
 """LiveKitProvider: the livekit-client ``Room``, the motion track's transform, the avatar's audio.
 
 Browser only (Pyodide): everything JavaScript goes through here, so the rest of the package stays
-plain Python. Interop rules followed (platform.md): long-lived callbacks are ``create_proxy``
+plain Python. Interop rules followed (docs/platform.md): long-lived callbacks are ``create_proxy``
 objects kept referenced and destroyed only after they are detached; options are plain JS objects;
 bytes cross once per packet as one ``ArrayBuffer``.
 """
@@ -626,7 +626,7 @@ class LiveKitProvider:
                 self._sink.on_error(ConnectionError(f"the avatar refused the data carrier: {str(why)[:200]}"))
 
     def _request_data_carrier(self, identity: str | None, *, again: bool = False) -> None:
-        """Ask the avatar worker to send motion packets as data messages to us (wire-format 3b).
+        """Ask the avatar worker to send motion packets as data messages to us (docs/wire-format.md §3b).
         Repeated from :meth:`poll` until the worker acknowledges: a request sent while either side
         is still joining can be lost."""
         if identity is None or self.room is None or (identity in self._data_requested and not again):

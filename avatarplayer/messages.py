@@ -1,4 +1,4 @@
-"""The motion-frame protobuf schema (``wire-format.md`` §1), built at import time.
+"""The motion-frame protobuf schema (``docs/wire-format.md`` §1), built at import time.
 
 No ``protoc`` and no generated ``_pb2`` module: the schema is written out as a
 ``FileDescriptorProto`` and turned into message classes by ``google.protobuf``'s message factory,

@@ -1,4 +1,4 @@
-"""Motion packets and VP8 carrier frames (``wire-format.md`` §2 and §3a).
+"""Motion packets and VP8 carrier frames (``docs/wire-format.md`` §2 and §3a).
 
 A *motion packet* is a small envelope around one serialized protobuf ``Message``::
 
@@ -46,7 +46,7 @@ Compression = Literal["gzip", "zlib"] | None
 
 
 class Flags(enum.IntFlag):
-    """Packet flags (wire-format.md §2)."""
+    """Packet flags (docs/wire-format.md §2)."""
 
     IDLE = 0x01
     """The avatar is idle; a heartbeat. The body, if any, is opaque."""

@@ -52,7 +52,7 @@ DEFAULT_MOTION_NAME = re.compile(r"motion|animation", re.IGNORECASE)
 
 
 def is_motion_track(track_name: str, exact: str | None, pattern: re.Pattern[str] | None) -> bool:
-    """The motion-track selection of player.md: exact name, else pattern, else the default."""
+    """The motion-track selection of docs/player.md: exact name, else pattern, else the default."""
     if exact is not None:
         return track_name == exact
     return bool((pattern or DEFAULT_MOTION_NAME).search(track_name or ""))

@@ -1,4 +1,4 @@
-"""Stall detection: inside a turn, no motion frame for ``timeout_ms`` is a stall (``player.md``)."""
+"""Stall detection: inside a turn, no motion frame for ``timeout_ms`` is a stall (``docs/player.md``)."""
 
 from __future__ import annotations
 

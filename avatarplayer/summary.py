@@ -1,4 +1,4 @@
-"""The session summary: a read-only snapshot of what the player did (``player.md``)."""
+"""The session summary: a read-only snapshot of what the player did (``docs/player.md``)."""
 
 from __future__ import annotations
 

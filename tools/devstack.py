@@ -57,7 +57,7 @@ def is_ready(http_url: str) -> bool:
 
 
 class LiveKitServer:
-    """The pinned ``livekit-server`` with a generated loopback-only config (platform.md), or, from
+    """The pinned ``livekit-server`` with a generated loopback-only config (docs/platform.md), or, from
     :meth:`external`, credentials for a server someone else runs."""
 
     def __init__(self, workdir: Path | None, *, port: int | None = None, binary: Path = LIVEKIT_BINARY,

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# Keep Chromium off the (closed) network and let WebRTC reach a same-host SFU (platform.md).
+# Keep Chromium off the (closed) network and let WebRTC reach a same-host SFU (docs/platform.md).
 CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",

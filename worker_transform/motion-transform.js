@@ -1,4 +1,4 @@
-// Receiver-side transform for the VP8 motion carrier (wire-format.md §3a):
+// Receiver-side transform for the VP8 motion carrier (docs/wire-format.md §3a):
 //
 //     frame = vp8_prefix | packet | packet_length:u32 LE | "AVMF"
 //

@@ -1,4 +1,4 @@
-"""JitterBuffer: each rule of player.md on its own, then seeded simulations of bad networks."""
+"""JitterBuffer: each rule of docs/player.md on its own, then seeded simulations of bad networks."""
 
 import random
 import zlib

@@ -2,7 +2,7 @@
 
     python3 tests/vectors/make_vectors.py          # rewrite tests/vectors/{packets,carrier}/ + manifest.json
 
-The files are the contract between producers and this decoder (wire-format.md §Versioning):
+The files are the contract between producers and this decoder (docs/wire-format.md §Versioning):
 ``test_vectors.py`` decodes every file and checks the outcome the manifest records, and checks
 that this script still produces the same files, so a codec change that alters the wire bytes
 fails loudly instead of silently re-baselining.
