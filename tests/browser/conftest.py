@@ -176,6 +176,7 @@ def boot_own_browser(playwright_instance, args: list[str], boot):
     full CI runs saw a second Chromium's first page crash while Pyodide booted (2 in about 40
     launches; never in the shared browser, never when the test ran alone). The crash is printed,
     as a warning in the run's summary. Anything else, including a second crash or one after the boot, fails.
+    The evidence, and a hunt that did not reproduce it: docs/platform.md, "Renderer crashes".
     Returns ``(browser, page)``."""
     for attempt in (1, 2):
         browser, page = own_browser_page(playwright_instance, args)
