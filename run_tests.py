@@ -3,6 +3,7 @@
 
     python3 run_tests.py                 # everything: CPython unit tests, the core suite in Pyodide, browser tests
     python3 run_tests.py tests/unit -x   # any pytest arguments narrow the run
+    python3 run_tests.py -m "not live"   # the fast suite: no real LiveKit server (tests/conftest.py)
 
 Set-up (venv, npm packages, Pyodide wheels, Debian packages, the LiveKit server) is done by
 tools/bootstrap.py: idempotent and cached, so a second run starts testing at once.

@@ -316,6 +316,7 @@ def test_arbitrary_requests_to_the_token_endpoint(fuzz_app, data: bytes):
 # ----------------------------------------------------------------------------- a real LiveKit server
 
 
+@pytest.mark.live
 def test_a_viewer_token_cannot_publish_a_camera_but_can_publish_a_microphone(tmp_path: Path):
     """Real server, real SDK: the endpoint's token publishes a microphone track, and the server
     refuses a camera track from it. A token minted with the camera allowed publishes one (so the

@@ -1,0 +1,26 @@
+"""Markers for the whole suite, so a fast run can leave the real stack out:
+
+    python3 run_tests.py -m "not live"      # CPython unit tests, tools, the core suite in Pyodide
+
+``live``: the test starts a real LiveKit server (and usually Chromium or the avatar worker):
+everything under ``tests/browser/``, every test that uses a ``livekit_server`` fixture, files
+named ``*_live.py``, and tests marked ``live`` by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+BROWSER = HERE / "browser"
+LIVE_FIXTURES = {"livekit_server", "livekit_server_binary"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        if (BROWSER in path.parents or path.stem.endswith("_live")
+                or LIVE_FIXTURES & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.live)
