@@ -50,9 +50,9 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from livekit import rtc
 
@@ -70,7 +70,8 @@ VIDEO_SIZE = (16, 16)
 
 _WHY = {
     rtc.DisconnectReason.DUPLICATE_IDENTITY:
-        "another participant joined with our identity; taking it back (only the worker should hold it)",
+        "another participant joined with our identity; taking it back, which drops it (only the worker "
+        "should hold it: a second worker with the same --identity?)",
     rtc.DisconnectReason.PARTICIPANT_REMOVED: "removed from the room by the server API",
     rtc.DisconnectReason.ROOM_DELETED: "the room was deleted",
     rtc.DisconnectReason.ROOM_CLOSED: "the server closed the room",
@@ -78,6 +79,13 @@ _WHY = {
 }
 """What an involuntary disconnection means, for the log (the others are signal or connection
 failures)."""
+
+
+def _reason_name(reason: int) -> str:
+    try:
+        return rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
+    except ValueError:
+        return f"reason {reason}"
 
 
 class RejoinBackoff:
@@ -161,6 +169,29 @@ async def _reachable(host: str, port: int, timeout: float = 0.5) -> bool:
     return True
 
 
+async def _settle(step: Awaitable[Any], lost: asyncio.Future[int], timeout: float) -> BaseException | str | None:
+    """Run ``step`` until it is done, the room is ``lost`` or ``timeout`` passes: None if it
+    succeeded, else what went wrong (its exception, or why it was given up)."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.wait({task, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+        if lost.done():
+            return f"the room was lost ({_reason_name(lost.result())})"
+        return f"no answer within {timeout:.0f} s"
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    if exc is not None and not str(exc):
+        return f"{type(exc).__name__} ({exc!r})"
+    return exc
+
+
 async def _quietly_leave(room: rtc.Room) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(room.disconnect(), 5.0)
@@ -237,28 +268,42 @@ class Publisher:
                            attributes=s.attributes or None)
         room = rtc.Room()
         self._watch(room)
+        lost: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        @room.on("disconnected")
+        def _lost(reason: rtc.DisconnectReason.ValueType) -> None:
+            if not lost.done():
+                lost.set_result(reason)
+
         for hook in self.hooks:
             hook.attach(room)
         # Only what a hook asks for is subscribed (remote audio for --audio-report): anything
         # else would only cost bandwidth and CPU.
         options = rtc.RoomOptions(auto_subscribe=False, connect_timeout=s.connect_timeout)
+        # A room lost on the way (e.g. dropped again as a duplicate) may leave the SDK's connect or
+        # publish waiting for an answer that never comes: each step waits for the room as well.
         try:
-            await asyncio.wait_for(room.connect(s.url, token, options), timeout=s.connect_timeout + 5)
-        except (asyncio.TimeoutError, rtc.ConnectError) as exc:
-            await _quietly_leave(room)
-            raise PublisherError(f"could not join room {s.room!r} at {s.url}: {exc or 'timed out'}") from exc
+            failure = await _settle(room.connect(s.url, token, options), lost, s.connect_timeout + 5)
         except asyncio.CancelledError:
             await _quietly_leave(room)
             raise
+        if failure is not None:
+            await _quietly_leave(room)
+            raise PublisherError(f"could not join room {s.room!r} at {s.url}: {failure}") from (
+                failure if isinstance(failure, BaseException) else None)
         self.room = room
         try:
-            await self._publish(room)
+            failure = await _settle(self._publish(room), lost, s.connect_timeout)
         except asyncio.CancelledError:
             await _quietly_leave(room)
             raise
-        except Exception as exc:
+        if failure is not None:
+            if self.room is room:
+                self.room = None
+                self._video_pub = self._audio_pub = None
             await _quietly_leave(room)
-            raise PublisherError(f"could not publish in room {s.room!r}: {exc}") from exc
+            raise PublisherError(f"could not publish in room {s.room!r}: {failure}") from (
+                failure if isinstance(failure, BaseException) else None)
         self._live = self._connected = True
         self.backoff.connected()
         self._recovered()
@@ -329,10 +374,7 @@ class Publisher:
             self._live = self._connected = False
             self._lost()
             self._notify("disconnected")
-            try:
-                name = rtc.DisconnectReason.Name(reason)
-            except ValueError:
-                name = f"reason {reason}"
+            name = _reason_name(reason)
             if self._closing or reason == rtc.DisconnectReason.CLIENT_INITIATED:
                 log.debug("left the room (%s)", name)
                 return
@@ -342,7 +384,7 @@ class Publisher:
                 log.error("disconnected from the room (%s); not rejoining (rejoin is off)", why)
                 return
             log.warning("disconnected from the room (%s); rejoining", why)
-            self._start_rejoin(why)
+            self._start_rejoin(name)
 
         @room.on("participant_connected")
         def _joined(participant: rtc.RemoteParticipant) -> None:
@@ -360,6 +402,7 @@ class Publisher:
             self._changed.set()
 
     def _start_rejoin(self, why: str) -> None:
+        """Rejoin in a task (unless one is at it already); ``why``: the reason, for the log."""
         if self._closing:
             return
         if self._rejoin_task is None or self._rejoin_task.done():
@@ -393,7 +436,7 @@ class Publisher:
                     if now - back_since >= self.resume_grace:
                         log.warning("the server is back but the SDK is still reconnecting; joining again")
                         self.disconnects["SDK_STUCK"] = self.disconnects.get("SDK_STUCK", 0) + 1
-                        self._start_rejoin("SDK_STUCK: the server is back but the SDK is still reconnecting")
+                        self._start_rejoin("SDK_STUCK")
                         return
             else:
                 seen_down, back_since = True, None

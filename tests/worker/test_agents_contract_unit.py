@@ -536,7 +536,8 @@ def test_playback_started_unsupported_is_tolerated(tmp_path: Path) -> None:
 
 
 def refusal_lines(caplog: pytest.LogCaptureFixture, who: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("refusing") and f"from {who!r}" in r.getMessage()]
+    messages = [r.getMessage() for r in caplog.records]
+    return [m for m in messages if m.startswith("refusing") and f"from {who!r}" in m]
 
 
 def test_only_the_agent_of_kind_agent_is_heard(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -667,7 +668,8 @@ def test_an_oversized_stream_is_cut_and_its_turn_ends(tmp_path: Path, monkeypatc
     assert len(turns) == 2
     frames = [p for p in turns[0] if p.seq is not None]
     # cut_at bytes at 24 kHz are as many samples at 48 kHz: 1920 a frame
-    assert len(frames) == math.ceil(cut_at / 1920) and frames[-1].flags & Flags.END and turns[0][-1].flags & Flags.TRANSITION_END
+    assert len(frames) == math.ceil(cut_at / 1920) and frames[-1].flags & Flags.END
+    assert turns[0][-1].flags & Flags.TRANSITION_END
     reasons = [r["reason"] for r in h.records() if r["kind"] == "turn" and r["event"] == "end"]
     assert reasons == ["cut", "end"]
     assert h.mode.counts["agent_segments_cut"] == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -156,7 +157,6 @@ def test_api_secret_on_the_command_line_is_refused(argv: list[str], capsys: pyte
 def test_the_worker_refuses_api_secret_and_says_what_to_use() -> None:
     import subprocess
     import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "avatar_worker", "--room", "r", "--url", "ws://127.0.0.1:1",
@@ -167,7 +167,7 @@ def test_the_worker_refuses_api_secret_and_says_what_to_use() -> None:
     assert SECRET not in proc.stderr + proc.stdout
 
 
-def test_secret_from_the_environment_or_a_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_secret_from_the_environment_or_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from avatar_worker.cli import build_parser, config_from_args, read_secret_file
 
     base = ["--room", "r", "--url", "ws://x", "--api-key", "k"]
@@ -191,7 +191,7 @@ def test_secret_from_the_environment_or_a_file(tmp_path, monkeypatch: pytest.Mon
         config_from_args(build_parser().parse_args(base))
 
 
-def test_the_worker_drops_the_secret_from_its_environment(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_the_worker_drops_the_secret_from_its_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Once read, the secret is not passed on to the programs the worker runs (sox, espeak-ng)."""
     import os
 
