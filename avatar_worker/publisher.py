@@ -183,7 +183,7 @@ async def _settle(step: Awaitable[Any], lost: asyncio.Future[int], timeout: floa
         await asyncio.wait({task}, timeout=1.0)
         if lost.done():
             return f"the room was lost ({_reason_name(lost.result())})"
-        return f"no answer within {timeout:.0f} s"
+        return f"no answer within {timeout:g} s"
     if task.cancelled():
         return "cancelled"
     exc = task.exception()

@@ -128,6 +128,38 @@ def test_a_clean_shutdown_stops_the_rejoin_loop() -> None:
     assert 2 <= len(attempts) <= 8, attempts
 
 
+def test_a_join_step_ends_when_the_room_is_lost() -> None:
+    """The SDK's connect or publish may wait forever once the room is gone (dropped again as a
+    duplicate while joining): each step waits for the room as well, and for a time limit."""
+    from livekit import rtc
+
+    from avatar_worker.publisher import _settle
+
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    async def fails() -> None:
+        raise RuntimeError("refused")
+
+    async def go() -> list[object]:
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[int] = loop.create_future()
+        never: asyncio.Future[int] = loop.create_future()
+        loop.call_later(0.05, lost.set_result, rtc.DisconnectReason.DUPLICATE_IDENTITY)
+        started = time.monotonic()
+        results: list[object] = [await _settle(forever(), lost, 10.0), time.monotonic() - started]
+        results.append(await _settle(forever(), never, 0.05))
+        results.append(await _settle(fails(), never, 1.0))
+        results.append(await _settle(asyncio.sleep(0), never, 1.0))
+        return results
+
+    lost, took, timed_out, failed, ok = asyncio.run(go())
+    assert lost == "the room was lost (DUPLICATE_IDENTITY)" and took < 2.0
+    assert timed_out == "no answer within 0.05 s"
+    assert isinstance(failed, RuntimeError) and str(failed) == "refused"
+    assert ok is None
+
+
 # --------------------------------------------------------------------------------- secrets
 
 
