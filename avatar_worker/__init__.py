@@ -2,7 +2,7 @@
 
 It joins as an ``agent`` participant, publishes a 48 kHz mono audio track (source microphone)
 and a VP8 motion track named ``avatar-motion`` (source camera) whose every frame is a tiny valid
-VP8 key frame carrying one motion packet (``wire-format.md``), paced at 25 fps against absolute
+VP8 key frame carrying one motion packet (``docs/wire-format.md``), paced at 25 fps against absolute
 deadlines. While silent it sends IDLE heartbeats; a turn is TRANSITION, START ... END,
 TRANSITION_END. Viewers may ask for the same packets as lossy data messages too (the data-packet
 carrier); on request it also sends agent status / transcript messages, reports the audio it

@@ -18,7 +18,7 @@ in requirements/agents.txt) and 1.8.9:
   silent frames, the mouth at rest). As in
   livekit-agents >= 1.8, a new stream while an older one is still open means the older one's
   trailer got lost (it ends there), and so does :data:`STREAM_IDLE_TIMEOUT_S` without data.
-- Each segment is played as one turn (wire-format.md: TRANSITION, START ... END,
+- Each segment is played as one turn (docs/wire-format.md: TRANSITION, START ... END,
   TRANSITION_END), resampled and downmixed to 48 kHz mono, with motion generated from its
   envelope by the same path as speech mode (:class:`avatar_worker.motion_gen.MotionGenerator`,
   :func:`avatarplayer.messages.build_message`, :func:`avatar_worker.turns.build_turn`).

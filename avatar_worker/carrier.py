@@ -1,4 +1,4 @@
-"""The data-packet carrier (wire-format.md §3b), for viewers that ask for it.
+"""The data-packet carrier (docs/wire-format.md §3b), for viewers that ask for it.
 
 A viewer asks with a *reliable* data message to the worker on topic ``avatarplayer.control``::
 

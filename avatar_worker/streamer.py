@@ -5,7 +5,7 @@ is played tick by tick from the next deadline on. Sequence numbers are owned her
 increasing across turns.
 
 Every packet goes on the video carrier (the :class:`MotionSink`) and, when a :class:`DataPath` is
-attached, also on the data carrier (wire-format.md §3b). :class:`TurnObserver` objects hear when
+attached, also on the data carrier (docs/wire-format.md §3b). :class:`TurnObserver` objects hear when
 a turn starts, when each of its frames has left and when it ends (agent messages, republishing).
 """
 
@@ -58,7 +58,7 @@ class MotionSink(Protocol):
 
 
 class DataPath(Protocol):
-    """The data-packet carrier: motion packets as lossy data messages (wire-format.md §3b)."""
+    """The data-packet carrier: motion packets as lossy data messages (docs/wire-format.md §3b)."""
 
     def send_packet(self, packet: bytes) -> bool:
         """Hand one motion packet (not a carrier frame) to the data carrier, without blocking;

@@ -53,7 +53,7 @@ class Emission:
     sent: bool = True
     """False: dropped on purpose (loss injection) — logged, never captured, on any carrier."""
     data_packet: bytes | None = None
-    """The packet for the data carrier (wire-format.md §3b) when it differs from ``packet``:
+    """The packet for the data carrier (docs/wire-format.md §3b) when it differs from ``packet``:
     frames always travel REDUNDANT there. ``None``: the same bytes as ``packet``."""
     msg_len: int | None = None
     """Length of the serialized ``Message`` the packet carries (frames and TRANSITION packets)."""
