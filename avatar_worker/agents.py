@@ -140,6 +140,10 @@ MAX_REFUSALS_LOGGED = 1024
 """Senders whose refusals are logged (once each); beyond, they are only counted."""
 RPC_REFUSED = 403
 """The RPC error code a participant other than the agent gets for ``lk.clear_buffer``."""
+NOT_IN_ROOM = "not a participant of the room"
+PARTICIPANT_WAIT_S = 2.0
+"""How long a stream from the agent's identity waits for the agent to be announced as a
+participant before it is judged (the header can come first)."""
 
 _RESAMPLE_QUALITY = "medium"
 
@@ -425,6 +429,7 @@ class AgentsMode(TurnObserver):
         self._readers: set[asyncio.Task[None]] = set()
         self._drains: set[asyncio.Task[None]] = set()
         self._refusals_logged: set[tuple[str, str]] = set()
+        self._waiting: set[asyncio.Future[None]] = set()
         self._agent_seen = False
         self._agent_left = False
         self._started_unsupported = False
@@ -537,6 +542,21 @@ class AgentsMode(TurnObserver):
 
     # -------------------------------------------------------------------- incoming
 
+    def _on_stream_when_known(self, reader: rtc.ByteStreamReader, identity: str, room: rtc.Room | None) -> None:
+        """The agent's stream header can arrive before the SDK has announced the agent as a
+        participant (seen in a full-suite run): wait for it, for a bounded time, then decide."""
+
+        async def decide() -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + PARTICIPANT_WAIT_S
+            while room is not None and identity not in room.remote_participants and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            self._on_stream(reader, identity, room, waited=True)
+
+        task = asyncio.ensure_future(decide())
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+
     def _not_the_agent(self, identity: str, room: rtc.Room | None) -> str | None:
         """None if ``identity`` is the agent, in ``room`` as a participant of kind agent; else why
         its RPCs and streams are refused."""
@@ -544,7 +564,7 @@ class AgentsMode(TurnObserver):
             return f"not the agent {self.agent_identity!r}"
         participant = room.remote_participants.get(identity) if room is not None else None
         if participant is None:
-            return "not a participant of the room"
+            return NOT_IN_ROOM
         if not _is_agent_kind(participant):
             return f"a participant of kind {_kind_name(participant)}, not an agent"
         return None
@@ -559,10 +579,14 @@ class AgentsMode(TurnObserver):
                     "further ones from %r are only counted", what, identity, why, self.agent_identity, identity)
         self._log({**record, "from": identity, "reason": why})
 
-    def _on_stream(self, reader: rtc.ByteStreamReader, participant_identity: str, room: rtc.Room | None = None) -> None:
+    def _on_stream(self, reader: rtc.ByteStreamReader, participant_identity: str, room: rtc.Room | None = None,
+                   *, waited: bool = False) -> None:
         info = reader.info
         room = room if room is not None else self.room
         why = self._not_the_agent(participant_identity, room)
+        if why == NOT_IN_ROOM and participant_identity == self.agent_identity and not waited:
+            self._on_stream_when_known(reader, participant_identity, room)
+            return
         if why is not None:
             self.counts["agent_streams_refused"] += 1
             self._refused(f"audio streams on {AUDIO_STREAM_TOPIC}", participant_identity, why,

@@ -22,6 +22,7 @@ import pytest
 from avatar_worker import audio as pcm_audio
 from avatar_worker.agents import (
     AUDIO_STREAM_TOPIC,
+    PARTICIPANT_WAIT_S,
     RPC_CLEAR_BUFFER,
     RPC_PLAYBACK_FINISHED,
     RPC_PLAYBACK_STARTED,
@@ -605,6 +606,31 @@ def test_the_agents_identity_with_another_kind_is_refused(tmp_path: Path) -> Non
     assert not h.finished() and not turns_on_wire(h.sink.packets)
     refused = [r for r in h.records() if r["kind"] == "agent-stream" and r["event"] == "refused"]
     assert [(r["from"], r["stream_id"]) for r in refused] == [(AGENT, "s1")]
+
+
+def test_the_agents_stream_before_the_agent_is_announced_waits_for_it(tmp_path: Path) -> None:
+    """The SDK can hand over the agent's stream header before the agent is in remote_participants
+    (a full-suite run): the stream waits for it, then plays; one that never shows up is refused."""
+
+    async def go() -> tuple[Harness, Reader, Reader]:
+        h, tasks = await start(tmp_path)
+        agent = h.room.remote_participants.pop(AGENT)
+        early = h.open("s1", rate=24_000)
+        early.feed(sine(0.5, 24_000))
+        early.end()
+        await asyncio.sleep(0.1)
+        h.room.remote_participants[AGENT] = agent  # announced 0.1 s after the header
+        await until(lambda: h.finished())
+        del h.room.remote_participants[AGENT]
+        never = h.open("s2", rate=24_000)
+        await until(lambda: never.closed, timeout=PARTICIPANT_WAIT_S + 2)
+        await stop(h, tasks)
+        return h, early, never
+
+    h, early, never = asyncio.run(go())
+    assert h.finished() == [{"playback_position": pytest.approx(0.5, abs=0.002), "interrupted": False}]
+    assert early.reads > 0 and never.reads == 0
+    assert h.mode.counts["agent_streams_refused"] == 1
 
 
 def test_a_refused_stream_that_cannot_be_closed_is_drained_not_kept(tmp_path: Path) -> None:
