@@ -40,7 +40,8 @@ from .motion import (
 )
 from .livekit import LiveKitProvider
 from .pipeline import MotionPipeline, Stalled
-from .player import AvatarPlayer, ConnectConfig, ConnectError, Renderer
+from .datamsg import AgentStatus, DataMessage, TranscriptChunk
+from .player import AvatarPlayer, ConnectConfig, ConnectConfigError, ConnectError, MediaDeviceError, Renderer
 from .stall import StallDetector
 from .summary import SessionSummary
 from .turns import Frame, Transition, TurnEnded, TurnStarted, TurnTracker, new_conversation_id
@@ -62,8 +63,13 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AvatarPlayer",
+    "AgentStatus",
     "ConnectConfig",
+    "ConnectConfigError",
     "ConnectError",
+    "DataMessage",
+    "MediaDeviceError",
+    "TranscriptChunk",
     "ConnectionState",
     "FaceRenderer",
     "LiveKitProvider",

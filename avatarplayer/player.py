@@ -26,7 +26,7 @@ from .sync import AudioStats, SyncMode
 from .ticker import Ticker
 from .turns import Frame, Transition, TurnEnded, TurnStarted
 
-__all__ = ["AvatarPlayer", "ConnectConfig", "Renderer", "ConnectError", "MediaDeviceError"]
+__all__ = ["AvatarPlayer", "ConnectConfig", "Renderer", "ConnectError", "ConnectConfigError", "MediaDeviceError"]
 
 
 class Renderer(Protocol):

@@ -401,3 +401,12 @@ def test_the_player_follows_the_audio_statistics_it_is_given_and_reports_sync_ch
     assert summary.sync_mode == "audio" and summary.audio_jitter_buffer_delay_ms == pytest.approx(30.0)
     assert summary.frames_rendered == 1 and summary.frames_held_for_sync == 1
     assert summary.as_dict()["avSyncOffsetMs"] == pytest.approx(0.0, abs=15.0)
+
+
+def test_every_error_and_event_payload_a_user_meets_is_exported():
+    import avatarplayer
+
+    for name in ("ConnectError", "ConnectConfigError", "MediaDeviceError", "DataMessage", "TranscriptChunk",
+                 "AgentStatus", "SessionSummary", "ConnectionState", "PlayerEvent"):
+        assert name in avatarplayer.__all__ and getattr(avatarplayer, name) is not None, name
+    assert issubclass(avatarplayer.ConnectConfigError, avatarplayer.ConnectError)
