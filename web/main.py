@@ -305,6 +305,7 @@ def refresh_panel() -> None:
         "s-turns": fmt(s.turns),
         "s-ttff": fmt(s.time_to_first_frame_ms, " ms"),
         "s-malformed": fmt(s.packets_malformed),
+        "s-untrusted": fmt(s.untrusted_ignored),
         "s-mode": getattr(player, "motion_mode", None) or "–",
         "s-renderer": f"{face['mode']} · {face['costMsMean']:.2f} ms/draw",
     }
