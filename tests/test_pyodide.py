@@ -1,6 +1,8 @@
-"""The core unit suite (tests/unit) must pass inside Pyodide too, the runtime the player ships in.
+"""The core unit suite (tests/unit) and the renderer's (tests/renderer) must pass inside Pyodide
+too, the runtime the player and the reference face ship in. Tests marked ``processes`` (they start
+node or a fresh interpreter) are left out there: Pyodide cannot start processes.
 
-Runs ``node tools/pyodide_run.mjs --pytest tests/unit -q`` (Pyodide from node_modules, the
+Runs ``node tools/pyodide_run.mjs --pytest tests/unit tests/renderer -m "not processes" -q`` (Pyodide from node_modules, the
 pure-Python wheels from .cache/wheels/pyodide, nothing from the network) and checks that
 
 * the run really was Pyodide: the runner's banner says ``sys.platform=emscripten`` and
@@ -31,14 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tools" / "pyodide_run.mjs"
 PYODIDE_ENTRY = ROOT / "node_modules" / "pyodide" / "pyodide.mjs"
 WHEELS = ROOT / ".cache" / "wheels" / "pyodide"
-SUITE = "tests/unit"
+SUITE = ["tests/unit", "tests/renderer"]
+SELECT = ["-m", "not processes"]  # Pyodide cannot start processes
 PYODIDE_TIMEOUT_S = 900
 COLLECT_TIMEOUT_S = 300
 FIX = "run `python3 tools/bootstrap.py core` (or `python3 run_tests.py`) first"
 
 BANNER = re.compile(r"^\[pyodide_run\] (?P<fields>.*)$", re.MULTILINE)
 SUMMARY = re.compile(r"^=*\s*(?P<body>(?:\d+ \w+|no tests ran)(?:, \d+ \w+)*) in [\d.]+s\b.*$", re.MULTILINE)
-COLLECTED = re.compile(r"^(?:(?P<n>\d+)|no) tests? collected", re.MULTILINE)
+COLLECTED = re.compile(r"^(?:(?P<n>\d+)(?:/\d+)?|no) tests? collected", re.MULTILINE)  # "375/378 ... (3 deselected)"
 
 
 def _tail(text: str, lines: int = 200) -> str:
@@ -61,7 +64,7 @@ def _summary_counts(output: str) -> dict[str, int]:
 
 def _cpython_collected() -> int:
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", SUITE],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *SUITE, *SELECT],
         cwd=ROOT, capture_output=True, text=True, timeout=COLLECT_TIMEOUT_S,
     )
     output = proc.stdout + proc.stderr
@@ -88,7 +91,7 @@ def test_unit_suite_passes_inside_pyodide() -> None:
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            [node, str(RUNNER), "--pytest", SUITE, "-q"],
+            [node, str(RUNNER), "--pytest", *SUITE, *SELECT, "-q"],
             cwd=ROOT, capture_output=True, text=True, timeout=PYODIDE_TIMEOUT_S, env=env,
         )
     except subprocess.TimeoutExpired as exc:

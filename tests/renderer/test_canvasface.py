@@ -321,6 +321,7 @@ def test_styles_are_sent_once():
 # ------------------------------------------------------------------ packaging
 
 
+@pytest.mark.processes  # a fresh interpreter in a subprocess
 def test_import_avatarplayer_stays_light_and_exports_face_renderer_lazily():
     code = (
         "import sys, avatarplayer\n"

@@ -46,6 +46,7 @@ def run_node(ops, styles):
     return json.loads(out.stdout)
 
 
+@pytest.mark.processes  # runs node
 @pytest.mark.parametrize("pose", [FacePose(), FacePose(jaw=0.8, blink_left=0.5, yaw=0.3, roll=-0.2, smile=0.5)])
 def test_the_javascript_replays_exactly_the_recorded_calls(pose):
     rec = CanvasRecorder()
