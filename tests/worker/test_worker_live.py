@@ -451,8 +451,11 @@ def test_an_impostor_that_keeps_coming_back_meets_a_backoff(livekit_server: Live
     gaps = [round(b - a, 2) for a, b in zip(kicked, kicked[1:])]
     print(f"\nimpostor dropped {len(kicked)} times in {fight_s:.0f} s, gaps {gaps}; worker: rejoins "
           f"{summary['rejoins']}, attempts {summary['rejoin_attempts']}, disconnects {summary['disconnects']}")
-    # at once, then after 1, 2, 4 s: 4 or 5 within 10 s (a tight loop would make hundreds)
-    assert 3 <= len(kicked) <= 5, (kicked, log[-3000:])
+    # at once, then after 1, 2, 4 s: at most 5 within 10 s (a tight loop would make hundreds). How
+    # many is up to the SDK's join time: one full run saw a join stall in the SDK ("timed out waiting
+    # for ReadyForRoomEventRequest") and only 2 drops, so the design's promise checked here is
+    # the bound, the growing gaps, and that the worker came back at least once before the end
+    assert 2 <= len(kicked) <= 5, (kicked, log[-3000:])
     assert all(gap >= 0.8 * 2 ** k for k, gap in enumerate(gaps)), gaps
     # each attempt but the last was dropped again (while joining or publishing)
     assert summary["rejoins"] == 1 and summary["rejoin_attempts"] <= len(kicked) + 1
