@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from livekit import api, rtc
@@ -124,6 +124,19 @@ def summary_of(proc: subprocess.Popen[str], timeout: float) -> dict:
     lines = [line for line in out.splitlines() if line.strip()]
     assert lines, "the worker printed no summary"
     return json.loads(lines[-1])
+
+
+def play_then_stop(worker: subprocess.Popen, scenario: Any, tmp_path: Path) -> tuple[dict, str]:
+    """Run ``scenario()`` against the worker, then stop it with SIGTERM (killed if need be);
+    returns its summary and its log."""
+    try:
+        asyncio.run(scenario())
+        worker.send_signal(signal.SIGTERM)
+        summary = summary_of(worker, 20)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    return summary, (tmp_path / "worker.log").read_text()
 
 
 def send_log(path: Path) -> list[dict]:
@@ -349,14 +362,7 @@ def test_worker_takes_its_identity_back_from_an_impostor(livekit_server: LiveKit
         await impostor.disconnect()
         await viewer.close()
 
-    try:
-        asyncio.run(scenario())
-        worker.send_signal(signal.SIGTERM)
-        summary = summary_of(worker, 20)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-    log = (tmp_path / "worker.log").read_text()
+    summary, log = play_then_stop(worker, scenario, tmp_path)
     print(f"\nworker back {marks['back'] - marks['impostor']:.2f} s after the impostor joined; "
           f"rejoins {summary['rejoins']}, disconnects {summary['disconnects']}")
     assert worker.returncode == 0, log[-3000:]
@@ -393,14 +399,7 @@ def test_worker_rejoins_after_being_removed(livekit_server: LiveKitServer, tmp_p
         await wait_for(back, 8, "the worker back after its removal")
         await viewer.close()
 
-    try:
-        asyncio.run(scenario())
-        worker.send_signal(signal.SIGTERM)
-        summary = summary_of(worker, 20)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-    log = (tmp_path / "worker.log").read_text()
+    summary, log = play_then_stop(worker, scenario, tmp_path)
     assert summary["rejoins"] == 1 and summary["disconnects"] == {"PARTICIPANT_REMOVED": 1}, log[-3000:]
     assert "disconnected from the room (PARTICIPANT_REMOVED: removed from the room by the server API)" in log
 
@@ -440,14 +439,7 @@ def test_an_impostor_that_keeps_coming_back_meets_a_backoff(livekit_server: Live
         await wait_for(back, 20, "the worker back once the impostor gave up")
         await viewer.close()
 
-    try:
-        asyncio.run(scenario())
-        worker.send_signal(signal.SIGTERM)
-        summary = summary_of(worker, 20)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-    log = (tmp_path / "worker.log").read_text()
+    summary, log = play_then_stop(worker, scenario, tmp_path)
     gaps = [round(b - a, 2) for a, b in zip(kicked, kicked[1:])]
     print(f"\nimpostor dropped {len(kicked)} times in {fight_s:.0f} s, gaps {gaps}; worker: rejoins "
           f"{summary['rejoins']}, attempts {summary['rejoin_attempts']}, disconnects {summary['disconnects']}")
