@@ -478,6 +478,18 @@ def fast_streamer(sink: RecordingSink, **kwargs) -> MotionStreamer:
     return MotionStreamer(sink, clock=FrameClock(0.004, late_threshold_s=0.5), **kwargs)
 
 
+def run_idle(streamer: MotionStreamer, seconds: float = 0.03) -> None:
+    """Run ``streamer`` with nothing to play (it sends IDLE heartbeats) for ``seconds``, then stop it."""
+
+    async def go() -> None:
+        task = asyncio.create_task(streamer.run())
+        await asyncio.sleep(seconds)
+        streamer.stop()
+        await task
+
+    asyncio.run(go())
+
+
 class TestStreamer:
     def test_heartbeats_turns_and_seq_across_turns(self, tmp_path: Path) -> None:
         sink = RecordingSink()
@@ -615,13 +627,7 @@ class TestStreamer:
         log = SendLog(tmp_path / "sent.jsonl")
         streamer = fast_streamer(sink, send_log=log)
 
-        async def go() -> None:
-            task = asyncio.create_task(streamer.run())
-            await asyncio.sleep(0.03)
-            streamer.stop()
-            await task
-
-        asyncio.run(go())
+        run_idle(streamer)
         log.close()
         records = [json.loads(line) for line in (tmp_path / "sent.jsonl").read_text().splitlines()]
         assert records and not any(r["sent"] for r in records)
@@ -633,13 +639,7 @@ class TestStreamer:
         sink.live = False  # joining or rejoining: nothing to refuse, nothing published
         streamer = fast_streamer(sink)
 
-        async def go() -> None:
-            task = asyncio.create_task(streamer.run())
-            await asyncio.sleep(0.03)
-            streamer.stop()
-            await task
-
-        asyncio.run(go())
+        run_idle(streamer)
         assert streamer.stats.offline > 0 and streamer.stats.refused == 0
 
     def test_play_checks_the_sequence(self) -> None:
