@@ -367,10 +367,16 @@ class Publisher:
             log.info("SDK republished %s after a full reconnect (%s -> %s)",
                      publication.name, previous_sid, publication.sid)
 
+        seen = False
+
         @room.on("disconnected")
         def _disconnected(reason: rtc.DisconnectReason.ValueType) -> None:
-            if room is not self.room:
+            nonlocal seen
+            # A room is lost once: a second report (before the rejoin task has replaced
+            # self.room) would count the loss twice.
+            if room is not self.room or seen:
                 return
+            seen = True
             self._live = self._connected = False
             self._lost()
             self._notify("disconnected")

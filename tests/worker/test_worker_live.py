@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -407,49 +408,60 @@ def test_worker_rejoins_after_being_removed(livekit_server: LiveKitServer, tmp_p
 def test_an_impostor_that_keeps_coming_back_meets_a_backoff(livekit_server: LiveKitServer, tmp_path: Path) -> None:
     """Someone who rejoins with the worker's identity each time the worker drops it: no tight loop.
     The worker's waits grow (at once, 1 s, 2 s, 4 s, ...), and once the impostor gives up, the
-    worker is back."""
+    worker is back.
+
+    Measured on the worker's side (its log and summary): how often the impostor itself notices being
+    dropped depends on the SDK, whose join can hang for seconds when the other side takes the
+    identity back during the handshake (seen in CI: an impostor that saw no drop in 10 s)."""
     worker = start_worker(livekit_server, tmp_path, "--room", "fight", "--mode", "scripted",
                           "--frames", "50", "--turns", "1000", "--turn-gap-ms", "200")
-    kicked: list[float] = []
-    fight_s = 10.0
+    worker_log = tmp_path / "worker.log"
+    fight_limit_s = 40.0
+    fought: list[float] = []
 
     async def scenario() -> None:
         viewer = Viewer(livekit_server, "fight")
         await viewer.connect()
         assert viewer.room is not None
         await wait_for(lambda: len(viewer.seen.tracks) == 2, 20, "the worker's tracks")
-        end = time.monotonic() + fight_s
-        while time.monotonic() < end:
+        start = time.monotonic()
+        end = start + fight_limit_s
+
+        def third() -> bool:  # the worker has waited 1 s, then 2 s
+            return "rejoin attempt 3 (after DUPLICATE_IDENTITY)" in worker_log.read_text()
+
+        # join as the worker each time it takes its identity back, until its third attempt
+        while time.monotonic() < end and not third():
             impostor = rtc.Room()
             gone = asyncio.Event()
             impostor.on("disconnected", lambda reason: gone.set())
-            await impostor.connect(livekit_server.url, livekit_server.token(WORKER_IDENTITY, "fight"))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, end - time.monotonic())):
-                    await gone.wait()
-            if gone.is_set():
-                kicked.append(time.monotonic())
+            with contextlib.suppress(Exception):  # a join that the worker cut short
+                async with asyncio.timeout(max(0.1, end - time.monotonic())):
+                    await impostor.connect(livekit_server.url, livekit_server.token(WORKER_IDENTITY, "fight"))
+            while not (gone.is_set() or third()) and time.monotonic() < end:
+                await asyncio.sleep(0.05)
             await impostor.disconnect()
+        fought.append(time.monotonic() - start)
 
         def back() -> bool:
             part = viewer.room.remote_participants.get(WORKER_IDENTITY)  # type: ignore[union-attr]
             return (part is not None and part.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
                     and len(part.track_publications) == 2)
 
-        await wait_for(back, 20, "the worker back once the impostor gave up")
+        # Once the impostor is gone, the worker's next attempt comes after its current wait (at
+        # most 8 s after three attempts, 16 s if a fourth went out meanwhile), and a join the
+        # impostor cut short can hang for up to connect_timeout + 5 = 15 s before that.
+        await wait_for(back, 16 + 15 + 10, "the worker back once the impostor gave up")
         await viewer.close()
 
     summary, log = play_then_stop(worker, scenario, tmp_path)
-    gaps = [round(b - a, 2) for a, b in zip(kicked, kicked[1:])]
-    print(f"\nimpostor dropped {len(kicked)} times in {fight_s:.0f} s, gaps {gaps}; worker: rejoins "
-          f"{summary['rejoins']}, attempts {summary['rejoin_attempts']}, disconnects {summary['disconnects']}")
-    # at once, then after 1, 2, 4 s: at most 5 within 10 s (a tight loop would make hundreds). How
-    # many is up to the SDK's join time: one full run saw a join stall in the SDK ("timed out waiting
-    # for ReadyForRoomEventRequest") and only 2 drops, so the design's promise checked here is
-    # the bound, the growing gaps, and that the worker came back at least once before the end
-    assert 2 <= len(kicked) <= 5, (kicked, log[-3000:])
-    assert all(gap >= 0.8 * 2 ** k for k, gap in enumerate(gaps)), gaps
-    # each attempt but the last was dropped again (while joining or publishing)
-    assert summary["rejoins"] == 1 and summary["rejoin_attempts"] <= len(kicked) + 1
+    waits = [float(w) for w in re.findall(r"rejoin attempt \d+ \(after DUPLICATE_IDENTITY\) in ([\d.]+) s", log)]
+    print(f"\nfought {fought[0]:.1f} s; worker: waits {waits}, rejoins {summary['rejoins']}, "
+          f"attempts {summary['rejoin_attempts']}, disconnects {summary['disconnects']}")
+    assert "rejoin attempt 1 (after DUPLICATE_IDENTITY) now" in log, log[-3000:]
+    # the impostor got as far as the third attempt, and each wait doubled the one before
+    assert len(waits) >= 2 and waits == [2.0 ** k for k in range(len(waits))], (waits, log[-3000:])
+    # a tight loop would make hundreds of attempts: here at once, 1, 2, 4, 8, 16 s at most
+    assert 3 <= summary["rejoin_attempts"] <= 6, summary
+    assert summary["rejoins"] >= 1
     assert set(summary["disconnects"]) == {"DUPLICATE_IDENTITY"}
-    assert "rejoin attempt 3 (after DUPLICATE_IDENTITY" in log
