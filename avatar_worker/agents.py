@@ -21,7 +21,7 @@ in requirements/agents.txt) and 1.8.9:
 - Each segment is played as one turn (docs/wire-format.md: TRANSITION, START ... END,
   TRANSITION_END), resampled and downmixed to 48 kHz mono, with motion generated from its
   envelope by the same path as speech mode (:class:`avatar_worker.motion_gen.MotionGenerator`,
-  :func:`avatarplayer.messages.build_message`, :func:`avatar_worker.turns.build_turn`).
+  :func:`avatarplayer.wire.messages.build_message`, :func:`avatar_worker.turns.build_turn`).
   Playback starts once :data:`PREBUFFER_FRAMES` frames are in (or the segment is complete).
 - RPC ``lk.clear_buffer`` (payload empty), registered by the worker: only the agent may call it
   (see below); the worker stops at once — the turn is interrupted and closed with TRANSITION_END
@@ -78,8 +78,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from avatarplayer.messages import build_message
-from avatarplayer.motion import Flags
+from avatarplayer.wire.messages import build_message
+from avatarplayer.wire.motion import Flags
 
 from . import audio as pcm_audio
 from .config import WorkerConfig

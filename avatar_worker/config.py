@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
-from avatarplayer.motion import Compression
+from avatarplayer.wire.motion import Compression
 
 from .carrier import DEFAULT_DATA_TOPIC, check_topic
 from .script import Injection

@@ -20,12 +20,12 @@ import random
 from collections.abc import Sequence
 
 from avatarplayer.constants import FRAME_RATE
-from avatarplayer.messages import FLAME_FIELDS
+from avatarplayer.wire.messages import FLAME_FIELDS
 
 __all__ = ["MotionGenerator", "Pose", "neutral_pose"]
 
 Pose = dict[str, list[float]]
-"""FLAME parameter name → floats, as taken by :func:`avatarplayer.messages.build_message`."""
+"""FLAME parameter name → floats, as taken by :func:`avatarplayer.wire.messages.build_message`."""
 
 _BLINK = (0.35, 0.85, 1.0, 0.7, 0.35, 0.1)
 """Eyelid closure over one blink (0 open .. 1 closed): closing is quicker than opening."""

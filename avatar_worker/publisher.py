@@ -66,7 +66,7 @@ __all__ = ["LiveKitSettings", "Publisher", "PublisherError", "RejoinBackoff", "R
 log = logging.getLogger(__name__)
 
 VIDEO_SIZE = (16, 16)
-"""The carrier's VP8 key frame is 16x16 (``avatarplayer.motion.VP8_KEYFRAME_PREFIX``)."""
+"""The carrier's VP8 key frame is 16x16 (``avatarplayer.wire.motion.VP8_KEYFRAME_PREFIX``)."""
 
 _WHY = {
     rtc.DisconnectReason.DUPLICATE_IDENTITY:

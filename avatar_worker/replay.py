@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from avatarplayer.constants import MAX_PACKET_BODY
-from avatarplayer.messages import build_message, parse_message
+from avatarplayer.wire.messages import build_message, parse_message
 
 from . import audio as pcm_audio
 from .config import WorkerConfig

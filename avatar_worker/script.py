@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass, replace
 
 from avatarplayer.constants import FRAME_INTERVAL_MS, FRAME_RATE
-from avatarplayer.messages import FLAME_FIELDS, build_message
-from avatarplayer.motion import Compression, Flags
+from avatarplayer.wire.messages import FLAME_FIELDS, build_message
+from avatarplayer.wire.motion import Compression, Flags
 
 from .audio import click, tone
 from .motion_gen import Pose
@@ -115,7 +115,7 @@ class Injection:
 
 
 def malformed_packet(rng: random.Random, seq: int = 0) -> bytes:
-    """A byte string that ``avatarplayer.motion.decode_packet`` must reject (one of several kinds)."""
+    """A byte string that ``avatarplayer.wire.motion.decode_packet`` must reject (one of several kinds)."""
     body = seq.to_bytes(4, "little") + b"\x08\x05"
     kind = rng.randrange(8)
     if kind == 0:  # shorter than a header

@@ -6,8 +6,8 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from avatarplayer.messages import build_message
-from avatarplayer.motion import Compression
+from avatarplayer.wire.messages import build_message
+from avatarplayer.wire.motion import Compression
 
 from . import audio as pcm_audio
 from .motion_gen import MotionGenerator

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from avatarplayer.motion import Flags, wrap_frame
+from avatarplayer.wire.motion import Flags, wrap_frame
 
 from .audio import SILENCE
 from .pacing import FrameClock, TickTime

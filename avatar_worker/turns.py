@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from avatarplayer.motion import Compression, Flags, MotionPacket, encode_packet
+from avatarplayer.wire.motion import Compression, Flags, MotionPacket, encode_packet
 
 from .audio import BYTES_PER_FRAME
 

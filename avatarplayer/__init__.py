@@ -12,14 +12,14 @@ packets from its VP8 track, paces them at 25 fps and hands them to a renderer.
 
 The pure core, importable anywhere (CPython or Pyodide, no browser needed):
 
-* :mod:`avatarplayer.motion` – motion packets and VP8 carrier frames
+* :mod:`avatarplayer.wire.motion` – motion packets and VP8 carrier frames
   (:func:`decode_packet`, :func:`encode_packet`, :func:`wrap_frame`, :func:`unwrap_frame`).
 * :mod:`avatarplayer.jitter` – :class:`JitterBuffer`, 40 ms ticks, 80 ms max delay.
 * :mod:`avatarplayer.stall` – :class:`StallDetector`; :mod:`avatarplayer.turns` – turn tracking.
 * :mod:`avatarplayer.pipeline` – :class:`MotionPipeline`: all of the above, packets in,
   render-ordered events out; :class:`SessionSummary` its counters.
 
-The reference renderer, :class:`FaceRenderer` (:mod:`avatarplayer.canvasface`), draws a stylized
+The reference renderer, :class:`FaceRenderer` (:mod:`avatarplayer.face.canvas`), draws a stylized
 face on a ``<canvas>`` from each frame's FLAME values; it needs the ``protobuf`` wheel in the page
 and is imported on first use, so ``import avatarplayer`` stays light::
 
@@ -28,7 +28,7 @@ and is imported on first use, so ``import avatarplayer`` stays light::
 
 from .events import ConnectionState, PlayerEvent
 from .jitter import JitterBuffer, JitterCounters, PushResult
-from .motion import (
+from .wire.motion import (
     Flags,
     MotionPacket,
     PacketError,
@@ -38,10 +38,11 @@ from .motion import (
     unwrap_frame,
     wrap_frame,
 )
-from .livekit import LiveKitProvider
+from .browser.livekit import LiveKitProvider
 from .pipeline import MotionPipeline, Stalled
-from .datamsg import AgentStatus, DataMessage, TranscriptChunk
-from .player import AvatarPlayer, ConnectConfig, ConnectConfigError, ConnectError, MediaDeviceError, Renderer
+from .wire.datamsg import AgentStatus, DataMessage, TranscriptChunk
+from .errors import ConnectConfigError, ConnectError, MediaDeviceError
+from .player import AvatarPlayer, ConnectConfig, Renderer
 from .stall import StallDetector
 from .summary import SessionSummary
 from .turns import Frame, Transition, TurnEnded, TurnStarted, TurnTracker, new_conversation_id
@@ -51,7 +52,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "FaceRenderer":  # lazily: the player alone does not need the renderer
-        from .canvasface import FaceRenderer
+        from .face.canvas import FaceRenderer
 
         return FaceRenderer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

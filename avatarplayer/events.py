@@ -36,11 +36,11 @@ class PlayerEvent(enum.StrEnum):
     AUDIO_PLAYBACK_CHANGED = "audio-playback-changed"
     """Payload: True when the avatar's audio can play, False when it is blocked."""
     DATA_MESSAGE = "data-message"
-    """Payload: a :class:`~avatarplayer.datamsg.DataMessage` (every data message but motion)."""
+    """Payload: a :class:`~avatarplayer.wire.datamsg.DataMessage` (every data message but motion)."""
     TRANSCRIPT = "transcript"
-    """Payload: a :class:`~avatarplayer.datamsg.TranscriptChunk` (``transcript_chunk`` messages)."""
+    """Payload: a :class:`~avatarplayer.wire.datamsg.TranscriptChunk` (``transcript_chunk`` messages)."""
     AGENT_STATUS = "agent-status"
-    """Payload: an :class:`~avatarplayer.datamsg.AgentStatus` (``agent_status`` messages)."""
+    """Payload: an :class:`~avatarplayer.wire.datamsg.AgentStatus` (``agent_status`` messages)."""
     SYNC_CHANGED = "sync-changed"
     """Payloads: the mode, "audio" (frames are released when their audio is heard) or
     "independent" (on arrival), and the reason: "locked", "no-audio", "audio-stalled", "no-rtp",

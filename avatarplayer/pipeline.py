@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 from .constants import FRAME_INTERVAL_MS, JITTER_MAX_FRAMES, MAX_BUFFER_DELAY_MS, STALL_TIMEOUT_MS
 from .jitter import JitterBuffer
-from .motion import Flags, MotionPacket, PacketError, decode_packet
+from .wire.motion import Flags, MotionPacket, PacketError, decode_packet
 from .stall import StallDetector
 from .summary import SessionSummary
 from .sync import AUDIO_PATH_MS, NEW_CLOCK_MS, AudioStats, PlayoutClock, SyncMode, SyncReason

@@ -1,6 +1,6 @@
 """AvatarPlayer: connection state, events, the 40 ms render clock, and the renderer calls.
 
-The player owns no browser objects itself: the provider (:class:`~avatarplayer.livekit.LiveKitProvider`)
+The player owns no browser objects itself: the provider (:class:`~avatarplayer.browser.livekit.LiveKitProvider`)
 does the JavaScript interop and hands it packets and room state through :class:`ProviderSink`.
 So everything here also runs under CPython with a stand-in provider, in unit tests.
 """
@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 from . import options
 from .constants import FRAME_INTERVAL_MS, MAX_BUFFER_DELAY_MS, STALL_TIMEOUT_MS
-from .datamsg import AgentStatus, TranscriptChunk, parse_data_message
+from .errors import ConnectConfigError, ConnectError, MediaDeviceError
+from .wire.datamsg import AgentStatus, TranscriptChunk, parse_data_message
 from .events import ConnectionState, EventEmitter, PlayerEvent
 from .pipeline import MotionPipeline, Stalled, SyncChanged
 from .summary import SessionSummary
@@ -26,7 +27,7 @@ from .sync import AudioStats, SyncMode
 from .ticker import Ticker
 from .turns import Frame, Transition, TurnEnded, TurnStarted
 
-__all__ = ["AvatarPlayer", "ConnectConfig", "Renderer", "ConnectError", "ConnectConfigError", "MediaDeviceError"]
+__all__ = ["AvatarPlayer", "ConnectConfig", "ProviderSink", "Renderer"]
 
 
 class Renderer(Protocol):
@@ -36,34 +37,6 @@ class Renderer(Protocol):
     def yield_frames_data(self, frames: Sequence[bytes], conversation_id: str) -> None: ...
 
     def yield_audio_data(self, data: bytes, is_last: bool) -> str | None: ...
-
-
-class ConnectError(ConnectionError):
-    """``connect`` failed. ``cause`` says why: ``"config"`` (a bad URL or token argument),
-    ``"token"`` (the server rejected the token: wrong key, bad signature, expired),
-    ``"unreachable"`` (nothing answered, or not a LiveKit server) or ``"timeout"``."""
-
-    def __init__(self, message: str, cause: str) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-class ConnectConfigError(ConnectError, ValueError):
-    """The arguments of ``connect`` were wrong (cause ``"config"``); also a ``ValueError``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "config")
-
-
-class MediaDeviceError(RuntimeError):
-    """The microphone could not be opened. ``name`` is the browser's error name
-    (``NotAllowedError``, ``NotFoundError``, ...); ``cause`` is ``"permission-denied"``,
-    ``"no-device"``, ``"device-busy"`` or ``"other"``."""
-
-    def __init__(self, message: str, name: str, cause: str) -> None:
-        super().__init__(message)
-        self.name = name
-        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,7 +447,7 @@ def _adapt_renderer(renderer: Any) -> Any:
     if callable(getattr(renderer, "yield_frames_data", None)):
         return renderer
     if getattr(renderer, "yieldFramesData", None) is not None:  # a JavaScript renderer
-        from ._jsrenderer import JsRenderer
+        from .browser.jsrenderer import JsRenderer
 
         return JsRenderer(renderer)
     raise TypeError(f"renderer must have yield_frames_data(frames, conversation_id) (or a JS yieldFramesData), "

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .motion import Flags
+from .wire.motion import Flags
 
 __all__ = [
     "TurnTracker",

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from avatarplayer.motion import (  # noqa: E402
+from avatarplayer.wire.motion import (  # noqa: E402
     Flags,
     MotionPacket,
     decode_packet,
@@ -341,10 +341,10 @@ def run_inner(quick: bool) -> dict:
 
 
 def _payload_check() -> bool | None:
-    """True when the hand-made payload is byte for byte what ``avatarplayer.messages`` (the real
+    """True when the hand-made payload is byte for byte what ``avatarplayer.wire.messages`` (the real
     protobuf schema) serializes for the same keyframe; None where protobuf is not installed."""
     try:
-        from avatarplayer.messages import build_message
+        from avatarplayer.wire.messages import build_message
     except Exception:
         return None
     keyframe = make_keyframes(1)[0]

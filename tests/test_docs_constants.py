@@ -20,9 +20,9 @@ DOC = ROOT / "docs" / "wire-format.md"
 # Entries the checker cannot read as a module attribute or a JS number, with the reason.
 NOT_CHECKED = {
     ("CARRIER_MAGIC", "worker_transform/motion-transform.js"): "a byte array, checked below",
-    ("TRAILER", "avatarplayer/motion.py"): "private",
+    ("TRAILER", "avatarplayer/wire/motion.py"): "private",
     ("VP8_KEYFRAME_PREFIX", "tests/vectors/manifest.json"): "checked by tests/unit/test_vectors.py",
-    ("COMPACT_HEADER", "avatarplayer/livekit.py"): "a struct, checked below",
+    ("COMPACT_HEADER", "avatarplayer/wire/compact.py"): "a struct, checked below",
     ("video_track_name", "avatar_worker/config.py"): "a dataclass default, checked below",
     ("video_track_name", "avatar_worker/cli.py"): "an option default",
     ("audio_track_name", "avatar_worker/config.py"): "a dataclass default, checked below",
@@ -70,7 +70,7 @@ def test_the_table_is_there_and_names_files_that_exist():
 @pytest.mark.parametrize("constant, value, places", ROWS, ids=[r[0] for r in ROWS])
 def test_each_constant_has_the_documented_value(constant, value, places):
     if constant == "VP8_KEYFRAME_PREFIX":
-        from avatarplayer.motion import VP8_KEYFRAME_PREFIX
+        from avatarplayer.wire.motion import VP8_KEYFRAME_PREFIX
 
         assert VP8_KEYFRAME_PREFIX.hex() == re.match(r"`([0-9a-f]+)`", value).group(1)
         return
@@ -94,14 +94,15 @@ def test_each_constant_has_the_documented_value(constant, value, places):
 def test_the_entries_read_another_way():
     from avatar_worker.config import LiveKitSettings
     from avatarplayer.constants import CARRIER_MAGIC
-    from avatarplayer.livekit import _COMPACT, DEFAULT_TRANSFORM_WORKER_URL
+    from avatarplayer.browser.livekit import DEFAULT_TRANSFORM_WORKER_URL
+    from avatarplayer.wire.compact import COMPACT_HEADER
 
     rows = {constant: literal(value) for constant, value, _ in ROWS if constant != "VP8_KEYFRAME_PREFIX"}
     js = (ROOT / "worker_transform" / "motion-transform.js").read_text()
     magic = re.search(r"\bconst MAGIC\s*=\s*\[([^\]]+)\]", js)
     assert magic, "motion-transform.js: no MAGIC byte array"
     assert bytes(int(b, 0) for b in magic.group(1).split(",")) == CARRIER_MAGIC == rows["CARRIER_MAGIC"]
-    assert _COMPACT.size == rows["COMPACT_HEADER"]
+    assert COMPACT_HEADER.size == rows["COMPACT_HEADER"]
     fields = {f: getattr(LiveKitSettings, "__dataclass_fields__")[f].default
               for f in ("video_track_name", "audio_track_name")}
     assert fields == {"video_track_name": rows["video_track_name"], "audio_track_name": rows["audio_track_name"]}

@@ -5,7 +5,7 @@ import shutil
 import struct
 import subprocess
 
-from avatarplayer.motion import Flags, MotionPacket, encode_packet, wrap_frame
+from avatarplayer.wire.motion import Flags, MotionPacket, encode_packet, wrap_frame
 
 
 def _ivf(frames: list[bytes]) -> bytes:

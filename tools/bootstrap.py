@@ -118,7 +118,8 @@ def ensure_web_wheels() -> Path:
     """The wheels a page installs into Pyodide: avatarplayer itself (rebuilt when its sources
     change) plus the pinned pure-Python ones of requirements/web.txt, if any."""
     out = CACHE / "wheels" / "web"
-    sources = sorted((ROOT / "avatarplayer").rglob("*.py"))
+    sources = sorted(p for p in (ROOT / "avatarplayer").rglob("*")
+                     if p.is_file() and p.suffix in (".py", ".js", ".typed"))
     web_reqs = ROOT / "requirements" / "web.txt"
     digest = _digest(ROOT / "pyproject.toml", web_reqs, *sources, *(p.relative_to(ROOT).as_posix() for p in sources))
     if _fresh("web-wheels", digest) and any(out.glob("avatarplayer-*.whl")):
@@ -127,6 +128,9 @@ def ensure_web_wheels() -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     pip = [str(venv_python()), "-m", "pip", "--disable-pip-version-check", "-q"]
+    # setuptools builds in ./build and keeps what it finds there: a module moved or deleted since
+    # the last build would still ship
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     run([*pip, "wheel", "--no-deps", "-w", str(out), str(ROOT)])
     if web_reqs.exists():
         run([*pip, "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.14",

@@ -3,7 +3,7 @@
 Runs in the browser. ``index.html`` loads it with ``config="/pyscript.json"``, which points PyScript
 at the locally served Pyodide and installs the ``avatarplayer`` wheel, so nothing comes from a CDN.
 
-The renderer is the package's reference face (:mod:`avatarplayer.canvasface`): it decodes each
+The renderer is the package's reference face (:mod:`avatarplayer.face.canvas`): it decodes each
 frame's FLAME values with protobuf and draws mouth, blinks, gaze, head and a little expression, with
 an idle loop and eased blends into and out of each turn.
 
@@ -25,7 +25,7 @@ from pyodide.http import pyfetch
 from pyscript import when
 
 from avatarplayer import AvatarPlayer, LiveKitProvider
-from avatarplayer.canvasface import FaceRenderer
+from avatarplayer.face.canvas import FaceRenderer
 
 demo = js.window.demo
 document = js.document
@@ -52,7 +52,7 @@ publish_timings()
 
 
 class DemoRenderer(FaceRenderer):
-    """The reference face renderer (avatarplayer.canvasface), plus the counters the page shows."""
+    """The reference face renderer (avatarplayer.face.canvas), plus the counters the page shows."""
 
     def __init__(self, canvas) -> None:
         super().__init__(canvas)

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from avatar_worker.script import payload_for  # noqa: E402
-from avatarplayer.datamsg import CONTROL_TOPIC, MOTION_TOPIC  # noqa: E402
-from avatarplayer.motion import Flags, MotionPacket, encode_packet  # noqa: E402
+from avatarplayer.wire.datamsg import CONTROL_TOPIC, MOTION_TOPIC  # noqa: E402
+from avatarplayer.wire.motion import Flags, MotionPacket, encode_packet  # noqa: E402
 
 ATTACKS = ("video", "spoof", "deep", "carrier", "burst")
 SPOOFED_TEXT = "I am not the avatar"

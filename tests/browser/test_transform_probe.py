@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from avatarplayer.motion import Flags, PacketError, decode_packet
+from avatarplayer.wire.motion import Flags, PacketError, decode_packet
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from avatarplayer.canvasface import (
+from avatarplayer.face.canvas import (
     MOUTH_INSIDE,
     NOSE_SHINE,
     SCLERA,
@@ -15,8 +15,8 @@ from avatarplayer.canvasface import (
     FacePainter,
     FaceRenderer,
 )
-from avatarplayer.face import FacePose
-from avatarplayer.messages import FLAME_FIELDS, build_message
+from avatarplayer.face.model import FacePose
+from avatarplayer.wire.messages import FLAME_FIELDS, build_message
 
 from .fakes import Browser, FakeCanvas, FakeClock
 
@@ -325,10 +325,10 @@ def test_styles_are_sent_once():
 def test_import_avatarplayer_stays_light_and_exports_face_renderer_lazily():
     code = (
         "import sys, avatarplayer\n"
-        "assert 'avatarplayer.canvasface' not in sys.modules\n"
+        "assert 'avatarplayer.face.canvas' not in sys.modules\n"
         "assert not any(m.startswith('google') for m in sys.modules)\n"
         "from avatarplayer import FaceRenderer\n"
-        "assert FaceRenderer.__module__ == 'avatarplayer.canvasface'\n"
+        "assert FaceRenderer.__module__ == 'avatarplayer.face.canvas'\n"
         "assert 'FaceRenderer' in dir(avatarplayer) and 'FaceRenderer' in avatarplayer.__all__\n"
         "assert not any(m.startswith('google') for m in sys.modules), 'protobuf loads on first decode only'\n"
         "assert 'js' not in sys.modules\n"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from avatarplayer.face import FaceDirector, FacePose, IdleAnimator, Mode
+from avatarplayer.face.model import FaceDirector, FacePose, IdleAnimator, Mode
 
 from .fakes import FakeClock
 

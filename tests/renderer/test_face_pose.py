@@ -1,10 +1,10 @@
-"""FLAME keyframe → FacePose, and decoding whole Messages (avatarplayer.face)."""
+"""FLAME keyframe → FacePose, and decoding whole Messages (avatarplayer.face.model)."""
 
 import math
 
 import pytest
 
-from avatarplayer.face import (
+from avatarplayer.face.model import (
     GAZE_FULL,
     JAW_FULL_OPEN,
     FacePose,
@@ -12,7 +12,7 @@ from avatarplayer.face import (
     pose_from_flame,
     pose_from_message,
 )
-from avatarplayer.messages import FLAME_FIELDS, build_message
+from avatarplayer.wire.messages import FLAME_FIELDS, build_message
 
 
 def neutral():
@@ -112,7 +112,7 @@ def test_pose_from_message_decodes_the_last_keyframe():
 
 
 def test_a_message_without_keyframes_gives_none():
-    from avatarplayer.messages import MESSAGE_SERVER_RESPONSE_ANIMATION, Message
+    from avatarplayer.wire.messages import MESSAGE_SERVER_RESPONSE_ANIMATION, Message
 
     empty = Message(type=MESSAGE_SERVER_RESPONSE_ANIMATION).SerializeToString()
     assert pose_from_message(empty) is None

@@ -2,7 +2,7 @@
 
 import pytest
 
-from avatarplayer.face import IdleAnimator
+from avatarplayer.face.model import IdleAnimator
 
 
 def run(seed=1, seconds=60.0, fps=25):

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from avatarplayer.canvasface import REPLAY_JS, CanvasRecorder, FacePainter
-from avatarplayer.face import FacePose
+from avatarplayer.face.canvas import REPLAY_JS, CanvasRecorder, FacePainter
+from avatarplayer.face.model import FacePose
 
 SCRIPT = r"""
 const [body, stylesJson, ops] = JSON.parse(require("fs").readFileSync(0, "utf8"));

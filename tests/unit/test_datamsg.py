@@ -1,10 +1,10 @@
-"""Agent data messages -> typed values (avatarplayer.datamsg): never raises, keeps the raw bytes."""
+"""Agent data messages -> typed values (avatarplayer.wire.datamsg): never raises, keeps the raw bytes."""
 
 import json
 
 from hypothesis import given, strategies as st
 
-from avatarplayer.datamsg import AgentStatus, DataMessage, TranscriptChunk, parse_data_message
+from avatarplayer.wire.datamsg import AgentStatus, DataMessage, TranscriptChunk, parse_data_message
 
 
 def encode(value) -> bytes:

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from avatarplayer.constants import CARRIER_MAGIC, MAX_PACKET_BODY
-from avatarplayer.motion import (
+from avatarplayer.wire.motion import (
     VP8_KEYFRAME_PREFIX,
     Flags,
     MotionPacket,
@@ -215,7 +215,7 @@ def test_vp8_prefix_is_a_16x16_key_frame():
 @given(st.binary(max_size=3000))
 @settings(max_examples=200)
 def test_gzip_is_standard_and_platform_independent(data):
-    from avatarplayer.motion import gzip_compress
+    from avatarplayer.wire.motion import gzip_compress
 
     packed = gzip_compress(data)
     assert gzip.decompress(packed) == data

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from avatarplayer.livekit import LiveKitProvider
+from avatarplayer.browser.livekit import LiveKitProvider
 from avatarplayer.options import is_motion_track
 
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from avatarplayer.motion import Flags, MotionPacket, encode_packet
+from avatarplayer.wire.motion import Flags, MotionPacket, encode_packet
 from avatarplayer.pipeline import MotionPipeline, Stalled
 from avatarplayer.turns import Frame, Transition, TurnEnded, TurnStarted
 

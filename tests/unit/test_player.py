@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from avatarplayer.events import ConnectionState
-from avatarplayer.motion import Flags, MotionPacket, encode_packet
+from avatarplayer.wire.motion import Flags, MotionPacket, encode_packet
 from avatarplayer.player import AvatarPlayer, ConnectConfig, ConnectError
 
 
@@ -299,7 +299,7 @@ def test_audio_blocked_and_resumed_events_fire_on_changes_only():
 
 
 def test_data_messages_become_typed_events():
-    from avatarplayer.datamsg import AgentStatus, TranscriptChunk
+    from avatarplayer.wire.datamsg import AgentStatus, TranscriptChunk
 
     player, *_ = make()
     seen = {name: [] for name in ("data-message", "transcript", "agent-status")}

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from avatarplayer.jitter import JitterBuffer
-from avatarplayer.motion import Flags, MotionPacket, encode_packet
+from avatarplayer.wire.motion import Flags, MotionPacket, encode_packet
 from avatarplayer.pipeline import MotionPipeline, SyncChanged
 from avatarplayer.turns import Frame, TurnStarted
 from avatarplayer.sync import (

@@ -1,4 +1,4 @@
-"""Whom the provider obeys (avatarplayer.livekit): only the avatar, and the agent it speaks for.
+"""Whom the provider obeys (avatarplayer.browser.livekit): only the avatar, and the agent it speaks for.
 
 The provider's decisions are plain Python over a few participant fields; the JavaScript objects
 are replaced by small stand-ins with the same fields (identity, kind, attributes).
@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from avatarplayer.datamsg import CONTROL_TOPIC, MOTION_TOPIC, parse_json
-from avatarplayer.livekit import MAX_PENDING_PACKETS, LiveKitProvider
+from avatarplayer.wire.datamsg import CONTROL_TOPIC, MOTION_TOPIC, parse_json
+from avatarplayer.browser.livekit import MAX_PENDING_PACKETS, LiveKitProvider
 
 AGENT = 4
 
@@ -68,7 +68,7 @@ class Room:
 
 @pytest.fixture(autouse=True)
 def page_clock(monkeypatch):
-    monkeypatch.setattr("avatarplayer.livekit._now_ms", lambda: 1000.0)
+    monkeypatch.setattr("avatarplayer.browser.livekit._now_ms", lambda: 1000.0)
 
 
 def provider(*participants, **options):

@@ -1,6 +1,6 @@
 import re
 
-from avatarplayer.motion import Flags
+from avatarplayer.wire.motion import Flags
 from avatarplayer.turns import Frame, Transition, TurnEnded, TurnStarted, TurnTracker, new_conversation_id
 
 

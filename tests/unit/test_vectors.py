@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from avatarplayer.motion import Flags, PacketError, decode_packet, encode_packet, unwrap_frame
+from avatarplayer.wire.motion import Flags, PacketError, decode_packet, encode_packet, unwrap_frame
 from tests.vectors import make_vectors
 
 VECTORS = Path(make_vectors.__file__).parent

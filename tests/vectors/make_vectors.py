@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from avatarplayer.motion import VP8_KEYFRAME_PREFIX, Flags, MotionPacket, encode_packet, gzip_compress  # noqa: E402
+from avatarplayer.wire.motion import VP8_KEYFRAME_PREFIX, Flags, MotionPacket, encode_packet, gzip_compress  # noqa: E402
 
 NAMED_FLAGS = [Flags.IDLE, Flags.START, Flags.END, Flags.TRANSITION, Flags.TRANSITION_END, Flags.REDUNDANT]
 

@@ -36,7 +36,7 @@ from avatar_worker.config import LiveKitSettings, WorkerConfig
 from avatar_worker.pacing import FrameClock
 from avatar_worker.streamer import MotionStreamer, SendLog
 from avatar_worker.turns import TurnFrame
-from avatarplayer.motion import Flags, decode_packet, unwrap_frame
+from avatarplayer.wire.motion import Flags, decode_packet, unwrap_frame
 
 AGENT = "agent-1"
 SETTINGS = LiveKitSettings(url="ws://127.0.0.1:1", api_key="k", api_secret="s" * 32, room="r")
@@ -295,7 +295,7 @@ def test_chunks_make_one_turn() -> None:
     a = chunk_turn(msgs[:3], 10, first=True, final=False)
     b = chunk_turn(msgs[3:5], a.next_seq, first=False, final=False, context=msgs[:3])
     c = chunk_turn(msgs[5:], b.next_seq, first=False, final=True, context=msgs[:5])
-    from avatarplayer.motion import decode_packet as dp
+    from avatarplayer.wire.motion import decode_packet as dp
 
     packets = [dp(e.packet) for t in (a, b, c) for tick in t.ticks for e in tick.emissions]
     flags = [p.flags for p in packets]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from avatarplayer.constants import FRAME_INTERVAL_MS
-from avatarplayer.messages import (
+from avatarplayer.wire.messages import (
     FLAME_FIELDS,
     MESSAGE_SERVER_RESPONSE_ANIMATION,
     Flame,
@@ -26,7 +26,7 @@ from avatarplayer.messages import (
     build_message,
     parse_message,
 )
-from avatarplayer.motion import Flags, PacketError, decode_packet, unwrap_frame, VP8_KEYFRAME_PREFIX
+from avatarplayer.wire.motion import Flags, PacketError, decode_packet, unwrap_frame, VP8_KEYFRAME_PREFIX
 from avatar_worker import audio
 from avatar_worker.cli import build_parser, config_from_args
 from avatar_worker.config import LiveKitSettings, WorkerConfig
@@ -114,7 +114,7 @@ class TestMessages:
 
     def test_pure_python_protobuf_gives_the_same_bytes(self) -> None:
         """What Pyodide runs: no upb extension, the pure-Python implementation."""
-        code = ("from avatarplayer.messages import build_message, FLAME_FIELDS;"
+        code = ("from avatarplayer.wire.messages import build_message, FLAME_FIELDS;"
                 "from google.protobuf.internal import api_implementation as a;"
                 "import sys; assert a.Type() == 'python', a.Type();"
                 "sys.stdout.write(build_message({k: [0.25]*n for k, n in FLAME_FIELDS.items()}, req_id='x').hex())")
@@ -428,7 +428,7 @@ class TestScript:
         assert decode_packet(first.packet).flags & Flags.START
 
     def test_bad_packets_ride_in_valid_carrier_frames(self) -> None:
-        from avatarplayer.motion import wrap_frame
+        from avatarplayer.wire.motion import wrap_frame
 
         turn = inject(plan_scripted_turn(0, 100), Injection(bad=0.3, seed=2))
         bads = [e for tk in turn.ticks for e in tk.emissions if e.kind == "bad"]

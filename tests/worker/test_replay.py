@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from avatarplayer.messages import parse_message
-from avatarplayer.motion import Flags, decode_packet
+from avatarplayer.wire.messages import parse_message
+from avatarplayer.wire.motion import Flags, decode_packet
 from avatar_worker import audio as pcm_audio
 from avatar_worker.cli import build_parser, config_from_args
 from avatar_worker.config import LiveKitSettings, WorkerConfig

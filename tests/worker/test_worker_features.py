@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from avatarplayer.motion import Flags, PacketError, decode_packet, unwrap_frame
+from avatarplayer.wire.motion import Flags, PacketError, decode_packet, unwrap_frame
 from avatar_worker.agent_data import AgentMessages, agent_status, chunk_due, split_transcript, transcript_chunk
 from avatar_worker.audio_report import AudioMeter, AudioReport
 from avatar_worker.carrier import (
@@ -831,7 +831,7 @@ def test_lossy_packets_survive_the_carrier_round_trip() -> None:
     rng = random.Random(4)
     turn = inject(plan_scripted_turn(0, 50), Injection(reorder=0.2, seed=4), rng)
     for e in (e for tick in turn.ticks for e in tick.emissions):
-        from avatarplayer.motion import wrap_frame
+        from avatarplayer.wire.motion import wrap_frame
 
         _, video_packet = unwrap_frame(wrap_frame(e.packet))
         v, d = decode_packet(video_packet), decode_packet(e.data_bytes)

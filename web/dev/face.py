@@ -1,7 +1,7 @@
 """Preview of the reference face renderer, fed with synthetic motion frames (no LiveKit).
 
 Run by face.js inside Pyodide. Frames are real serialized ``Message`` bytes made with
-``avatarplayer.messages.build_message`` and handed to the renderer the way the player does: a
+``avatarplayer.wire.messages.build_message`` and handed to the renderer the way the player does: a
 TRANSITION, then ``turn_started`` and one ``yield_frames_data`` per 40 ms tick, ``turn_ended`` at
 the end.
 
@@ -23,7 +23,7 @@ import js
 from pyodide.ffi import create_proxy
 
 from avatarplayer import FaceRenderer
-from avatarplayer.messages import FLAME_FIELDS, build_message
+from avatarplayer.wire.messages import FLAME_FIELDS, build_message
 
 params = js.URLSearchParams.new(js.location.search)
 face_api = js.window.face
@@ -214,7 +214,7 @@ def bench(n=600):
         renderer.draw()
         idle_ms.append(now() - t)
     decode_ms = []
-    from avatarplayer.face import pose_from_message
+    from avatarplayer.face.model import pose_from_message
 
     for message in messages:
         t = now()

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import struct
 from typing import Any
 
-from . import options
-from .datamsg import CONTROL_TOPIC, MOTION_TOPIC, parse_json
-from .events import ConnectionState
+from .. import options
+from ..wire.datamsg import CONTROL_TOPIC, MOTION_TOPIC, parse_json
+from ..events import ConnectionState
+from ..wire.compact import COMPACT_HEADER
+from .jsutil import js_source
 
 __all__ = ["LiveKitProvider", "DEFAULT_LIVEKIT_CLIENT_URL", "DEFAULT_TRANSFORM_WORKER_URL"]
 
@@ -24,7 +25,6 @@ DEFAULT_LIVEKIT_CLIENT_URL = "/vendor/livekit-client/livekit-client.esm.mjs"
 DEFAULT_TRANSFORM_WORKER_URL = "/worker_transform/motion-transform.js"
 TRANSFORM_MODES = ("auto", "script", "streams", "data")
 AUDIO_POLICIES = ("avatar", "all", "none")
-_COMPACT = struct.Struct("<Idd")  # id, arrivalMs, rtpTimestamp: the compact packet header
 ATTACH_ACK_TIMEOUT_MS = 1500
 """A transform the worker has not reported running after this long is attached again."""
 WATCHDOG_MIN_FRAMES = 10
@@ -38,110 +38,6 @@ PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
 """The attribute a LiveKit Agents avatar sets to the identity of the agent it speaks for."""
 MAX_PENDING_PACKETS = 50
 """Packets held per video receiver while the motion track is not known yet (2 s at 25 fps)."""
-
-# Data messages go through this filter before they reach Python: messages from participants the
-# player does not trust are counted here (by topic) and dropped, so a burst of them costs no
-# Python call. Trusted: the identities Python put in ``trusted``, server messages (no
-# participant), and, while ``open`` (no avatar known yet), any participant of kind agent. Python
-# checks again: this is only the cheap first cut.
-_DATA_FILTER_JS = """
-((handler, lk) => {
-  const agentKind = lk.ParticipantKind ? lk.ParticipantKind.AGENT : 4;
-  const filter = { trusted: new Set(), open: true, ignored: {} };
-  filter.isAgent = (p) => !!p && (p.isAgent === true || p.kind === agentKind);
-  filter.onBehalfOf = (p) => (p && p.attributes && p.attributes["lk.publish_on_behalf"]) || "";
-  filter.trust = (identities, open) => {
-    filter.trusted = new Set(JSON.parse(identities));
-    filter.open = open;
-  };
-  filter.counts = () => JSON.stringify(filter.ignored);
-  filter.handler = (payload, participant, kind, topic) => {
-    if (!participant || filter.trusted.has(participant.identity) || (filter.open && filter.isAgent(participant))) {
-      return handler(payload, participant, kind, topic);
-    }
-    const key = typeof topic === "string" ? topic : "";
-    filter.ignored[key] = (filter.ignored[key] || 0) + 1;
-  };
-  return filter;
-})
-"""
-
-# Chromium calls a receiver's script transform reliably only when it is set as the transceiver is
-# created, before negotiation (measured on Chromium 156 with livekit-client 2.16.1 and 2.23.0:
-# 44 of 44 runs; at TrackSubscribed it failed up to 10 in 26). So wrap RTCPeerConnection, once per
-# page, before livekit-client connects, and offer every new video receiver to the provider:
-# ``addTransceiver`` covers the recvonly sections livekit-client >= 2.17 pre-adds on its single
-# connection, the ``track`` event the transceivers the SFU offers on a subscriber connection.
-# Audio receivers get an observer (frames pass through untouched) that reports when the audio's
-# packets arrive, for lip sync (avatarplayer/sync.py).
-# Each provider adds itself to ``listeners`` while it is open; new receivers go to the one that
-# opened last, and closing one hands them back to the one before (it does not unhook the others).
-_PC_HOOK_JS = """
-(() => {
-  if (globalThis.__avatarplayerPcHook) return globalThis.__avatarplayerPcHook;
-  const hook = { listeners: [], offered: new WeakSet() };
-  const current = () => hook.listeners[hook.listeners.length - 1] || null;
-  hook.add = (entry) => { hook.listeners.push(entry); };
-  hook.remove = (entry) => {
-    const i = hook.listeners.indexOf(entry);
-    if (i >= 0) hook.listeners.splice(i, 1);
-  };
-  const offer = (receiver) => {
-    if (!receiver || !receiver.track || hook.offered.has(receiver)) return;
-    const kind = receiver.track.kind;
-    if (kind !== "video" && kind !== "audio") return;
-    hook.offered.add(receiver);
-    const listener = current();
-    if (!listener) return;
-    if (kind === "video") listener.onVideoReceiver(receiver);
-    else if (listener.onAudioReceiver) listener.onAudioReceiver(receiver);
-  };
-  // With encodedInsertableStreams a sender sends nothing until its encoded streams are read, and
-  // they can only be created right after the sender is: pipe them straight through, here.
-  const pipe = (sender) => {
-    const listener = current();
-    if (!listener || !listener.pipeSenders || !sender || sender.avatarplayerPiped) return;
-    try {
-      const { readable, writable } = sender.createEncodedStreams();
-      readable.pipeTo(writable).catch(() => {});
-      sender.avatarplayerPiped = true;
-    } catch (e) { hook.pipeErrors = (hook.pipeErrors || 0) + 1; }
-  };
-  const Native = globalThis.RTCPeerConnection;
-  class AvatarPlayerPeerConnection extends Native {
-    constructor(...args) {
-      super(...args);
-      this.addEventListener("track", (event) => offer(event.receiver));
-    }
-    addTransceiver(trackOrKind, init) {
-      const transceiver = super.addTransceiver(trackOrKind, init);
-      if (typeof trackOrKind !== "string") pipe(transceiver.sender);
-      offer(transceiver.receiver);
-      return transceiver;
-    }
-    addTrack(track, ...streams) {
-      const sender = super.addTrack(track, ...streams);
-      pipe(sender);
-      return sender;
-    }
-  }
-  globalThis.RTCPeerConnection = AvatarPlayerPeerConnection;
-  globalThis.__avatarplayerPcHook = hook;
-  return hook;
-})()
-"""
-
-# Where NetEq is: the RTP timestamp of the avatar's audio delivered last, and when (epoch ms;
-# some browsers count from the time origin). Read every tick: one call, one string back.
-_READ_PLAYOUT_JS = """
-(receiver) => {
-  const sources = receiver.getSynchronizationSources();
-  if (!sources.length) return "";
-  const s = sources[0];
-  const at = s.timestamp < 1e12 ? performance.timeOrigin + s.timestamp : s.timestamp;
-  return s.rtpTimestamp + " " + at;
-}
-"""
 
 _log = logging.getLogger("avatarplayer.livekit")
 
@@ -365,7 +261,7 @@ class LiveKitProvider:
 
         if self._pc_hook is not None:
             return
-        self._pc_hook = run_js(_PC_HOOK_JS)
+        self._pc_hook = run_js(js_source("pc_hook.js"))
         proxy = create_proxy(self._on_video_receiver)
         self._proxies.append(proxy)
         entry = {"onVideoReceiver": proxy, "pipeSenders": self._mode() == "streams"}
@@ -443,7 +339,7 @@ class LiveKitProvider:
         events = self.lk.RoomEvent
         data_proxy = create_proxy(self._on_data_received)
         self._proxies.append(data_proxy)
-        self._filter = run_js(_DATA_FILTER_JS)(data_proxy, self.lk)
+        self._filter = run_js(js_source("data_filter.js"))(data_proxy, self.lk)
         self._update_trust()
         handlers = {
             events.TrackSubscribed: self._on_track_subscribed,
@@ -693,7 +589,7 @@ class LiveKitProvider:
     def _attach_transform(self, track: Any) -> None:
         """The motion track was subscribed: make sure its receiver has a running transform.
 
-        Usually it has one already, set when its transceiver was created (see ``_PC_HOOK_JS``); a
+        Usually it has one already, set when its transceiver was created (see ``js/pc_hook.js``); a
         receiver the SFU reuses keeps it. Otherwise (a shared room that was connected before we
         listened, or the streams mode) attach now.
         """
@@ -743,12 +639,12 @@ class LiveKitProvider:
         to_bytes = getattr(data, "to_bytes", None)  # (isinstance(data, JsBuffer) costs more in Pyodide)
         if to_bytes is not None:  # the hot path: a compact packet (worker_transform/README.md)
             raw = to_bytes()
-            attach_id, arrival_ms, rtp_timestamp = _COMPACT.unpack_from(raw)
+            attach_id, arrival_ms, rtp_timestamp = COMPACT_HEADER.unpack_from(raw)
             self._packets[attach_id] = self._packets.get(attach_id, 0) + 1
             if self._sink is None:  # a shared room the app connected before the player did
                 self.packets_before_open += 1
                 return
-            self._deliver(attach_id, raw[_COMPACT.size:], arrival_ms, rtp_timestamp if rtp_timestamp >= 0 else None)
+            self._deliver(attach_id, raw[COMPACT_HEADER.size:], arrival_ms, rtp_timestamp if rtp_timestamp >= 0 else None)
             return
         kind = data.type
         if kind == "packet":
@@ -889,7 +785,7 @@ class LiveKitProvider:
                 from pyodide.code import run_js
 
                 has_sources = getattr(receiver, "getSynchronizationSources", None) is not None
-                self._read_playout = run_js(_READ_PLAYOUT_JS) if has_sources else False
+                self._read_playout = run_js(js_source("read_playout.js")) if has_sources else False
             if self._read_playout:
                 reading = self._read_playout(receiver)  # one call, one string: the hot path
                 if reading:
@@ -902,7 +798,7 @@ class LiveKitProvider:
             asyncio.ensure_future(self._read_audio_stats(receiver))
 
     async def _read_audio_stats(self, receiver: Any) -> None:
-        from .sync import AudioStats
+        from ..sync import AudioStats
 
         try:
             report = await receiver.getStats()
@@ -939,7 +835,7 @@ class LiveKitProvider:
 
     async def start_publishing(self) -> None:
         """Open the microphone (the browser asks for permission) and publish it."""
-        from .player import MediaDeviceError
+        from ..errors import MediaDeviceError
 
         self._require_room("start_publishing")
         try:

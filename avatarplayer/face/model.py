@@ -1,9 +1,9 @@
 """The reference face renderer's pure logic: FLAME values → a small face pose, the idle animation,
-and the blends between idle and a turn. No browser here; :mod:`avatarplayer.canvasface` draws.
+and the blends between idle and a turn. No browser here; :mod:`avatarplayer.face.canvas` draws.
 
 - :class:`FacePose` – what the drawing needs, in a few normalized numbers.
 - :func:`pose_from_flame` / :func:`pose_from_message` – one FLAME keyframe (or a serialized
-  ``Message``, decoded with :func:`avatarplayer.messages.parse_message`) → :class:`FacePose`.
+  ``Message``, decoded with :func:`avatarplayer.wire.messages.parse_message`) → :class:`FacePose`.
 - :class:`IdleAnimator` – breathing, natural blinks, small saccades and head sway, as a function of
   time: what the face does when no turn plays.
 - :class:`FaceDirector` – the state machine ``idle → blend-in → turn → blend-out → idle``, driven by
@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
-from .constants import FRAME_INTERVAL_MS, STALL_TIMEOUT_MS
+from ..constants import FRAME_INTERVAL_MS, STALL_TIMEOUT_MS
 
 __all__ = [
     "FacePose",
@@ -121,7 +121,7 @@ def _at(values: Sequence[float], index: int) -> float:
 
 
 def pose_from_flame(flame: Mapping[str, Sequence[float]], *, jaw_full_open: float = JAW_FULL_OPEN) -> FacePose:
-    """One FLAME keyframe (parameter name → floats, as :func:`~avatarplayer.messages.parse_message`
+    """One FLAME keyframe (parameter name → floats, as :func:`~avatarplayer.wire.messages.parse_message`
     gives them) → :class:`FacePose`. Missing or short parameters count as zero; values are clamped.
 
     Mapping: mouth from ``jaw_pose[0]``; eyelids from ``eye_lid``; gaze from ``eye_pose`` (both eyes
@@ -166,7 +166,7 @@ def pose_from_message(data: bytes | bytearray | memoryview, *, jaw_full_open: fl
     carries no keyframe. Raises ``ValueError`` for bytes that are not a ``Message``."""
     global _parse_message
     if _parse_message is None:
-        from .messages import parse_message
+        from ..wire.messages import parse_message
 
         _parse_message = parse_message
     keyframes = _parse_message(data)["keyframes"]

@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Literal
 
-from .constants import CARRIER_MAGIC, LIVEKIT_TRAILER_MAGIC, MAX_PACKET_BODY
+from ..constants import CARRIER_MAGIC, LIVEKIT_TRAILER_MAGIC, MAX_PACKET_BODY
 
 __all__ = [
     "Flags",

@@ -7,10 +7,10 @@ Runs in the browser (Pyodide / PyScript)::
     renderer = FaceRenderer(js.document.getElementById("avatar"))
     player = AvatarPlayer(LiveKitProvider(), renderer)
 
-Each frame is decoded with :func:`avatarplayer.messages.parse_message` (the ``protobuf`` wheel must
+Each frame is decoded with :func:`avatarplayer.wire.messages.parse_message` (the ``protobuf`` wheel must
 be installed in the page) and drawn at once, at the player's render time. Between turns the face
 idles on its own 25 fps timer (breathing, blinks, small glances and head sway) and blends into and
-out of turns. The pure logic lives in :mod:`avatarplayer.face`; this module only draws.
+out of turns. The pure logic lives in :mod:`avatarplayer.face.model`; this module only draws.
 
 Drawing is recorded, not called: :class:`FacePainter` makes its ~250 canvas calls on a
 :class:`CanvasRecorder` (a flat list of numbers), and a few lines of JavaScript replay them on the
@@ -30,7 +30,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .face import (
+from .model import (
     JAW_FULL_OPEN,
     FaceDirector,
     FacePose,
@@ -224,7 +224,7 @@ return {
 
 
 class FacePainter:
-    """Draws one :class:`~avatarplayer.face.FacePose` on a :class:`CanvasRecorder`.
+    """Draws one :class:`~avatarplayer.face.model.FacePose` on a :class:`CanvasRecorder`.
 
     Head-local coordinates: origin between the cheekbones, x to the viewer's right, y down, z
     towards the viewer. Features sit at different depths, so a head turn or nod moves the nose
@@ -596,7 +596,7 @@ class FaceRenderer:
     - ``seed``: makes the idle animation repeatable. ``clock``: milliseconds (``performance.now``).
     - ``autostart`` (True): start the idle timer now (else call :meth:`start`).
 
-    ``stats`` (a :class:`~avatarplayer.face.FaceStats`) and :meth:`snapshot` tell what it did.
+    ``stats`` (a :class:`~avatarplayer.face.model.FaceStats`) and :meth:`snapshot` tell what it did.
     Call :meth:`close` to stop its timer.
     """
 
