@@ -13,8 +13,8 @@ Reliable JSON data messages (UTF-8) to everyone, on topic ``avatarplayer.agent``
 - ``{"type": "agent_status", "data": {"status": "listening"}}`` once the turn is over.
 
 ``n`` counts the turns the worker started, from 1. Every message is also logged in the send log
-(``{"kind": "data-message", ...}``, see :class:`avatar_worker.messaging.MessageSender`). Demo
-mode (:mod:`avatar_worker.demo`) adds ``thinking`` and the user's side of the transcript
+(``{"kind": "data-message", ...}``, see :class:`avatar_worker.transport.messaging.MessageSender`). Demo
+mode (:mod:`avatar_worker.modes.demo`) adds ``thinking`` and the user's side of the transcript
 (:func:`user_transcript_chunk`).
 """
 
@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .messaging import MessageSender
-from .streamer import TurnObserver
+from .transport.messaging import MessageSender
+from .transport.streamer import TurnObserver
 from .turns import Turn
 
 __all__ = [

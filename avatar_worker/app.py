@@ -11,18 +11,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .agent_data import AgentMessages
-from .audio_report import AudioReport
-from .carrier import DataCarrier
+from .audio.report import AudioReport
+from .transport.carrier import DataCarrier
 from .config import WorkerConfig
-from .messaging import MessageSender
+from .transport.messaging import MessageSender
 from .modes import mode_runner
 from .motion_gen import MotionGenerator
-from .pacing import try_realtime
-from .publisher import Publisher
-from .republish import RepublishAfter
-from .script import inject, scripted_frames
-from .speech import Speech, load_speech, plan_speech_turn
-from .streamer import MotionStreamer, SendLog, TurnObserver, TurnResult
+from .transport.pacing import try_realtime
+from .transport.publisher import Publisher
+from .transport.republish import RepublishAfter
+from .modes.scripted import inject, scripted_frames
+from .modes.speech import Speech, load_speech, plan_speech_turn
+from .transport.streamer import MotionStreamer, SendLog, TurnObserver, TurnResult
 from .turns import Turn, build_turn
 
 __all__ = ["run"]
@@ -44,7 +44,7 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
     ``on_shutdown`` is called once, when the worker starts to wind down (the CLI arms its exit
     guard there).
 
-    Raises :class:`avatar_worker.publisher.PublisherError` if the first join fails.
+    Raises :class:`avatar_worker.transport.publisher.PublisherError` if the first join fails.
     """
     stop = stop or asyncio.Event()
     started = time.monotonic()

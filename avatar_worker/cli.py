@@ -12,10 +12,10 @@
 
 The last one also sends every motion packet as a lossy data message on ``avatarplayer.motion``
 to everyone else (without ``--data-carrier`` only to viewers who ask, see
-:mod:`avatar_worker.carrier`), agent status and transcript messages on ``avatarplayer.agent``
+:mod:`avatar_worker.transport.carrier`), agent status and transcript messages on ``avatarplayer.agent``
 (:mod:`avatar_worker.agent_data`), writes one line per second of every other participant's
-audio to ``heard.jsonl`` (:mod:`avatar_worker.audio_report`), and swaps the motion track for a
-fresh one after 50 frames of the first turn (:mod:`avatar_worker.republish`).
+audio to ``heard.jsonl`` (:mod:`avatar_worker.audio.report`), and swaps the motion track for a
+fresh one after 50 frames of the first turn (:mod:`avatar_worker.transport.republish`).
 
 Connection settings come from ``--url/--api-key`` or ``LIVEKIT_URL``, ``LIVEKIT_API_KEY``; the API
 secret only from the environment (``LIVEKIT_API_SECRET``) or a file (``--api-secret-file PATH``,
@@ -47,12 +47,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .audio import AudioError
-from .carrier import DEFAULT_DATA_TOPIC
+from .audio.pcm import AudioError
+from .transport.carrier import DEFAULT_DATA_TOPIC
 from .config import WorkerConfig
-from .publisher import LiveKitSettings, PublisherError
-from .replay import ReplayError
-from .script import SCRIPT_AUDIO, Injection
+from .transport.publisher import LiveKitSettings, PublisherError
+from .modes.replay import ReplayError
+from .modes.scripted import SCRIPT_AUDIO, Injection
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--mode", choices=("speech", "scripted", "demo", "replay", "agents"), default="speech",
                      help="speech: say --text/--wav; scripted: test frames; demo: greet and answer what "
-                          "participants say (avatar_worker/demo.py); replay: play a recording (--replay-dir); "
-                          "agents: the LiveKit Agents avatar contract (--agent-identity; avatar_worker/agents.py)")
+                          "participants say (avatar_worker/modes/demo.py); replay: play a recording (--replay-dir); "
+                          "agents: the LiveKit Agents avatar contract (--agent-identity; avatar_worker/modes/agents.py)")
     run.add_argument("--wait-for-participant", action="store_true",
                      help="start the first turn only once someone else joined and subscribed")
     run.add_argument("--lead-in-ms", type=_non_negative_int, default=1500,
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how --leave-after leaves: disconnect at once, or exit without leaving")
     script.add_argument("--script-audio", choices=SCRIPT_AUDIO, default="tone",
                         help="tone: a quiet 400 Hz tone; pulse: a click at the start of every 25th frame's "
-                             "audio (the A/V sync pulse: avatar_worker/script.py)")
+                             "audio (the A/V sync pulse: avatar_worker/modes/scripted.py)")
 
     speech = p.add_argument_group("speech mode")
     source = speech.add_mutually_exclusive_group()

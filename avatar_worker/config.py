@@ -8,8 +8,8 @@ from typing import Literal
 
 from avatarplayer.wire.motion import Compression
 
-from .carrier import DEFAULT_DATA_TOPIC, check_topic
-from .script import Injection
+from .transport.carrier import DEFAULT_DATA_TOPIC, check_topic
+from .modes.scripted import Injection
 
 __all__ = ["LiveKitSettings", "WorkerConfig", "Mode"]
 
@@ -70,7 +70,7 @@ class WorkerConfig:
     """Run the pacing loop in the SCHED_RR class (needs CAP_SYS_NICE): steady ticks on a busy host."""
     data_carrier: bool = False
     """Send every packet on the data carrier to every other participant without being asked
-    (viewers can always ask for it: see :mod:`avatar_worker.carrier`)."""
+    (viewers can always ask for it: see :mod:`avatar_worker.transport.carrier`)."""
     data_topic: str = DEFAULT_DATA_TOPIC
     """The data topic ``data_carrier`` uses."""
     audio_report: Path | None = None
@@ -81,7 +81,7 @@ class WorkerConfig:
     """Replace the motion track with a fresh one after this many frames of the first turn."""
     republish_gap_ms: int = 300
     """Time between unpublishing the old motion track and publishing the new one (see
-    :meth:`avatar_worker.publisher.Publisher.republish_video`)."""
+    :meth:`avatar_worker.transport.publisher.Publisher.republish_video`)."""
 
     # scripted mode
     frames: int = 500
@@ -101,7 +101,7 @@ class WorkerConfig:
     repeat_every_s: float | None = None
     avatar_id: str = ""
 
-    # demo mode (avatar_worker/demo.py); wav / text / voice give the greeting
+    # demo mode (avatar_worker/modes/demo.py); wav / text / voice give the greeting
     reply: Literal["echo", "speak", "both"] = "both"
     """What the demo answers an utterance with: the user's own audio played back, a short spoken
     sentence, or a spoken lead-in then the echo."""
@@ -113,10 +113,10 @@ class WorkerConfig:
     max_replies: int | None = None
     """Stop after this many replies (the driver is done: with ``exit_when_done`` the run ends)."""
 
-    # replay mode (avatar_worker/replay.py); repeat_every_s repeats it
+    # replay mode (avatar_worker/modes/replay.py); repeat_every_s repeats it
     replay_dir: Path | None = None
 
-    # agents mode (avatar_worker/agents.py): the LiveKit Agents avatar contract
+    # agents mode (avatar_worker/modes/agents.py): the LiveKit Agents avatar contract
     agent_identity: str | None = None
     """The agent the worker publishes for: the only sender of ``lk.audio_stream`` and caller of
     ``lk.clear_buffer`` it accepts; also set as the ``lk.publish_on_behalf`` attribute."""

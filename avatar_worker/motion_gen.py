@@ -64,7 +64,7 @@ class MotionGenerator:
         return self._seconds(self._rng.uniform(2.0, 5.0))
 
     def poses(self, levels: Sequence[float]) -> list[Pose]:
-        """One pose per loudness level (0..1, e.g. from :func:`avatar_worker.audio.envelope`)."""
+        """One pose per loudness level (0..1, e.g. from :func:`avatar_worker.audio.pcm.envelope`)."""
         return [self.step(level) for level in levels]
 
     def idle(self, frames: int = 1) -> list[Pose]:

@@ -4,7 +4,7 @@
     python -m avatar_worker.record --wav speech.wav --out rec/ --seed 3
     python -m avatar_worker.record --text "Hi" --frames 50 --out rec/          # exactly 50 frames
 
-Writes ``rec/messages.bin`` and ``rec/audio.wav`` in the format of :mod:`avatar_worker.replay`
+Writes ``rec/messages.bin`` and ``rec/audio.wav`` in the format of :mod:`avatar_worker.modes.replay`
 (see also ``avatar_worker/REPLAY.md``): the motion speech mode would generate for that audio
 (:class:`avatar_worker.motion_gen.MotionGenerator` with ``--seed``, so the same audio and seed
 give the same bytes), and the audio cut into whole 40 ms frames at 48 kHz. ``--frames`` cuts the
@@ -22,10 +22,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .audio import SAMPLE_RATE, AudioError
+from .audio.pcm import SAMPLE_RATE, AudioError
 from .motion_gen import MotionGenerator
-from .replay import MESSAGES_FILE, ReplayError, speech_messages, write_recording
-from .speech import load_speech
+from .modes.replay import MESSAGES_FILE, ReplayError, speech_messages, write_recording
+from .modes.speech import load_speech
 
 __all__ = ["build_parser", "main"]
 

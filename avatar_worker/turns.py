@@ -2,7 +2,7 @@
 
 Planning a whole turn up front (packets encoded, sequence numbers assigned, audio cut into 40 ms
 frames) keeps the real-time loop trivial — it only captures what the plan says at each deadline —
-and makes fault injection a pure function over a list (see :func:`avatar_worker.script.inject`).
+and makes fault injection a pure function over a list (see :func:`avatar_worker.modes.scripted.inject`).
 A 20 s turn is 500 ticks of ~2.5 KB (motion + audio), nothing to worry about in memory.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from avatarplayer.wire.motion import Compression, Flags, MotionPacket, encode_packet
 
-from .audio import BYTES_PER_FRAME
+from .audio.pcm import BYTES_PER_FRAME
 
 __all__ = ["Emission", "Tick", "Turn", "TurnFrame", "build_turn", "idle_tick", "IDLE_PACKET"]
 

@@ -55,7 +55,7 @@ def _event_ms(run, name: str) -> float | None:
 
 def one_run(server, app, browser, frames: int, lk: str, page_kind: str, workdir: Path,
             mode: str = "auto", sync: str = "audio") -> dict:
-    from avatar_worker.script import payload_for
+    from avatar_worker.modes.scripted import payload_for
 
     room = f"bench-{uuid.uuid4().hex[:8]}"
     worker = start_worker(server, room, workdir, "--frames", str(frames), "--lead-in-ms", "0", "--tail-ms", "1000",
@@ -135,7 +135,7 @@ def sync_run(server, app, browser, link, workdir: Path, frames: int, profile: st
     if run.phase == "error" or not run.results.get("frames"):
         raise RuntimeError(f"{profile}: no frames rendered:\n" + run.explain() + "\n" + session.worker.tail())
     sent = session.worker.sent_frames()
-    from avatar_worker.script import payload_for
+    from avatar_worker.modes.scripted import payload_for
 
     by_payload = {payload_for(seq): seq for seq in sent}
     times = run.results["times"]

@@ -207,7 +207,7 @@ def sync_pulses(run: HarnessRun, sent: dict[int, dict]) -> list[SyncPulse]:
     heard in the page: the first onset after the frame left and before the next pulse left (clicks
     are a second apart; a click lost on the way, concealed by the audio jitter buffer, is not
     heard, and must not be paired with the next one)."""
-    from avatar_worker.script import is_pulse, payload_for
+    from avatar_worker.modes.scripted import is_pulse, payload_for
 
     by_payload = {payload_for(seq): seq for seq in sent}
     rendered: dict[int, float] = {}

@@ -32,7 +32,7 @@ from livekit import rtc
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from avatar_worker.script import payload_for  # noqa: E402
+from avatar_worker.modes.scripted import payload_for  # noqa: E402
 from avatarplayer.wire.datamsg import CONTROL_TOPIC, MOTION_TOPIC  # noqa: E402
 from avatarplayer.wire.motion import Flags, MotionPacket, encode_packet  # noqa: E402
 

@@ -14,7 +14,7 @@ from realstack import HarnessRun, harness_url, read_harness, start_worker, wait_
 def scripted_seqs(frames: list[bytes], total: int) -> list[int | None]:
     """The worker's seq of each frame, from its scripted payload ``payload_for(0..total-1)``
     (None for a frame the script never made)."""
-    from avatar_worker.script import payload_for
+    from avatar_worker.modes.scripted import payload_for
 
     seq_of = {payload_for(seq): seq for seq in range(total)}
     return [seq_of.get(frame) for frame in frames]

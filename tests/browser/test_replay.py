@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 
-from avatar_worker.replay import read_messages
+from avatar_worker.modes.replay import read_messages
 from realstack import ROOT, start_worker
 
 from .parity import explain, new_room, open_harness, wait_for

@@ -212,7 +212,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_scripted_frames_arrive_through_transform(case, livekit_server, static_server, browser_page,
                                                   avatar_room, tmp_path, record_property):
-    from avatar_worker.script import payload_for
+    from avatar_worker.modes.scripted import payload_for
 
     send_log = tmp_path / "sent.jsonl"
     worker = start_avatar_worker(livekit_server, avatar_room, FRAMES, send_log, tmp_path)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from avatar_worker import audio as pcm_audio
-from avatar_worker.agents import (
+from avatar_worker.audio import pcm as pcm_audio
+from avatar_worker.modes.agents import (
     AUDIO_STREAM_TOPIC,
     PARTICIPANT_WAIT_S,
     RPC_CLEAR_BUFFER,
@@ -33,8 +33,8 @@ from avatar_worker.agents import (
 )
 from avatar_worker.cli import build_parser, config_from_args
 from avatar_worker.config import LiveKitSettings, WorkerConfig
-from avatar_worker.pacing import FrameClock
-from avatar_worker.streamer import MotionStreamer, SendLog
+from avatar_worker.transport.pacing import FrameClock
+from avatar_worker.transport.streamer import MotionStreamer, SendLog
 from avatar_worker.turns import TurnFrame
 from avatarplayer.wire.motion import Flags, decode_packet, unwrap_frame
 
@@ -656,7 +656,7 @@ def test_an_oversized_stream_is_cut_and_its_turn_ends(tmp_path: Path, monkeypatc
     """Over the per-segment cap: the rest is not read, a log line says where it was cut, what
     came plays as a whole turn (END, TRANSITION_END), the agent hears interrupted with the
     position played; the next segment plays normally."""
-    from avatar_worker import agents
+    from avatar_worker.modes import agents
 
     monkeypatch.setattr(agents, "MAX_SEGMENT_BUFFER_S", 0.5)
 
@@ -703,7 +703,7 @@ def test_an_oversized_stream_is_cut_and_its_turn_ends(tmp_path: Path, monkeypatc
 
 def test_buffering_is_bounded_with_the_real_caps(tmp_path: Path) -> None:
     """Ten minutes of audio pushed at once: at most 60 s of it is taken in, the rest not read."""
-    from avatar_worker.agents import MAX_SEGMENT_BUFFER_S
+    from avatar_worker.modes.agents import MAX_SEGMENT_BUFFER_S
 
     async def go() -> tuple[Harness, Reader, float]:
         h, tasks = await start(tmp_path, tick=1.0)
@@ -724,7 +724,7 @@ def test_buffering_is_bounded_with_the_real_caps(tmp_path: Path) -> None:
 
 
 def test_all_segments_together_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from avatar_worker import agents
+    from avatar_worker.modes import agents
 
     monkeypatch.setattr(agents, "MAX_SEGMENT_BUFFER_S", 2.0)
     monkeypatch.setattr(agents, "MAX_BUFFERED_S", 1.5)
@@ -749,7 +749,7 @@ def test_all_segments_together_are_bounded(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_open_segments_are_bounded(tmp_path: Path) -> None:
-    from avatar_worker.agents import MAX_OPEN_SEGMENTS
+    from avatar_worker.modes.agents import MAX_OPEN_SEGMENTS
 
     async def go() -> tuple[Harness, Reader]:
         h, tasks = await start(tmp_path, tick=1.0)

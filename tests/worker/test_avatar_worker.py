@@ -27,12 +27,12 @@ from avatarplayer.wire.messages import (
     parse_message,
 )
 from avatarplayer.wire.motion import Flags, PacketError, decode_packet, unwrap_frame, VP8_KEYFRAME_PREFIX
-from avatar_worker import audio
+from avatar_worker.audio import pcm as audio
 from avatar_worker.cli import build_parser, config_from_args
 from avatar_worker.config import LiveKitSettings, WorkerConfig
 from avatar_worker.motion_gen import MotionGenerator, neutral_pose
-from avatar_worker.pacing import FrameClock
-from avatar_worker.script import (
+from avatar_worker.transport.pacing import FrameClock
+from avatar_worker.modes.scripted import (
     Injection,
     inject,
     malformed_packet,
@@ -40,7 +40,7 @@ from avatar_worker.script import (
     plan_scripted_turn,
     scripted_pose,
 )
-from avatar_worker.streamer import MotionStreamer, SendLog
+from avatar_worker.transport.streamer import MotionStreamer, SendLog
 from avatar_worker.token import mint_token
 from avatar_worker.turns import IDLE_PACKET, TurnFrame, build_turn
 
@@ -380,7 +380,7 @@ class TestScript:
         assert parsed["keyframes"][0]["jaw_pose"][0] == pytest.approx(scripted_pose(42)["jaw_pose"][0], abs=1e-6)
 
     def test_pulse_audio_clicks_once_a_second_on_the_marked_frames(self) -> None:
-        from avatar_worker.script import PULSE_EVERY, is_pulse, scripted_frames
+        from avatar_worker.modes.scripted import PULSE_EVERY, is_pulse, scripted_frames
 
         frames = scripted_frames(10, 60, audio="pulse")
         clicked = [10 + i for i, f in enumerate(frames) if f.audio is not None]

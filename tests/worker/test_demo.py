@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from avatar_worker import audio as pcm_audio
+from avatar_worker.audio import pcm as pcm_audio
 from avatar_worker.config import LiveKitSettings, WorkerConfig
-from avatar_worker.demo import LEAD_INS, SPEAK_REPLIES, DemoAgent, compose_reply, normalize
-from avatar_worker.messaging import MessageSender
-from avatar_worker.speech import Speech
-from avatar_worker.vad import Utterance
+from avatar_worker.modes.demo import LEAD_INS, SPEAK_REPLIES, DemoAgent, compose_reply, normalize
+from avatar_worker.transport.messaging import MessageSender
+from avatar_worker.modes.speech import Speech
+from avatar_worker.audio.vad import Utterance
 
 from .test_avatar_worker import RecordingSink, fast_streamer
 from .test_vad import pcm

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from livekit import rtc
 
-from avatar_worker import audio as pcm_audio
+from avatar_worker.audio import pcm as pcm_audio
 from avatar_worker.record import main as record_main
-from avatar_worker.replay import load_recording
+from avatar_worker.modes.replay import load_recording
 
 from .test_worker_features_live import Participant, frame_seqs, run_worker, watch_until_exit
 from .test_worker_live import send_log, start_worker, wait_for

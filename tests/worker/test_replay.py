@@ -17,12 +17,12 @@ import pytest
 
 from avatarplayer.wire.messages import parse_message
 from avatarplayer.wire.motion import Flags, decode_packet
-from avatar_worker import audio as pcm_audio
+from avatar_worker.audio import pcm as pcm_audio
 from avatar_worker.cli import build_parser, config_from_args
 from avatar_worker.config import LiveKitSettings, WorkerConfig
 from avatar_worker.motion_gen import MotionGenerator
 from avatar_worker.record import main as record_main
-from avatar_worker.replay import (
+from avatar_worker.modes.replay import (
     AUDIO_FILE,
     ReplayMode,
     MAX_MESSAGE_BYTES,
@@ -38,8 +38,8 @@ from avatar_worker.replay import (
     write_messages,
     write_recording,
 )
-from avatar_worker.script import payload_for
-from avatar_worker.speech import Speech
+from avatar_worker.modes.scripted import payload_for
+from avatar_worker.modes.speech import Speech
 
 from .test_avatar_worker import RecordingSink, fast_streamer
 

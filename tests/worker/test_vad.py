@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from avatar_worker.vad import SpeechStarted, Utterance, VadSettings, VoiceActivityDetector, level_dbfs
+from avatar_worker.audio.vad import SpeechStarted, Utterance, VadSettings, VoiceActivityDetector, level_dbfs
 
 RATE = 48_000
 

@@ -19,8 +19,8 @@ import pytest
 
 from avatarplayer.wire.motion import Flags, PacketError, decode_packet, unwrap_frame
 from avatar_worker.agent_data import AgentMessages, agent_status, chunk_due, split_transcript, transcript_chunk
-from avatar_worker.audio_report import AudioMeter, AudioReport
-from avatar_worker.carrier import (
+from avatar_worker.audio.report import AudioMeter, AudioReport
+from avatar_worker.transport.carrier import (
     CONTROL_TOPIC,
     DEFAULT_DATA_TOPIC,
     CarrierRequest,
@@ -30,11 +30,11 @@ from avatar_worker.carrier import (
 )
 from avatar_worker.cli import build_parser, config_from_args
 from avatar_worker.config import LiveKitSettings, WorkerConfig
-from avatar_worker.messaging import MessageSender
-from avatar_worker.pacing import FrameClock
-from avatar_worker.republish import RepublishAfter
-from avatar_worker.script import Injection, inject, payload_for, plan_scripted_turn
-from avatar_worker.streamer import MotionStreamer, SendLog, TurnObserver
+from avatar_worker.transport.messaging import MessageSender
+from avatar_worker.transport.pacing import FrameClock
+from avatar_worker.transport.republish import RepublishAfter
+from avatar_worker.modes.scripted import Injection, inject, payload_for, plan_scripted_turn
+from avatar_worker.transport.streamer import MotionStreamer, SendLog, TurnObserver
 from avatar_worker.turns import IDLE_PACKET, TurnFrame, build_turn
 
 from .test_avatar_worker import RecordingSink
@@ -723,7 +723,7 @@ class TestAudioReport:
 
 class TestPublisherData:
     def make(self):
-        from avatar_worker.publisher import Publisher
+        from avatar_worker.transport.publisher import Publisher
 
         calls: list[tuple] = []
 
@@ -781,7 +781,7 @@ class TestPublisherData:
         asyncio.run(go())
 
     def test_server_address(self) -> None:
-        from avatar_worker.publisher import server_address
+        from avatar_worker.transport.publisher import server_address
 
         assert server_address("ws://127.0.0.1:7880") == ("127.0.0.1", 7880)
         assert server_address("wss://lk.example.com") == ("lk.example.com", 443)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from livekit import rtc
 
 from avatarplayer.wire.motion import Flags, MotionPacket, PacketError, decode_packet
-from avatar_worker.script import payload_for
+from avatar_worker.modes.scripted import payload_for
 
 from .test_worker_live import WORKER_IDENTITY, send_log, start_worker, summary_of, wait_for
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from avatar_worker.config import LiveKitSettings
-from avatar_worker.publisher import Publisher, PublisherError, RejoinBackoff
+from avatar_worker.transport.publisher import Publisher, PublisherError, RejoinBackoff
 
 SECRET = "the-api-secret-nobody-may-see-0123456789"
 SETTINGS = LiveKitSettings(url="ws://127.0.0.1:1", api_key="devkey", api_secret=SECRET, room="r")
@@ -133,7 +133,7 @@ def test_a_join_step_ends_when_the_room_is_lost() -> None:
     duplicate while joining): each step waits for the room as well, and for a time limit."""
     from livekit import rtc
 
-    from avatar_worker.publisher import _settle
+    from avatar_worker.transport.publisher import _settle
 
     async def forever() -> None:
         await asyncio.sleep(3600)
@@ -228,7 +228,7 @@ def test_the_worker_drops_the_secret_from_its_environment(tmp_path: Path, monkey
     import os
 
     from avatar_worker.cli import main
-    from avatar_worker.replay import MESSAGES_FILE
+    from avatar_worker.modes.replay import MESSAGES_FILE
 
     (tmp_path / MESSAGES_FILE).write_bytes(b"\x05\x00\x00")  # a bad recording: fails before joining
     monkeypatch.setenv("LIVEKIT_API_SECRET", SECRET)

@@ -44,11 +44,11 @@ from typing import Any
 from avatarplayer.constants import MAX_PACKET_BODY
 from avatarplayer.wire.messages import build_message, parse_message
 
-from . import audio as pcm_audio
-from .config import WorkerConfig
-from .motion_gen import MotionGenerator
+from ..audio import pcm as pcm_audio
+from ..config import WorkerConfig
+from ..motion_gen import MotionGenerator
 from .speech import Speech
-from .turns import Turn, TurnFrame, build_turn
+from ..turns import Turn, TurnFrame, build_turn
 
 __all__ = [
     "AUDIO_FILE",
@@ -66,7 +66,7 @@ __all__ = [
     "write_recording",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("avatar_worker.replay")  # the name it always logged under (serve.py, tests filter on it)
 
 MESSAGES_FILE = "messages.bin"
 AUDIO_FILE = "audio.wav"
@@ -179,7 +179,7 @@ def load_recording(directory: str | Path, *, check: bool = True) -> Recording:
     """Read ``directory/messages.bin`` and ``directory/audio.wav`` (see the module docstring).
 
     Raises :class:`ReplayError` for a bad directory or messages file, and
-    :class:`avatar_worker.audio.AudioError` for audio that cannot be read.
+    :class:`avatar_worker.audio.pcm.AudioError` for audio that cannot be read.
     """
     directory = Path(directory)
     if not directory.is_dir():

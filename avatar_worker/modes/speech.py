@@ -9,9 +9,9 @@ from pathlib import Path
 from avatarplayer.wire.messages import build_message
 from avatarplayer.wire.motion import Compression
 
-from . import audio as pcm_audio
-from .motion_gen import MotionGenerator
-from .turns import Turn, TurnFrame, build_turn
+from ..audio import pcm as pcm_audio
+from ..motion_gen import MotionGenerator
+from ..turns import Turn, TurnFrame, build_turn
 
 __all__ = ["Speech", "load_speech", "plan_speech_turn"]
 

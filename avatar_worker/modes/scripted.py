@@ -15,9 +15,9 @@ from avatarplayer.constants import FRAME_INTERVAL_MS, FRAME_RATE
 from avatarplayer.wire.messages import FLAME_FIELDS, build_message
 from avatarplayer.wire.motion import Compression, Flags
 
-from .audio import click, tone
-from .motion_gen import Pose
-from .turns import Emission, Tick, Turn, TurnFrame, build_turn
+from ..audio.pcm import click, tone
+from ..motion_gen import Pose
+from ..turns import Emission, Tick, Turn, TurnFrame, build_turn
 
 __all__ = [
     "Injection",

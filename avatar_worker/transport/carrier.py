@@ -46,7 +46,7 @@ __all__ = [
     "parse_control",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("avatar_worker.carrier")  # the name it always logged under (serve.py, tests filter on it)
 
 CONTROL_TOPIC = "avatarplayer.control"
 DEFAULT_DATA_TOPIC = "avatarplayer.motion"

@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .streamer import SendLog, TurnObserver
-from .turns import Turn
+from ..turns import Turn
 
 __all__ = ["RepublishAfter"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("avatar_worker.republish")  # the name it always logged under (serve.py, tests filter on it)
 
 
 class RepublishAfter(TurnObserver):

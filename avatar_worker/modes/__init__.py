@@ -1,5 +1,5 @@
-"""Modes that bring their own turn driver: ``demo`` (:mod:`avatar_worker.demo`) and ``replay``
-(:mod:`avatar_worker.replay`).
+"""Modes that bring their own turn driver: ``demo`` (:mod:`avatar_worker.modes.demo`) and ``replay``
+(:mod:`avatar_worker.modes.replay`).
 
 :func:`avatar_worker.app.run` asks :func:`mode_runner` for the configured mode's runner and uses
 it in four places: :meth:`ModeRunner.prepare` before joining (load / synthesize what it needs, so
@@ -11,9 +11,10 @@ driver, and :meth:`ModeRunner.summary` / :meth:`ModeRunner.close` at the end.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .config import WorkerConfig
+if TYPE_CHECKING:
+    from ..config import WorkerConfig
 
 __all__ = ["ModeRunner", "mode_runner"]
 
@@ -25,7 +26,7 @@ class ModeRunner(Protocol):
 
     def install(self, publisher: Any, messages: Any, observers: list[Any]) -> None:
         """Before the streamer is built: add room hooks to ``publisher.hooks`` and turn observers
-        to ``observers``; ``messages`` is the run's :class:`avatar_worker.messaging.MessageSender`."""
+        to ``observers``; ``messages`` is the run's :class:`avatar_worker.transport.messaging.MessageSender`."""
         ...
 
     async def drive(self, streamer: Any, lead_in: Callable[[], Awaitable[None]]) -> str:

@@ -16,11 +16,11 @@ from .streamer import SendLog
 
 __all__ = ["DataTransport", "MessageSender", "encode_json"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("avatar_worker.messaging")  # the name it always logged under (serve.py, tests filter on it)
 
 
 class DataTransport(Protocol):
-    """Where data messages go: :class:`avatar_worker.publisher.Publisher`, or a fake in tests."""
+    """Where data messages go: :class:`avatar_worker.transport.publisher.Publisher`, or a fake in tests."""
 
     def send_data(self, payload: bytes, *, topic: str, reliable: bool,
                   destinations: Sequence[str] = ()) -> bool:

@@ -56,14 +56,14 @@ from typing import Any, Protocol
 
 from livekit import rtc
 
-from .audio import CHANNELS, SAMPLE_RATE
-from .config import LiveKitSettings
-from .token import mint_token
+from ..audio.pcm import CHANNELS, SAMPLE_RATE
+from ..config import LiveKitSettings
+from ..token import mint_token
 
 __all__ = ["LiveKitSettings", "Publisher", "PublisherError", "RejoinBackoff", "RoomHook", "VIDEO_SIZE",
            "server_address"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("avatar_worker.publisher")  # the name it always logged under (serve.py, tests filter on it)
 
 VIDEO_SIZE = (16, 16)
 """The carrier's VP8 key frame is 16x16 (``avatarplayer.wire.motion.VP8_KEYFRAME_PREFIX``)."""
@@ -200,7 +200,7 @@ async def _quietly_leave(room: rtc.Room) -> None:
 class Publisher:
     """Owns the room, the audio and video sources, and their publications.
 
-    Usable as a :class:`avatar_worker.streamer.MotionSink`. The sources live as long as the
+    Usable as a :class:`avatar_worker.transport.streamer.MotionSink`. The sources live as long as the
     publisher; rooms and tracks come and go with reconnections.
     """
 

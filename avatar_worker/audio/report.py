@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .audio import SAMPLE_RATE
+from .pcm import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from livekit import rtc
 
 __all__ = ["AudioMeter", "AudioReport", "SecondStats"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("avatar_worker.audio_report")  # the name it always logged under (serve.py, tests filter on it)
 
 _MAX = 32767
 

@@ -168,7 +168,7 @@ def tone(frequency: float = 400.0, amplitude: float = 0.1) -> bytes:
 def click(frequency: float = 2000.0, amplitude: float = 0.5, duration_ms: float = 20.0) -> bytes:
     """One 40 ms frame that starts with a sine burst at full ``amplitude`` from its first sample
     and is silent after ``duration_ms``: a sharp onset a listener can time to the sample (the
-    A/V sync pulse, see :mod:`avatar_worker.script`)."""
+    A/V sync pulse, see :mod:`avatar_worker.modes.scripted`)."""
     if not 0.0 < amplitude <= 1.0:
         raise ValueError("amplitude must be within 0..1")
     if not 0.0 < duration_ms <= FRAME_INTERVAL_MS:

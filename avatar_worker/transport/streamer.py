@@ -23,13 +23,13 @@ from typing import IO, Any, Protocol
 
 from avatarplayer.wire.motion import Flags, wrap_frame
 
-from .audio import SILENCE
+from ..audio.pcm import SILENCE
 from .pacing import FrameClock, TickTime
-from .turns import TRANSITION_END_PACKET, Emission, Tick, Turn, idle_tick
+from ..turns import TRANSITION_END_PACKET, Emission, Tick, Turn, idle_tick
 
 __all__ = ["DataPath", "MotionSink", "MotionStreamer", "SendLog", "StreamStats", "TurnObserver", "TurnResult"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("avatar_worker.streamer")  # the name it always logged under (serve.py, tests filter on it)
 
 AUDIO_BACKLOG_MAX_MS = 25.0
 """Audio queued beyond this when a tick's audio is handed over means an earlier tick ran late (one

@@ -8,7 +8,7 @@
   is not greeted again, nor is anyone already greeted when the worker itself rejoins.
 - **Listening.** The worker subscribes to the microphone of every participant that is not an
   agent (so never to its own audio, nor another avatar's) and runs a
-  :class:`avatar_worker.vad.VoiceActivityDetector` per track (``--vad-start-ms``,
+  :class:`avatar_worker.audio.vad.VoiceActivityDetector` per track (``--vad-start-ms``,
   ``--vad-end-ms``, ``--max-utterance-s``).
 - **Replying.** For each utterance: a ``transcript_chunk`` with role ``user`` (there is no
   speech recognition, so its text is its length, ``"(2.3 s of speech)"``), ``agent_status``
@@ -51,23 +51,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import audio as pcm_audio
-from .agent_data import AGENT_TOPIC, AgentMessages, agent_status, user_transcript_chunk
-from .config import WorkerConfig
-from .messaging import MessageSender
-from .motion_gen import MotionGenerator
+from ..audio import pcm as pcm_audio
+from ..agent_data import AGENT_TOPIC, AgentMessages, agent_status, user_transcript_chunk
+from ..config import WorkerConfig
+from ..transport.messaging import MessageSender
+from ..motion_gen import MotionGenerator
 from .speech import Speech, load_speech, plan_speech_turn
-from .vad import Utterance, VadSettings, VoiceActivityDetector
+from ..audio.vad import Utterance, VadSettings, VoiceActivityDetector
 
 if TYPE_CHECKING:
     from livekit import rtc
 
-    from .publisher import Publisher
-    from .streamer import MotionStreamer, TurnResult
+    from ..transport.publisher import Publisher
+    from ..transport.streamer import MotionStreamer, TurnResult
 
 __all__ = ["GREETING", "LEAD_INS", "SPEAK_REPLIES", "DemoAgent", "compose_reply", "normalize"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("avatar_worker.demo")  # the name it always logged under (serve.py, tests filter on it)
 
 GREETING = "Hello! I'm the avatarplayer demo. Say something and I will answer."
 SPEAK_REPLIES = (

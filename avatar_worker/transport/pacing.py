@@ -18,7 +18,7 @@ from avatarplayer.constants import FRAME_INTERVAL_MS
 
 __all__ = ["FrameClock", "TickTime", "try_realtime"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("avatar_worker.pacing")  # the name it always logged under (serve.py, tests filter on it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,17 +81,17 @@ from typing import TYPE_CHECKING, Any
 from avatarplayer.wire.messages import build_message
 from avatarplayer.wire.motion import Flags
 
-from . import audio as pcm_audio
-from .config import WorkerConfig
-from .motion_gen import MotionGenerator
-from .streamer import TurnObserver
-from .turns import TRANSITION_END_PACKET, Emission, Tick, Turn, TurnFrame, build_turn
+from ..audio import pcm as pcm_audio
+from ..config import WorkerConfig
+from ..motion_gen import MotionGenerator
+from ..transport.streamer import TurnObserver
+from ..turns import TRANSITION_END_PACKET, Emission, Tick, Turn, TurnFrame, build_turn
 
 if TYPE_CHECKING:
     from livekit import rtc
 
-    from .publisher import Publisher
-    from .streamer import MotionStreamer, SendLog, TurnResult
+    from ..transport.publisher import Publisher
+    from ..transport.streamer import MotionStreamer, SendLog, TurnResult
 
 __all__ = [
     "AUDIO_STREAM_TOPIC",
@@ -105,7 +105,7 @@ __all__ = [
     "chunk_turn",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("avatar_worker.agents")  # the name it always logged under (serve.py, tests filter on it)
 
 AUDIO_STREAM_TOPIC = "lk.audio_stream"
 RPC_CLEAR_BUFFER = "lk.clear_buffer"
