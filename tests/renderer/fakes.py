@@ -1,7 +1,9 @@
-"""Stand-ins for the browser (``js``, ``pyodide.ffi``) so FaceRenderer runs under CPython.
+"""Stand-ins for the browser (``js``, ``pyodide.ffi``, ``pyodide.code``) so FaceRenderer runs under
+CPython.
 
-The replay function made from ``REPLAY_JS`` is faked by decoding the ops with
-:meth:`CanvasRecorder.calls`; the JavaScript itself is run for real by test_replay_js.py (node).
+The replayer made from ``REPLAY_JS`` (``avatarplayer/face/js/replay.js``) is faked by keeping the
+ops it is given, for tests to decode with :meth:`CanvasRecorder.calls`; the JavaScript itself is run
+for real by test_replay_js.py (node).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class FakeTypedArray:
 
 
 class FakeReplay:
-    """What ``new Function("ctx", REPLAY_JS)(ctx)`` returns, keeping what it was given."""
+    """What ``run_js(REPLAY_JS)(ctx)`` returns, keeping what it was given."""
 
     def __init__(self) -> None:
         self.styles: list[Any] = []
@@ -83,7 +85,8 @@ class FakeProxy:
 
 
 class Browser:
-    """Installs fake ``js`` and ``pyodide.ffi`` modules; keeps timers and proxies for checks."""
+    """Installs fake ``js``, ``pyodide.ffi`` and ``pyodide.code`` modules; keeps timers, proxies
+    and replayers for checks."""
 
     def __init__(self, monkeypatch: Any, clock: FakeClock, dpr: float = 1.0) -> None:
         self.clock = clock
@@ -100,8 +103,8 @@ class Browser:
         js.clearInterval = self._clear_interval
         js.Float64Array = types.SimpleNamespace(new=FakeTypedArray)
 
-        def new_function(*args: str) -> Any:
-            assert args[0] == "ctx" and "run(b)" in args[-1]
+        def run_js(code: str) -> Any:
+            assert "(ctx) =>" in code and "run(b)" in code
 
             def factory(ctx: Any) -> FakeReplay:
                 replay = FakeReplay()
@@ -110,14 +113,17 @@ class Browser:
 
             return factory
 
-        js.Function = types.SimpleNamespace(new=new_function)
         ffi = types.ModuleType("pyodide.ffi")
         ffi.create_proxy = lambda fn: FakeProxy(fn, self.proxies)
+        code = types.ModuleType("pyodide.code")
+        code.run_js = run_js
         pyodide = types.ModuleType("pyodide")
         pyodide.ffi = ffi
+        pyodide.code = code
         monkeypatch.setitem(sys.modules, "js", js)
         monkeypatch.setitem(sys.modules, "pyodide", pyodide)
         monkeypatch.setitem(sys.modules, "pyodide.ffi", ffi)
+        monkeypatch.setitem(sys.modules, "pyodide.code", code)
 
     def _set_interval(self, fn: Any, ms: float) -> int:
         timer_id = self._next_id

@@ -1,5 +1,6 @@
-"""REPLAY_JS, the JavaScript half of the recorder, run for real under node with a recording
-2D context: it must make exactly the calls CanvasRecorder.calls() decodes, styles included."""
+"""REPLAY_JS (avatarplayer/face/js/replay.js), the JavaScript half of the recorder, run for real under
+node with a recording 2D context: it must make exactly the calls CanvasRecorder.calls() decodes,
+styles included."""
 
 import json
 import shutil
@@ -7,8 +8,9 @@ import subprocess
 
 import pytest
 
-from avatarplayer.face.canvas import REPLAY_JS, CanvasRecorder, FacePainter
 from avatarplayer.face.model import FacePose
+from avatarplayer.face.painter import FacePainter
+from avatarplayer.face.recorder import REPLAY_JS, CanvasRecorder
 
 SCRIPT = r"""
 const [body, stylesJson, ops] = JSON.parse(require("fs").readFileSync(0, "utf8"));
@@ -28,7 +30,7 @@ const ctx = new Proxy({}, {
     return true;
   },
 });
-const replay = new Function("ctx", body)(ctx);
+const replay = (0, eval)(body)(ctx);  // as pyodide's run_js: one expression, evaluated globally
 replay.addStyles(stylesJson);
 replay.run(Float64Array.from(ops));
 let error = null;

@@ -1,21 +1,14 @@
-"""FaceRenderer under CPython with a stand-in browser (tests/renderer/fakes.py)."""
+"""FaceRenderer (avatarplayer.face.canvas) under CPython with a stand-in browser (tests/renderer/fakes.py)."""
 
 import json
-import math
 import subprocess
 import sys
 
 import pytest
 
-from avatarplayer.face.canvas import (
-    MOUTH_INSIDE,
-    NOSE_SHINE,
-    SCLERA,
-    CanvasRecorder,
-    FacePainter,
-    FaceRenderer,
-)
-from avatarplayer.face.model import FacePose
+from avatarplayer.face import canvas, painter, recorder
+from avatarplayer.face.canvas import FaceRenderer
+from avatarplayer.face.recorder import CanvasRecorder
 from avatarplayer.wire.messages import FLAME_FIELDS, build_message
 
 from .fakes import Browser, FakeCanvas, FakeClock
@@ -240,84 +233,6 @@ def test_snapshot_is_json_ready_with_camel_case_names(renderer, clock):
     assert snap["mode"] == "blend-in" and snap["decodeErrors"] == 1 and snap["framesReceived"] == 2
 
 
-# ------------------------------------------------------------------ what is drawn
-
-
-def paint(pose, width=480, height=480, background=True):
-    painter = FacePainter(width, height, background)
-    painter.paint(pose)
-    return painter.rec.calls()
-
-
-def fills(calls):
-    return [args[0] for name, args in calls if name == "fillStyle"]
-
-
-@pytest.mark.parametrize("pose", [
-    FacePose(),
-    FacePose(jaw=1.0, blink_left=1.0, blink_right=0.5, gaze_x=1.0, gaze_y=-1.0, pitch=0.6, yaw=-0.8, roll=0.6,
-             smile=-1.0, pucker=1.0, brow=1.0, breath=1.0),
-    FacePose(jaw=0.5, gaze_x=-1.0, gaze_y=1.0, pitch=-0.6, yaw=0.8, roll=-0.6, smile=1.0, brow=-1.0),
-])
-def test_every_call_is_well_formed_finite_and_balanced(pose):
-    calls = paint(pose)
-    depth = 0
-    for name, args in calls:
-        assert all(isinstance(a, str) or isinstance(a, tuple) or math.isfinite(a) for a in args), (name, args)
-        depth += {"save": 1, "restore": -1}.get(name, 0)
-        assert depth >= 0
-    assert depth == 0
-    assert 150 < len(calls) < 400
-
-
-def test_an_open_mouth_shows_its_inside_and_a_closed_one_does_not():
-    assert MOUTH_INSIDE in fills(paint(FacePose(jaw=0.6)))
-    assert MOUTH_INSIDE not in fills(paint(FacePose(jaw=0.0)))
-
-
-def test_closed_eyes_show_no_whites():
-    assert fills(paint(FacePose())).count(SCLERA) == 2
-    assert fills(paint(FacePose(blink_left=1.0))).count(SCLERA) == 1
-    assert fills(paint(FacePose(blink_left=1.0, blink_right=1.0))).count(SCLERA) == 0
-
-
-def test_head_roll_rotates_the_drawing_and_yaw_moves_the_features():
-    rotations = [args for name, args in paint(FacePose(roll=0.2)) if name == "rotate"]
-    assert rotations and rotations[0][0] == pytest.approx(-0.2 * 1.6)
-    # the nose tip's shine moves towards the side the head turns to
-    def nose_x(pose):
-        last = None
-        for name, args in paint(pose):
-            if name == "ellipse":
-                last = args
-            elif name == "fillStyle" and args[0] == NOSE_SHINE:
-                return last[0]
-        raise AssertionError("no nose drawn")
-
-    assert nose_x(FacePose(yaw=0.3)) > nose_x(FacePose()) > nose_x(FacePose(yaw=-0.3))
-
-
-def test_background_choices():
-    assert paint(FacePose(), background=False)[1][0] == "clearRect"
-    assert "#102030" in fills(paint(FacePose(), background="#102030"))
-
-
-def test_the_face_is_centred_and_scaled_into_a_wide_canvas():
-    calls = paint(FacePose(), width=800, height=400)
-    transforms = [args for name, args in calls if name == "setTransform"]
-    assert transforms[1] == pytest.approx((1.0, 0, 0, 1.0, 200.0, 0.0))
-
-
-def test_styles_are_sent_once():
-    rec = CanvasRecorder()
-    painter = FacePainter(400, 400, recorder=rec)
-    painter.paint(FacePose())
-    _, first = rec.take()
-    painter.paint(FacePose(jaw=0.5))
-    _, second = rec.take()
-    assert len(first) > 10 and all(s not in first for s in second)
-
-
 # ------------------------------------------------------------------ packaging
 
 
@@ -326,6 +241,7 @@ def test_import_avatarplayer_stays_light_and_exports_face_renderer_lazily():
     code = (
         "import sys, avatarplayer\n"
         "assert 'avatarplayer.face.canvas' not in sys.modules\n"
+        "assert not [m for m in sys.modules if m.startswith('avatarplayer.face')], 'the face loads on first use'\n"
         "assert not any(m.startswith('google') for m in sys.modules)\n"
         "from avatarplayer import FaceRenderer\n"
         "assert FaceRenderer.__module__ == 'avatarplayer.face.canvas'\n"
@@ -343,3 +259,9 @@ def test_a_canvas_without_a_2d_context_is_refused(browser, clock):
 
     with pytest.raises(ValueError, match="2D context"):
         FaceRenderer(WebGLCanvas(), clock=clock)
+
+
+def test_the_painter_and_the_recorder_are_still_importable_from_canvas():
+    assert canvas.FacePainter is painter.FacePainter and canvas.STAGE is painter.STAGE
+    assert canvas.CanvasRecorder is recorder.CanvasRecorder
+    assert set(canvas.__all__) == {"FaceRenderer", "FacePainter", "CanvasRecorder", "STAGE"}
