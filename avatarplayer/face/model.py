@@ -1,5 +1,7 @@
+# Over 400 lines: one model (pose, idle, director, stats) whose parts share the pose and its easing.
 """The reference face renderer's pure logic: FLAME values → a small face pose, the idle animation,
-and the blends between idle and a turn. No browser here; :mod:`avatarplayer.face.canvas` draws.
+and the blends between idle and a turn. No browser here: :mod:`avatarplayer.face.painter` draws a
+pose, :mod:`avatarplayer.face.canvas` puts it on the page.
 
 - :class:`FacePose` – what the drawing needs, in a few normalized numbers.
 - :func:`pose_from_flame` / :func:`pose_from_message` – one FLAME keyframe (or a serialized
@@ -216,6 +218,8 @@ class IdleAnimator:
         self._gaze_next = t + self._rng.uniform(0.6, 2.0)
 
     def pose(self, t: float) -> FacePose:
+        """The idle pose at ``t`` seconds. A clock that steps back holds the pose; after a gap
+        of over 2 s the blinks and glances are scheduled afresh."""
         if not self._started:
             self._started = True
             self._schedule(t)
@@ -272,6 +276,8 @@ class IdleAnimator:
 
 
 class Mode(str, Enum):
+    """What :class:`FaceDirector` shows: idle, a blend into a turn, the turn, a blend back to idle."""
+
     IDLE = "idle"
     BLEND_IN = "blend-in"
     TURN = "turn"
@@ -336,6 +342,7 @@ class FaceDirector:
             self._target = pose
 
     def turn_started(self, conversation_id: str) -> None:
+        """A turn begins: counted; from idle or a blend out, the blend into it starts."""
         self.conversation_id = conversation_id
         self.turns += 1
         if self.mode in (Mode.IDLE, Mode.BLEND_OUT):
@@ -449,23 +456,31 @@ class FaceStats:
     decode_errors: int = 0
     """Frames that were not a ``Message`` or carried no keyframe (skipped)."""
     draw_errors: int = 0
+    """Idle-timer redraws that raised (counted, the first one logged; the timer goes on)."""
     mode: str = Mode.IDLE.value
+    """The director's mode at the last redraw or :meth:`~avatarplayer.face.canvas.FaceRenderer.snapshot`."""
     jaw: float = 0.0
     """Mouth opening last drawn, 0..1."""
     blink: float = 0.0
     """Eyelid closure last drawn, 0..1."""
     turns: int = 0
+    """Turns started (filled in by ``snapshot()``)."""
     conversation_id: str | None = None
+    """The current turn's id, None between turns (filled in by ``snapshot()``)."""
     cost_ms_last: float = 0.0
     """Python time of the last redraw (decode + pose + canvas calls), milliseconds."""
     cost_ms_total: float = 0.0
+    """Sum of ``cost_ms_last`` over all redraws, milliseconds."""
     cost_ms_max: float = 0.0
+    """The slowest redraw, milliseconds."""
 
     @property
     def cost_ms_mean(self) -> float:
+        """Mean Python time of a redraw, milliseconds (0 before the first)."""
         return self.cost_ms_total / self.frames_drawn if self.frames_drawn else 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields with camelCase names, plus ``costMsMean``: JSON-ready."""
         out = {_camel(f.name): getattr(self, f.name) for f in fields(self)}
         out["costMsMean"] = self.cost_ms_mean
         return out
