@@ -5,25 +5,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .agent_data import AgentMessages
 from .audio.report import AudioReport
-from .transport.carrier import DataCarrier
 from .config import WorkerConfig
-from .transport.messaging import MessageSender
 from .modes import mode_runner
-from .motion_gen import MotionGenerator
+from .transport.carrier import DataCarrier
+from .transport.messaging import MessageSender
 from .transport.pacing import try_realtime
 from .transport.publisher import Publisher
 from .transport.republish import RepublishAfter
-from .modes.scripted import inject, scripted_frames
-from .modes.speech import Speech, load_speech, plan_speech_turn
-from .transport.streamer import MotionStreamer, SendLog, TurnObserver, TurnResult
-from .turns import Turn, build_turn
+from .transport.streamer import MotionStreamer, SendLog, TurnObserver
 
 __all__ = ["run"]
 
@@ -48,14 +43,8 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
     """
     stop = stop or asyncio.Event()
     started = time.monotonic()
-    speech = None
-    if config.mode == "speech":
-        # synthesize / convert before joining, so a bad file fails fast and no one sees a half-start
-        speech = await asyncio.to_thread(load_speech, wav=config.wav, text=config.text, voice=config.voice)
-        log.info("speech: %s, %.2f s, %d frames", speech.source, speech.duration_s, len(speech.frames))
-    runner = mode_runner(config)  # demo / replay: they load what they need before joining too
-    if runner is not None:
-        await runner.prepare()
+    runner = mode_runner(config)  # the modes load what they need before joining
+    await runner.prepare()
 
     publisher = Publisher(config.livekit)
     send_log = SendLog(config.send_log) if config.send_log else None
@@ -74,8 +63,7 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
         republisher = RepublishAfter(functools.partial(publisher.republish_video, config.republish_gap_ms / 1000),
                                      config.republish_after, send_log=send_log)
         observers.append(republisher)
-    if runner is not None:
-        runner.install(publisher, messages, observers)
+    runner.install(publisher, messages, observers)
     streamer = MotionStreamer(publisher, send_log=send_log, data_path=carrier, observers=observers)
     tasks: list[asyncio.Future[Any]] = []
     outcome = "stopped"
@@ -88,9 +76,7 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
         realtime = config.realtime and try_realtime()
         await publisher.start()
         stream_task = asyncio.create_task(streamer.run(), name="motion-streamer")
-        driver = (runner.drive(streamer, functools.partial(_lead_in, config, publisher)) if runner is not None
-                  else _scripted(config, streamer, publisher) if speech is None
-                  else _speech(config, speech, streamer, publisher))
+        driver = runner.drive(streamer, functools.partial(_lead_in, config, publisher))
         driver_task = asyncio.create_task(driver, name="driver")
         driver_task.add_done_callback(_log_driver_failure)
         stop_task = asyncio.create_task(stop.wait(), name="stop")
@@ -140,8 +126,7 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
                 await asyncio.wait(tasks, timeout=5.0)
             if republisher is not None:
                 await republisher.close()
-            if runner is not None:
-                await runner.close()
+            await runner.close()
             if not abandoned:
                 await publisher.close()  # idempotent; after abort() it only releases what is left
             if report is not None:
@@ -168,7 +153,7 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
         "data_dropped": publisher.data_dropped,
         "data_messages": messages.sent,
         "realtime": realtime,
-        **(runner.summary() if runner is not None else {}),
+        **runner.summary(),
     }
     log.info("exit: %d frames sent, %d idle, %d late (max %.1f ms), %d dropped by injection",
              summary["frames_sent"], summary["idle_sent"], summary["late"], summary["max_late_ms"],
@@ -229,58 +214,3 @@ async def _lead_in(config: WorkerConfig, publisher: Publisher) -> None:
     log.info("viewer %r is here; %d ms of idle heartbeats before the first turn",
              viewer.identity, config.lead_in_ms)
     await asyncio.sleep(config.lead_in_ms / 1000)
-
-
-def _log_turn(result: TurnResult) -> None:
-    log.info("turn %s: seq %d..%d (%d frames) %s in %.2f s", result.label, result.first_seq,
-             result.first_seq + result.frames - 1, result.frames,
-             "completed" if result.completed else "interrupted", result.ended_at - result.started_at)
-
-
-async def _scripted(config: WorkerConfig, streamer: MotionStreamer, publisher: Publisher) -> str:
-    await _lead_in(config, publisher)
-    rng = random.Random(config.injection.seed)
-    for k in range(config.turns):
-        last = k == config.turns - 1
-        first = streamer.next_seq
-        frames = []
-        for start in range(0, config.frames, 25):  # in slices: never hold the loop past a deadline
-            frames += scripted_frames(first + start, min(25, config.frames - start), audio=config.script_audio)
-            await asyncio.sleep(0)
-        turn = build_turn(frames, first, transition=config.transition, redundant=config.redundant,
-                          compression=config.compression, label=f"script-{k + 1}")
-        if config.injection.active:
-            turn = inject(turn, config.injection, rng)
-        abort_after = last and config.leave_after is not None
-        if abort_after:
-            # dies mid-turn: no END (unless it was the last frame anyway), never a TRANSITION_END
-            turn = turn.truncated(min(config.leave_after or 0, config.frames))
-        result = await streamer.play(turn, abort_after=abort_after)
-        _log_turn(result)
-        if abort_after:
-            log.warning("leaving abruptly after %d frames of turn %d (--leave-after)", turn.frames, k + 1)
-            return "left"
-        if not last:
-            await asyncio.sleep(config.turn_gap_ms / 1000)
-    await asyncio.sleep(config.tail_ms / 1000)
-    return "done"
-
-
-async def _speech(config: WorkerConfig, speech: Speech, streamer: MotionStreamer, publisher: Publisher) -> str:
-    await _lead_in(config, publisher)
-    generator = MotionGenerator(config.seed)
-    n = 0
-    while True:
-        n += 1
-        began = time.monotonic()
-        turn: Turn = await plan_speech_turn(
-            speech, generator, streamer.next_seq, req_id=f"speech-{n}", avatar_id=config.avatar_id,
-            transition=config.transition, redundant=config.redundant, compression=config.compression)
-        result = await streamer.play(turn)
-        _log_turn(result)
-        if config.repeat_every_s is None:
-            break
-        await asyncio.sleep(max(0.0, config.repeat_every_s - (time.monotonic() - began)))
-    await asyncio.sleep(config.tail_ms / 1000)
-    return "done"
-

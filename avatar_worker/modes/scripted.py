@@ -7,9 +7,13 @@ send log records when each seq left, or that it was dropped on purpose.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from avatarplayer.constants import FRAME_INTERVAL_MS, FRAME_RATE
 from avatarplayer.wire.messages import FLAME_FIELDS, build_message
@@ -18,9 +22,15 @@ from avatarplayer.wire.motion import Compression, Flags
 from ..audio.pcm import click, tone
 from ..motion_gen import Pose
 from ..turns import Emission, Tick, Turn, TurnFrame, build_turn
+from . import DriverOnly, log_turn
+
+if TYPE_CHECKING:
+    from ..config import WorkerConfig
+    from ..transport.streamer import MotionStreamer
 
 __all__ = [
     "Injection",
+    "ScriptedMode",
     "payload_for",
     "scripted_pose",
     "scripted_frames",
@@ -208,3 +218,44 @@ def plan_scripted_turn(
     if injection is not None and injection.active:
         turn = inject(turn, injection, rng)
     return turn
+
+
+log = logging.getLogger("avatar_worker")  # run-level messages, as when app.py drove this mode
+
+
+class ScriptedMode(DriverOnly):
+    """The ``scripted`` mode runner: ``turns`` turns of ``frames`` scripted frames each, with the
+    configured faults injected, and ``--leave-after`` cutting the last one short."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+
+    async def drive(self, streamer: MotionStreamer, lead_in: Callable[[], Awaitable[None]]) -> str:
+        """Play the script; ``"done"``, or ``"left"`` after a turn cut by ``--leave-after``."""
+        config = self.config
+        await lead_in()
+        rng = random.Random(config.injection.seed)
+        for k in range(config.turns):
+            last = k == config.turns - 1
+            first = streamer.next_seq
+            frames = []
+            for start in range(0, config.frames, 25):  # in slices: never hold the loop past a deadline
+                frames += scripted_frames(first + start, min(25, config.frames - start), audio=config.script_audio)
+                await asyncio.sleep(0)
+            turn = build_turn(frames, first, transition=config.transition, redundant=config.redundant,
+                              compression=config.compression, label=f"script-{k + 1}")
+            if config.injection.active:
+                turn = inject(turn, config.injection, rng)
+            abort_after = last and config.leave_after is not None
+            if abort_after:
+                # dies mid-turn: no END (unless it was the last frame anyway), never a TRANSITION_END
+                turn = turn.truncated(min(config.leave_after or 0, config.frames))
+            result = await streamer.play(turn, abort_after=abort_after)
+            log_turn(result)
+            if abort_after:
+                log.warning("leaving abruptly after %d frames of turn %d (--leave-after)", turn.frames, k + 1)
+                return "left"
+            if not last:
+                await asyncio.sleep(config.turn_gap_ms / 1000)
+        await asyncio.sleep(config.tail_ms / 1000)
+        return "done"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avatarplayer.wire.messages import build_message
 from avatarplayer.wire.motion import Compression
@@ -12,8 +16,15 @@ from avatarplayer.wire.motion import Compression
 from ..audio import pcm as pcm_audio
 from ..motion_gen import MotionGenerator
 from ..turns import Turn, TurnFrame, build_turn
+from . import DriverOnly, log_turn
 
-__all__ = ["Speech", "load_speech", "plan_speech_turn"]
+if TYPE_CHECKING:
+    from ..config import WorkerConfig
+    from ..transport.streamer import MotionStreamer
+
+__all__ = ["Speech", "SpeechMode", "load_speech", "plan_speech_turn"]
+
+log = logging.getLogger("avatar_worker")  # run-level messages, as when app.py drove this mode
 
 DEFAULT_TEXT = "Hello! I am your avatar. I speak, I blink, and my motion travels next to my voice."
 
@@ -76,3 +87,39 @@ async def plan_speech_turn(
         await asyncio.sleep(0)
     return build_turn(frames, first_seq, transition=transition, redundant=redundant,
                       compression=compression, label=req_id or "speech", text=speech.text)
+
+
+class SpeechMode(DriverOnly):
+    """The ``speech`` mode runner: the speech as one turn, again every ``repeat_every_s`` if set."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.speech: Speech | None = None
+
+    async def prepare(self) -> None:
+        """Synthesize / convert before joining, so a bad file fails fast and no one sees a half-start."""
+        config = self.config
+        speech = await asyncio.to_thread(load_speech, wav=config.wav, text=config.text, voice=config.voice)
+        log.info("speech: %s, %.2f s, %d frames", speech.source, speech.duration_s, len(speech.frames))
+        self.speech = speech
+
+    async def drive(self, streamer: MotionStreamer, lead_in: Callable[[], Awaitable[None]]) -> str:
+        """Play the speech (repeatedly with ``repeat_every_s``); ``"done"``."""
+        config, speech = self.config, self.speech
+        assert speech is not None, "prepare() first"
+        await lead_in()
+        generator = MotionGenerator(config.seed)
+        n = 0
+        while True:
+            n += 1
+            began = time.monotonic()
+            turn: Turn = await plan_speech_turn(
+                speech, generator, streamer.next_seq, req_id=f"speech-{n}", avatar_id=config.avatar_id,
+                transition=config.transition, redundant=config.redundant, compression=config.compression)
+            result = await streamer.play(turn)
+            log_turn(result)
+            if config.repeat_every_s is None:
+                break
+            await asyncio.sleep(max(0.0, config.repeat_every_s - (time.monotonic() - began)))
+        await asyncio.sleep(config.tail_ms / 1000)
+        return "done"
