@@ -9,6 +9,7 @@ from typing import Literal
 from avatarplayer.wire.motion import Compression
 
 from .transport.carrier import DEFAULT_DATA_TOPIC, check_topic
+from .modes.agents_wire import PUBLISH_ON_BEHALF
 from .modes.scripted import Injection
 
 __all__ = ["LiveKitSettings", "WorkerConfig", "Mode"]
@@ -180,6 +181,6 @@ class WorkerConfig:
         if self.repeat_every_s is not None or self.wav is not None or self.text is not None:
             raise ValueError("agents mode plays what the agent sends: no --wav, --text or --repeat-every-s")
         # livekit-agents: the agent's room I/O takes this participant's audio as its own speech
-        attributes = {**self.livekit.attributes, "lk.publish_on_behalf": self.agent_identity}
+        attributes = {**self.livekit.attributes, PUBLISH_ON_BEHALF: self.agent_identity}
         if attributes != self.livekit.attributes:
             self.livekit = replace(self.livekit, attributes=attributes)

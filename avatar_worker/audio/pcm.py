@@ -1,8 +1,11 @@
-"""Speech audio as 48 kHz mono int16 PCM, cut into 40 ms frames, and its loudness envelope.
+"""PCM in one place: speech audio as 48 kHz mono int16 PCM, cut into 40 ms frames, its loudness
+envelope, and the conversion of other PCM to it.
 
-Conversions (other rates, stereo, other sample widths) and speech synthesis use Debian's ``sox``
-and ``espeak-ng`` as subprocesses; the rest is the standard library (``audioop`` is gone in
-Python 3.13, so sample maths uses ``array``).
+Conversions of files (other rates, stereo, other sample widths) and speech synthesis use Debian's
+``sox`` and ``espeak-ng`` as subprocesses; the rest is the standard library (``audioop`` is gone
+in Python 3.13, so sample maths uses ``array``). Streamed PCM (agents mode: the agent's audio
+at any rate and channel count) goes through :class:`PcmConverter`, with the LiveKit SDK's
+resampler (and numpy, a dependency of the SDK, to downmix), both loaded only when needed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import tempfile
 import wave
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from avatarplayer.constants import FRAME_INTERVAL_MS
 
@@ -35,6 +39,7 @@ __all__ = [
     "tone",
     "click",
     "write_wav",
+    "PcmConverter",
 ]
 
 SAMPLE_RATE = 48_000
@@ -188,3 +193,64 @@ def write_wav(path: str | Path, pcm: bytes) -> None:
         wav.setsampwidth(2)
         wav.setframerate(SAMPLE_RATE)
         wav.writeframes(pcm)
+
+
+_RESAMPLE_QUALITY = "medium"
+"""The sox resampler's quality for :class:`PcmConverter`."""
+
+
+class PcmConverter:
+    """Interleaved int16 PCM at any rate and channel count → 48 kHz mono int16, streaming.
+
+    Channels are averaged; the rate is converted with the LiveKit SDK's sox resampler, which
+    keeps its state across pushes (no clicks at chunk boundaries). Bytes that do not make a
+    whole sample frame wait for the next push.
+    """
+
+    def __init__(self, sample_rate: int, num_channels: int) -> None:
+        if not 8_000 <= sample_rate <= 192_000:
+            raise ValueError(f"unsupported sample_rate {sample_rate}")
+        if not 1 <= num_channels <= 8:
+            raise ValueError(f"unsupported num_channels {num_channels}")
+        self.sample_rate = sample_rate
+        self.num_channels = num_channels
+        self._rest = b""
+        self._resampler: Any = None
+        if sample_rate != SAMPLE_RATE:
+            from livekit import rtc
+
+            self._resampler = rtc.AudioResampler(sample_rate, SAMPLE_RATE, num_channels=1,
+                                                 quality=rtc.AudioResamplerQuality(_RESAMPLE_QUALITY))
+        self.samples_in = 0
+        """Sample frames (per channel) taken in so far."""
+
+    def push(self, data: bytes) -> bytes:
+        """Convert ``data`` (any length); returns what is ready (may be empty)."""
+        data = self._rest + bytes(data)
+        step = 2 * self.num_channels
+        usable = len(data) - len(data) % step
+        self._rest = data[usable:]
+        if not usable:
+            return b""
+        self.samples_in += usable // step
+        mono = _downmix(data[:usable], self.num_channels)
+        if self._resampler is None:
+            return mono
+        return b"".join(bytes(frame.data) for frame in self._resampler.push(bytearray(mono)))
+
+    def flush(self) -> bytes:
+        """The resampler's tail, at the end of the input."""
+        self._rest = b""
+        if self._resampler is None:
+            return b""
+        return b"".join(bytes(frame.data) for frame in self._resampler.flush())
+
+
+def _downmix(pcm: bytes, channels: int) -> bytes:
+    if channels == 1:
+        return pcm
+    import numpy as np  # a dependency of the livekit SDK
+
+    samples = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels).astype(np.int32)
+    mono = np.clip(np.rint(samples.mean(axis=1)), -32768, 32767).astype("<i2")
+    return mono.tobytes()

@@ -20,16 +20,16 @@ from typing import Any
 import pytest
 
 from avatar_worker.audio import pcm as pcm_audio
-from avatar_worker.modes.agents import (
+from avatar_worker.audio.pcm import PcmConverter
+from avatar_worker.modes.agents import AgentsMode
+from avatar_worker.modes.agents_playback import chunk_turn
+from avatar_worker.modes.agents_wire import (
     AUDIO_STREAM_TOPIC,
     PARTICIPANT_WAIT_S,
     RPC_CLEAR_BUFFER,
     RPC_PLAYBACK_FINISHED,
     RPC_PLAYBACK_STARTED,
     RPC_REFUSED,
-    AgentsMode,
-    PcmConverter,
-    chunk_turn,
 )
 from avatar_worker.cli import build_parser, config_from_args
 from avatar_worker.config import LiveKitSettings, WorkerConfig
