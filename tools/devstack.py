@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -153,19 +154,15 @@ class LiveKitServer:
               can_publish: bool = True, can_subscribe: bool = True, can_publish_data: bool = True,
               sources: list[str] | None = None, kind: str | None = None,
               attributes: dict[str, str] | None = None) -> str:
-        """An access token for ``identity`` in ``room`` only (livekit-api)."""
-        from livekit import api
+        """An access token for ``identity`` in ``room`` only: the worker's minter,
+        :func:`avatar_worker.token.access_token` (``sources`` empty: any source)."""
+        if str(ROOT) not in sys.path:  # run as tools/devstack.py: the repository is not on the path
+            sys.path.append(str(ROOT))
+        from avatar_worker.token import access_token
 
-        grants = api.VideoGrants(room_join=True, room=room, can_publish=can_publish,
-                                 can_subscribe=can_subscribe, can_publish_data=can_publish_data,
-                                 can_publish_sources=sources or [])
-        token = (api.AccessToken(self.api_key, self.api_secret).with_identity(identity)
-                 .with_name(name or identity).with_grants(grants).with_ttl(timedelta(seconds=ttl_s)))
-        if kind:
-            token = token.with_kind(kind)
-        if attributes:
-            token = token.with_attributes(attributes)
-        return token.to_jwt()
+        return access_token(self.api_key, self.api_secret, room=room, identity=identity, name=name, kind=kind,
+                            attributes=attributes, ttl=timedelta(seconds=ttl_s), can_publish=can_publish,
+                            can_subscribe=can_subscribe, can_publish_data=can_publish_data, sources=sources or ())
 
     def log_tail(self, lines: int = 60) -> str:
         if self.log_path is None:

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from avatarplayer.wire.datamsg import CONTROL_TOPIC, MOTION_TOPIC
+
 from .messaging import DataTransport, MessageSender
 
 __all__ = [
@@ -48,8 +50,9 @@ __all__ = [
 
 log = logging.getLogger("avatar_worker.carrier")  # the name it always logged under (serve.py, tests filter on it)
 
-CONTROL_TOPIC = "avatarplayer.control"
-DEFAULT_DATA_TOPIC = "avatarplayer.motion"
+DEFAULT_DATA_TOPIC = MOTION_TOPIC
+"""The data-packet carrier's topic unless a viewer asks for another: the player's
+:data:`avatarplayer.wire.datamsg.MOTION_TOPIC` (``CONTROL_TOPIC`` is the player's too)."""
 MAX_TOPIC_LENGTH = 128
 MAX_CONTROL_MESSAGE = 4096
 
