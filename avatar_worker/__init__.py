@@ -8,29 +8,33 @@ TRANSITION_END. Viewers may ask for the same packets as lossy data messages too 
 carrier); on request it also sends agent status / transcript messages, reports the audio it
 hears from the others, and swaps its motion track mid-turn (tests of a player's recovery).
 
-Modules, by responsibility:
+Packages and modules, by responsibility:
 
-- :mod:`~avatar_worker.transport.publisher` LiveKit connection, publications, rejoining
-- :mod:`~avatar_worker.token` access tokens
-- :mod:`~avatar_worker.transport.pacing` the absolute-deadline 25 fps clock
-- :mod:`~avatar_worker.transport.streamer` the real-time loop (heartbeats, turns, send log, stats)
-- :mod:`~avatar_worker.transport.carrier` the data-packet carrier and the control messages asking for it
-- :mod:`~avatar_worker.transport.messaging` data messages: the transport interface, logged JSON messages
-- :mod:`~avatar_worker.agent_data` agent status and transcript messages around each turn
-- :mod:`~avatar_worker.audio.report` per-second levels of the other participants' audio
-- :mod:`~avatar_worker.transport.republish` replacing the motion track mid-turn
-- :mod:`~avatar_worker.turns` planning a turn tick by tick
-- :mod:`~avatar_worker.modes.scripted` scripted mode: deterministic payloads, fault injection
-- :mod:`~avatar_worker.modes.speech` speech mode: WAV / espeak-ng playback
-- :mod:`~avatar_worker.modes` the modes with drivers of their own:
-  :mod:`~avatar_worker.modes.demo` (greets, listens with :mod:`~avatar_worker.audio.vad`, answers) and
+- :mod:`~avatar_worker.transport` the room side: :mod:`~avatar_worker.transport.publisher`
+  (LiveKit connection and publications, from :mod:`~avatar_worker.transport.rejoin`,
+  :mod:`~avatar_worker.transport.tracks` and :mod:`~avatar_worker.transport.dataqueue`),
+  :mod:`~avatar_worker.transport.pacing` (the absolute-deadline 25 fps clock),
+  :mod:`~avatar_worker.transport.streamer` (the real-time loop: heartbeats, turns, send log,
+  stats), :mod:`~avatar_worker.transport.carrier` (the data-packet carrier and the control
+  messages asking for it), :mod:`~avatar_worker.transport.messaging` (data messages: the
+  transport interface, logged JSON messages), :mod:`~avatar_worker.transport.republish`
+  (replacing the motion track mid-turn)
+- :mod:`~avatar_worker.modes` one module per mode and the table of them:
+  :mod:`~avatar_worker.modes.scripted` (deterministic payloads, fault injection),
+  :mod:`~avatar_worker.modes.speech` (WAV / espeak-ng playback),
+  :mod:`~avatar_worker.modes.demo` (greets, listens, answers),
   :mod:`~avatar_worker.modes.replay` (a recorded animation, byte for byte; ``REPLAY.md``;
-  :mod:`~avatar_worker.record` writes one); :mod:`~avatar_worker.modes.agents` (the LiveKit Agents
-  avatar contract: speech from an agent's ``lk.audio_stream``, ``lk.clear_buffer`` /
-  ``lk.playback_finished`` RPCs)
-- :mod:`~avatar_worker.motion_gen` FLAME poses from the audio envelope, blinks, head, gaze
-- :mod:`~avatar_worker.audio.pcm` PCM helpers
-- :mod:`~avatar_worker.app` one run; :mod:`~avatar_worker.cli` the command line
+  :mod:`~avatar_worker.record` writes one), :mod:`~avatar_worker.modes.agents` (the LiveKit
+  Agents avatar contract; its wire protocol in :mod:`~avatar_worker.modes.agents_wire`, its
+  playback in :mod:`~avatar_worker.modes.agents_playback`)
+- :mod:`~avatar_worker.audio` :mod:`~avatar_worker.audio.pcm` (all PCM conversion),
+  :mod:`~avatar_worker.audio.vad` (voice activity), :mod:`~avatar_worker.audio.report`
+  (per-second levels of the other participants' audio)
+- :mod:`~avatar_worker.turns` planning a turn tick by tick; :mod:`~avatar_worker.motion_gen` FLAME
+  poses from the audio envelope, blinks, head, gaze; :mod:`~avatar_worker.agent_data` agent
+  status and transcript messages around each turn; :mod:`~avatar_worker.token` access tokens
+- :mod:`~avatar_worker.app` one run; :mod:`~avatar_worker.config` its settings;
+  :mod:`~avatar_worker.cli` the command line
 
 Importing this package does not load the LiveKit native library; :func:`run` and the publisher
 do.

@@ -114,6 +114,7 @@ def read_secret_file(path: Path) -> tuple[str, str | None]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m avatar_worker`` argument parser."""
     p = argparse.ArgumentParser(
         prog="python -m avatar_worker",
         description="Publish an avatar's speech audio and motion track into a LiveKit room.",
@@ -295,6 +296,7 @@ class ExitGuard:
         self._printed = False
 
     def arm(self) -> None:
+        """Start the countdown (once): the process ends when it runs out."""
         with self._lock:
             if self._timer is None:
                 self._timer = threading.Timer(self.grace_s, self._fire)
@@ -338,6 +340,7 @@ async def _main(config: WorkerConfig, guard: ExitGuard | None = None) -> dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: parse, run, print the summary; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -38,6 +38,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m avatar_worker.record`` argument parser."""
     p = argparse.ArgumentParser(prog="python -m avatar_worker.record",
                                 description="Write a replay recording (messages.bin + audio.wav) from the "
                                             "worker's speech-driven motion generator.")
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Write a recording (see the module docstring); returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         speech = load_speech(wav=args.wav, text=args.text, voice=args.voice)

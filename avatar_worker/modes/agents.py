@@ -121,9 +121,11 @@ class AgentsMode(AgentLink, SegmentPlayer):
     # --------------------------------------------------------------------- ModeRunner
 
     async def prepare(self) -> None:
+        """Nothing to load: the audio comes from the agent."""
         return None
 
     def install(self, publisher: Any, messages: Any, observers: list[Any]) -> None:
+        """Hook into every room (streams, RPCs) and follow the turns as an observer."""
         self.publisher = publisher
         self.send_log = getattr(messages, "send_log", None)
         publisher.hooks.append(self)
@@ -149,9 +151,11 @@ class AgentsMode(AgentLink, SegmentPlayer):
                 return "agent-left"
 
     def summary(self) -> dict[str, Any]:
+        """The counts (segments, interruptions, refusals) and the agent's identity."""
         return {**self.counts, "agent_identity": self.agent_identity}
 
     async def close(self) -> None:
+        """Cancel the stream readers, drains and the RPC sender."""
         tasks = [*self._readers, *self._drains, *([self._sender] if self._sender is not None else [])]
         for task in tasks:
             task.cancel()

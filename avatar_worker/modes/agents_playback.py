@@ -131,6 +131,7 @@ class Segment:
 
     @property
     def input_bytes_per_s(self) -> int:
+        """Bytes per second of the stream in the agent's format."""
         return 2 * max(1, self.sample_rate) * max(1, self.num_channels)
 
     def _take(self, pcm: bytes) -> None:
@@ -155,6 +156,7 @@ class Segment:
 
     @property
     def duration_s(self) -> float:
+        """Seconds of the segment's audio received so far."""
         return self.samples_received / pcm_audio.SAMPLE_RATE
 
     @property
@@ -164,6 +166,7 @@ class Segment:
 
     @property
     def started(self) -> bool:
+        """One of its chunks has started playing."""
         return any(chunk.started for chunk in self.chunks)
 
     def ended_on_wire(self) -> bool:
@@ -338,6 +341,7 @@ class SegmentPlayer(TurnObserver):
     # ---------------------------------------------------------------------- TurnObserver
 
     def turn_started(self, turn: Turn, number: int) -> None:
+        """A chunk started: the segment's first logs its turn start."""
         chunk = self._chunks.get(id(turn))
         if chunk is None:
             return
@@ -351,6 +355,7 @@ class SegmentPlayer(TurnObserver):
                      turn.first_seq, segment.duration_s)
 
     def frame_sent(self, turn: Turn, number: int, frames: int) -> None:
+        """Count what was played; the segment's first frame sends ``lk.playback_started``."""
         chunk = self._chunks.get(id(turn))
         if chunk is None or not 1 <= frames <= len(chunk.samples):
             return
@@ -369,6 +374,7 @@ class SegmentPlayer(TurnObserver):
             self._feed()
 
     def turn_ended(self, turn: Turn, number: int, completed: bool) -> None:
+        """A chunk ended: a completed final chunk or an interruption finishes its segment."""
         chunk = self._chunks.pop(id(turn), None)
         if chunk is None:
             return

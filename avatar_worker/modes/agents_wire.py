@@ -146,6 +146,7 @@ class AgentLink:
     # ---------------------------------------------------------------------- RoomHook
 
     def attach(self, room: rtc.Room) -> None:
+        """Before the room connects: the ``lk.audio_stream`` handler, the agent's comings and goings."""
         def _on_stream(reader: rtc.ByteStreamReader, participant_identity: str) -> None:
             self._on_stream(reader, participant_identity, room)
 
@@ -166,6 +167,7 @@ class AgentLink:
                 self._poke()
 
     def joined(self, room: rtc.Room) -> None:
+        """Connected: register ``lk.clear_buffer``; note whether the agent is here already."""
         self.room = room
         self._ensure_loop_objects()
 

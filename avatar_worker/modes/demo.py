@@ -1,3 +1,4 @@
+# Over 400 lines: DemoAgent is one state machine (listen, hear, reply) whose parts share its state; only the reply texts (~50 lines) would split off.
 """Demo mode (``--mode demo``): a tiny voice agent that needs no cloud service.
 
 - **Greeting.** When someone joins (any participant that is not an agent), the avatar greets
@@ -199,6 +200,7 @@ class DemoAgent:
     # ---------------------------------------------------------------------- ModeRunner
 
     async def prepare(self) -> None:
+        """Before joining: load or synthesize the greeting (raises on a bad file)."""
         config = self.config
         text = config.text if config.wav is None else None
         self.greeting = await asyncio.to_thread(load_speech, wav=config.wav, text=text or GREETING,
@@ -209,6 +211,7 @@ class DemoAgent:
                  f"after {config.barge_in_ms} ms" if config.barge_in_ms else "off")
 
     def install(self, publisher: Publisher, messages: MessageSender, observers: list[Any]) -> None:
+        """Hook into every room (remote audio), and add the agent messages as a turn observer."""
         self.publisher = publisher
         self.messages = messages
         publisher.hooks.append(self)
@@ -233,9 +236,11 @@ class DemoAgent:
                     return "done"
 
     def summary(self) -> dict[str, Any]:
+        """Extra summary keys of demo mode."""
         return {"demo": {**self.stats, "reply_latency_ms": self.reply_latency_ms}}
 
     async def close(self) -> None:
+        """Stop listening and release the tasks."""
         tasks = [*self._greeting_tasks.values(), *(l.task for l in self.listeners.values() if l.task)]
         self._greeting_tasks.clear()
         self.listeners.clear()

@@ -246,6 +246,7 @@ class ReplayMode:
         self.turns = 0
 
     async def prepare(self) -> None:
+        """Before joining: load and check the recording (raises ReplayError)."""
         self.recording = await asyncio.to_thread(load_recording, self.config.replay_dir)
         log.info("replay: %s, %d frames (%.2f s)", self.recording.source, self.recording.frames,
                  self.recording.duration_s)
@@ -254,6 +255,7 @@ class ReplayMode:
         """Nothing to hook: a replay only plays."""
 
     async def drive(self, streamer: Any, lead_in: Callable[[], Awaitable[None]]) -> str:
+        """Play the recording (again every ``repeat_every_s`` if set); ``"done"``."""
         config = self.config
         recording = self.recording
         assert recording is not None, "prepare() first"
@@ -276,6 +278,7 @@ class ReplayMode:
         return "done"
 
     def summary(self) -> dict[str, Any]:
+        """Extra summary keys of replay mode."""
         recording = self.recording
         return {"replay": {"dir": str(self.config.replay_dir), "frames": recording.frames if recording else 0,
                            "turns": self.turns}}

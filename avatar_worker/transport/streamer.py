@@ -1,3 +1,4 @@
+# Over 400 lines: one real-time loop (MotionStreamer) and the small types its callers share with it; it is timing-critical code best read in one place.
 """The real-time loop: one carrier frame (and 40 ms of audio) per deadline, forever.
 
 While no turn is playing it sends IDLE heartbeats; a turn handed to :meth:`MotionStreamer.play`

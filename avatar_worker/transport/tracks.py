@@ -159,6 +159,7 @@ class TrackCapture:
         return 0.0 if source is None or not self._live else 1000.0 * source.queued_duration
 
     def drop_audio_backlog(self) -> None:
+        """Throw away the audio queued in the source (an interruption)."""
         if self.audio_source is not None and self._live:
             self.audio_source.clear_queue()
 
