@@ -18,9 +18,8 @@ from avatar_worker.transport.messaging import MessageSender
 from avatar_worker.modes.speech import Speech
 from avatar_worker.audio.vad import Utterance
 
-from .test_avatar_worker import RecordingSink, fast_streamer
+from .helpers import FakeTransport, RecordingSink, fast_streamer
 from .test_vad import pcm
-from .test_worker_features import FakeTransport
 
 
 def _utterance(seconds: float = 1.0, amplitude: int = 3000) -> Utterance:

@@ -41,7 +41,7 @@ from avatar_worker.modes.replay import (
 from avatar_worker.modes.scripted import payload_for
 from avatar_worker.modes.speech import Speech
 
-from .test_avatar_worker import RecordingSink, fast_streamer
+from .helpers import RecordingSink, fast_streamer
 
 ROOT = Path(__file__).resolve().parents[2]
 

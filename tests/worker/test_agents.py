@@ -1,9 +1,9 @@
-"""Agents mode (avatar_worker/agents.py) without a server: the real streamer on a fast clock, a
-recording sink, and fakes of the room, the byte-stream reader and the RPC transport.
+"""Agents mode (avatar_worker/modes/agents.py, agents_wire.py, agents_playback.py) without a server:
+the real streamer on a fast clock, a recording sink, and fakes of the room, the byte-stream reader
+and the RPC transport.
 
 The live test with a real LiveKit server and livekit-agents' own ``DataStreamAudioOutput`` is
-tests/worker/test_agents_contract.py.
-"""
+tests/worker/test_agents_live.py."""
 
 from __future__ import annotations
 
