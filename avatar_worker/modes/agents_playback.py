@@ -1,3 +1,4 @@
+# Just over 400 lines: Segment, its chunks and the SegmentPlayer that feeds them are one piece of bookkeeping.
 """How agents mode plays the agent's audio (:mod:`avatar_worker.modes.agents`): each byte stream
 is a :class:`Segment`, played as one turn in chunks on the streamer.
 
