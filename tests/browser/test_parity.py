@@ -502,7 +502,7 @@ await player_b.disconnect()
     worker = start_worker(livekit_server, room, tmp_path, "--frames", "200", "--tail-ms", "1500")
     try:
         run = wait_for(browser_page, lambda r: "turn-ended" in r.event_names(), timeout_s=90)
-        late = py(browser_page, "provider._late_attach")
+        late = py(browser_page, "provider.tap.late_attach")
     finally:
         worker.stop()
     why = explain(run, worker) + f"\nlate attach: {late}"
