@@ -49,6 +49,8 @@ class PlayerEvent(enum.StrEnum):
 
 
 class ConnectionState(enum.StrEnum):
+    """The player's connection state (:attr:`AvatarPlayer.connection_state` is its value)."""
+
     DISCONNECTED = "disconnected"
     CONNECTING = "connecting"
     CONNECTED = "connected"

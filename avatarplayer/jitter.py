@@ -56,6 +56,8 @@ DUE_TOLERANCE_MS = 4.0
 
 
 class PushResult(enum.Enum):
+    """What :meth:`JitterBuffer.push` did with a frame."""
+
     ACCEPTED = "accepted"
     RECOVERED = "recovered"
     """A frame from a REDUNDANT packet that filled a gap."""
@@ -93,6 +95,7 @@ class JitterCounters:
 
     @property
     def dropped(self) -> int:
+        """Frames dropped for any reason (late, stale, duplicate, overflow, flushed)."""
         return (self.dropped_late + self.dropped_stale + self.dropped_duplicate
                 + self.dropped_overflow + self.dropped_flushed)
 
@@ -163,14 +166,17 @@ class JitterBuffer(Generic[T]):
 
     @property
     def buffered(self) -> int:
+        """Frames waiting to be rendered."""
         return len(self._slots) + len(self._ready)
 
     @property
     def buffered_seqs(self) -> list[int]:
+        """Their sequence numbers, in render order."""
         return sorted(self._slots) if self.enabled else [seq for seq, _ in self._ready]
 
     @property
     def last_rendered(self) -> int | None:
+        """The sequence number of the last frame released, if any."""
         return self._last_rendered
 
     @property
@@ -180,6 +186,7 @@ class JitterBuffer(Generic[T]):
 
     @property
     def next_expected(self) -> int | None:
+        """The sequence number the next release waits for (``None`` before the first frame)."""
         return self._next
 
     @property

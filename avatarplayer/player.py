@@ -1,3 +1,5 @@
+# Over 400 lines: AvatarPlayer is the public API (connect, events, microphone, summary) and the
+# 40 ms tick that drives the pipeline; the data path itself is in pipeline.py.
 """AvatarPlayer: connection state, events, the 40 ms render clock, and the renderer calls.
 
 The player owns no browser objects itself: the provider (:class:`~avatarplayer.browser.livekit.LiveKitProvider`)
@@ -27,26 +29,38 @@ from .sync import AudioStats, SyncMode
 from .ticker import Ticker
 from .turns import Frame, Transition, TurnEnded, TurnStarted
 
-__all__ = ["AvatarPlayer", "ConnectConfig", "ProviderSink", "Renderer"]
+__all__ = ["AvatarPlayer", "ConnectConfig", "Provider", "ProviderSink", "Renderer"]
 
 
 class Renderer(Protocol):
     """What the player calls. Optional extras, used when present: ``turn_started(cid)``,
     ``turn_ended(cid, reason)``, ``stalled()``, ``transition(message)``."""
 
-    def yield_frames_data(self, frames: Sequence[bytes], conversation_id: str) -> None: ...
+    def yield_frames_data(self, frames: Sequence[bytes], conversation_id: str) -> None:
+        """Render these motion frames (each a protobuf ``Message``) now, in order; called every
+        40 ms tick that has a frame, with the turn's conversation id."""
+        ...
 
-    def yield_audio_data(self, data: bytes, is_last: bool) -> str | None: ...
+    def yield_audio_data(self, data: bytes, is_last: bool) -> str | None:
+        """Audio carried inside motion packets, if the avatar sends any (LiveKit's audio track is
+        played by the browser, not through here)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectConfig:
+    """Where to connect: the LiveKit server's URL, an access token, and (for the app's own
+    bookkeeping) the room's name. Built by :meth:`of` from whatever ``connect()`` was given."""
+
     url: str
     token: str
     room_name: str | None = None
 
     @classmethod
     def of(cls, config: Any = None, **kwargs: Any) -> ConnectConfig:
+        """From a ``ConnectConfig``, a dict (the demo token endpoint's ``serverUrl``/``roomName``
+        JSON as is), the JS object ``(await js.fetch(...)).json()`` gives, any object with the
+        attributes, and/or keyword arguments (which win). Raises ``ValueError`` naming the field."""
         if isinstance(config, ConnectConfig):
             return config
         if config is not None and not isinstance(config, Mapping) and callable(getattr(config, "to_py", None)):
@@ -67,8 +81,20 @@ class ConnectConfig:
         return cls(url, token, values.get("room_name"))
 
 
+class Provider(Protocol):
+    """What the player needs of a provider (:class:`~avatarplayer.LiveKitProvider` is the one this
+    package ships). Optional extras, used when present: ``poll(now_ms)`` about once a second,
+    ``poll_audio(now_ms, playout=, stats=)``, ``start_audio()``, ``start_publishing()``,
+    ``stop_publishing()``, ``publish_audio(track)``, ``unpublish_audio()``, ``room``,
+    ``untrusted_counts()``, ``control_messages_malformed``, ``shares_connected_room()``."""
+
+    async def open(self, sink: ProviderSink, url: str, token: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class ProviderSink(Protocol):
-    """What a provider calls back into the player."""
+    """What a provider calls back into the player (the player is the sink)."""
 
     def on_packet(self, packet: bytes, arrival_ms: float, rtp_timestamp: float | None = None) -> None: ...
     def on_audio_stats(self, stats: AudioStats) -> None: ...
@@ -78,6 +104,8 @@ class ProviderSink(Protocol):
     def on_passed_through(self, count: int) -> None: ...
     def on_error(self, error: BaseException) -> None: ...
     def on_motion_attached(self, mode: str) -> None: ...
+    def on_audio_playback(self, can_play: bool) -> None: ...
+    def on_data(self, payload: bytes, topic: str | None, identity: str | None) -> None: ...
 
 
 AUDIO_STATS_EVERY = 12
@@ -87,12 +115,9 @@ audio plays (the synchronization source) is read as often as the playout clock a
 
 
 if sys.platform == "emscripten":  # pragma: no cover - Pyodide
-    from js import performance as _performance
-
-    def _default_clock() -> float:
-        """Epoch milliseconds from ``performance``: sub-millisecond, and the clock the transform
-        worker stamps arrivals with (``time.time()`` there is ``Date.now()``, whole ms)."""
-        return _performance.timeOrigin + _performance.now()
+    # Epoch milliseconds from ``performance``: sub-millisecond, and the clock the transform worker
+    # stamps arrivals with (``time.time()`` there is ``Date.now()``, whole ms).
+    from .browser.jsutil import now_ms as _default_clock
 else:
     def _default_clock() -> float:
         """Epoch milliseconds."""
@@ -111,8 +136,8 @@ class AvatarPlayer:
 
     def __init__(
         self,
-        provider: Any,
-        renderer: Any,
+        provider: Provider,
+        renderer: Renderer,
         *,
         log_level: str = "warning",
         enable_jitter_buffer: bool = True,
@@ -162,20 +187,25 @@ class AvatarPlayer:
         return self._events.on(name, handler)
 
     def off(self, name: str, handler: Callable[..., Any] | None = None) -> None:
+        """Remove ``handler`` from event ``name`` (every handler of it without ``handler``)."""
         self._events.off(name, handler)
 
     # -------------------------------------------------------------------------- connection
 
     @property
     def connection_state(self) -> str:
+        """``"disconnected"``, ``"connecting"``, ``"connected"``, ``"reconnecting"`` or ``"failed"``."""
         return self._state.value
 
     @property
     def is_connected(self) -> bool:
+        """True while the room is connected (not while reconnecting)."""
         return self._state is ConnectionState.CONNECTED
 
     @property
     def session_summary(self) -> SessionSummary:
+        """The counters of this connection so far: frames, drops, stalls, turns, sync, what was
+        ignored (a fresh snapshot each time; see :class:`~avatarplayer.SessionSummary`)."""
         summary = self._pipeline.summary(self._clock())
         counts = getattr(self.provider, "untrusted_counts", None)
         if not callable(counts):
@@ -305,6 +335,8 @@ class AvatarPlayer:
     # ------------------------------------------------------------------- provider callbacks
 
     def on_packet(self, packet: bytes, arrival_ms: float, rtp_timestamp: float | None = None) -> None:
+        """(From the provider.) A motion packet of the avatar arrived at ``arrival_ms`` (page
+        clock), with its RTP timestamp when the video carrier gave one."""
         events = self._pipeline.receive_packet(packet, arrival_ms, rtp_timestamp)
         if events:
             self._dispatch(events)
@@ -340,6 +372,7 @@ class AvatarPlayer:
         self._pipeline.observe_audio_arrivals(rtp_timestamp, transit_ms)
 
     def on_passed_through(self, count: int) -> None:
+        """(From the provider.) Video frames the transform passed on untouched so far."""
         self._pipeline.frames_passed_through = count
 
     def on_error(self, error: BaseException) -> None:
@@ -347,6 +380,7 @@ class AvatarPlayer:
         self._events.emit(PlayerEvent.ERROR, error)
 
     def on_motion_attached(self, mode: str) -> None:
+        """(From the provider.) Motion now arrives by ``mode``: "script", "streams" or "data"."""
         self.motion_mode = mode
         self._events.emit(PlayerEvent.MOTION_TRACK_ATTACHED, mode)
 

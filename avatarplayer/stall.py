@@ -31,6 +31,7 @@ class StallDetector:
 
     @property
     def stalled(self) -> bool:
+        """True from the stall until the next frame."""
         return self._stalled
 
     def frame(self, now_ms: float) -> None:

@@ -1,3 +1,5 @@
+# Over 400 lines: a third is the explanation of the method (the docstring below); the rest is
+# one clock, PlayoutClock, whose parts only make sense together.
 """When is the avatar's voice heard? The playout clock that motion frames are released on.
 
 A motion frame and the 40 ms of audio captured with it leave the avatar worker together, but

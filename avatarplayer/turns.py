@@ -63,6 +63,11 @@ TurnEvent = TurnStarted | Frame | TurnEnded | Transition
 
 
 class TurnTracker:
+    """Turns (one utterance of the avatar each) from the flags of packets in render order: a turn
+    starts at a START frame (or at a frame outside any turn) and ends at an END frame, the next
+    START, a TRANSITION_END or IDLE packet, or :meth:`close` (a stall, a disconnect). Each turn
+    gets a fresh conversation id."""
+
     def __init__(self, new_id: Callable[[], str] = new_conversation_id) -> None:
         self._new_id = new_id
         self.conversation_id: str | None = None
@@ -72,6 +77,7 @@ class TurnTracker:
 
     @property
     def in_turn(self) -> bool:
+        """True between a turn's first frame and its end."""
         return self.conversation_id is not None
 
     def frame(self, seq: int, flags: Flags, message: bytes) -> list[TurnEvent]:
@@ -102,6 +108,7 @@ class TurnTracker:
         return []
 
     def close(self, reason: str) -> list[TurnEvent]:
+        """End the current turn (if any) for ``reason``; the events to dispatch."""
         if self.conversation_id is None:
             return []
         ended = TurnEnded(self.conversation_id, reason)
