@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from avatarplayer.wire.datamsg import AGENT_TOPIC
+
 from .transport.messaging import MessageSender
 from .transport.streamer import TurnObserver
 from .turns import Turn
@@ -39,7 +41,6 @@ __all__ = [
     "user_transcript_chunk",
 ]
 
-AGENT_TOPIC = "avatarplayer.agent"
 CHUNKS = 3
 """Transcript pieces per turn with known text (fewer for short texts)."""
 

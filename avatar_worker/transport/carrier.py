@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from avatarplayer.wire.datamsg import CONTROL_TOPIC, MOTION_TOPIC
+from avatarplayer.wire.datamsg import CONTROL_TOPIC, MAX_TOPIC_LENGTH, MOTION_TOPIC, topic_problem
 
 from .messaging import DataTransport, MessageSender
 
@@ -53,7 +53,6 @@ log = logging.getLogger("avatar_worker.carrier")  # the name it always logged un
 DEFAULT_DATA_TOPIC = MOTION_TOPIC
 """The data-packet carrier's topic unless a viewer asks for another: the player's
 :data:`avatarplayer.wire.datamsg.MOTION_TOPIC` (``CONTROL_TOPIC`` is the player's too)."""
-MAX_TOPIC_LENGTH = 128
 MAX_CONTROL_MESSAGE = 4096
 
 
@@ -80,12 +79,10 @@ class CarrierRequest:
 
 def check_topic(topic: object) -> str:
     """``topic`` if it is usable as a data topic, else ControlError."""
-    if not isinstance(topic, str) or not topic.strip():
-        raise ControlError("topic must be a non-empty string")
-    if len(topic) > MAX_TOPIC_LENGTH:
-        raise ControlError(f"topic is longer than {MAX_TOPIC_LENGTH} characters")
-    if topic == CONTROL_TOPIC or topic.startswith("lk."):
-        raise ControlError(f"topic {topic!r} is reserved")
+    problem = topic_problem(topic)
+    if problem is not None:
+        raise ControlError(problem)
+    assert isinstance(topic, str)
     return topic
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import options
 from ..events import ConnectionState
-from ..wire.datamsg import CONTROL_TOPIC, MOTION_TOPIC
+from ..wire.datamsg import CONTROL_TOPIC, MAX_TOPIC_LENGTH, MOTION_TOPIC, topic_problem
 from . import jsutil
 from .carrier import DataCarrierRequests
 from .media import AvatarAudio, Microphone
@@ -38,8 +38,6 @@ DEFAULT_LIVEKIT_CLIENT_URL = "/vendor/livekit-client/livekit-client.esm.mjs"
 DEFAULT_TRANSFORM_WORKER_URL = "/worker_transform/motion-transform.js"
 TRANSFORM_MODES = ("auto", "script", "streams", "data")
 AUDIO_POLICIES = ("avatar", "all", "none")
-MAX_TOPIC_LENGTH = 128
-"""The longest data topic the avatar worker accepts for the data carrier."""
 
 _log = logging.getLogger("avatarplayer.livekit")
 
@@ -104,8 +102,7 @@ class LiveKitProvider:
         self.transform_mode = transform_mode
         self.single_peer_connection = options.flag("single_peer_connection", single_peer_connection)
         self.data_topic = options.optional_text("data_topic", data_topic)
-        if (data_topic is None or not data_topic.strip() or len(data_topic) > MAX_TOPIC_LENGTH
-                or data_topic == CONTROL_TOPIC or data_topic.startswith("lk.")):
+        if topic_problem(data_topic) is not None:
             # the avatar worker refuses these (carrier-error): refuse them here, with the option's name
             raise ValueError(f"data_topic must be a topic name of at most {MAX_TOPIC_LENGTH} characters, not "
                              f"{CONTROL_TOPIC!r} and not starting with 'lk.' (LiveKit's own), got {data_topic!r}")

@@ -15,13 +15,29 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AgentStatus", "DataMessage", "TranscriptChunk", "parse_data_message", "parse_json",
-           "MOTION_TOPIC", "CONTROL_TOPIC", "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]
+__all__ = ["AgentStatus", "DataMessage", "TranscriptChunk", "parse_data_message", "parse_json", "topic_problem",
+           "MOTION_TOPIC", "CONTROL_TOPIC", "AGENT_TOPIC", "MAX_TOPIC_LENGTH", "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]
 
 MOTION_TOPIC = "avatarplayer.motion"
 """Default topic of the data-packet carrier (docs/wire-format.md §3b): one motion packet per message."""
 CONTROL_TOPIC = "avatarplayer.control"
 """Player <-> avatar worker requests, e.g. ``{"type": "carrier", "carrier": "data"}``."""
+AGENT_TOPIC = "avatarplayer.agent"
+"""Agent status and transcripts from the avatar worker (docs/wire-format.md §5)."""
+MAX_TOPIC_LENGTH = 128
+"""The longest data topic the avatar worker accepts for the data carrier."""
+
+
+def topic_problem(topic: object) -> str | None:
+    """Why ``topic`` cannot be the data carrier's topic, or ``None`` when it can: the worker refuses
+    such a request (``carrier-error``) and the player such an option, with the same words."""
+    if not isinstance(topic, str) or not topic.strip():
+        return "topic must be a non-empty string"
+    if len(topic) > MAX_TOPIC_LENGTH:
+        return f"topic is longer than {MAX_TOPIC_LENGTH} characters"
+    if topic == CONTROL_TOPIC or topic.startswith("lk."):
+        return f"topic {topic!r} is reserved"
+    return None
 
 MAX_JSON_BYTES = 256 * 1024
 """Larger payloads are not parsed as JSON (they are still delivered as raw bytes)."""
