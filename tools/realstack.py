@@ -186,7 +186,7 @@ def impaired_browser(playwright, server, app, workdir: Path, *, profile: str | d
 
 @dataclass
 class SyncPulse:
-    """One sync-pulse frame (avatar_worker/script.py): when it left the worker, when the renderer
+    """One sync-pulse frame (avatar_worker/modes/scripted.py): when it left the worker, when the renderer
     got it, and when its click was heard in the page (audio-tap.js). Times are epoch ms."""
 
     seq: int

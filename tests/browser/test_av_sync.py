@@ -1,6 +1,6 @@
 """Lips in sync with the voice, on impaired networks (issue 9).
 
-Each test plays a 30 s sync-pulse turn (avatar_worker/script.py: a click at the first sample of
+Each test plays a 30 s sync-pulse turn (avatar_worker/modes/scripted.py: a click at the first sample of
 every 25th frame's audio) from the real avatar worker, through the real LiveKit server, to the
 real player in a Chromium that sits in a network namespace of its own behind the impairment
 relay (tools/netimpair.py, docs/network-profiles.md). The page times each click as heard (Web

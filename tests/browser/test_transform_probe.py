@@ -3,7 +3,7 @@
 `web/dev/transform-probe.html` (JavaScript only, no Pyodide) connects with livekit-client, attaches
 `worker_transform/motion-transform.js` to the avatar's motion track, and keeps every packet the
 worker posts. The scripted avatar worker's payloads are a pure function of `seq`
-(`avatar_worker.script.payload_for`), and it logs every packet it sends, so the test can check
+(`avatar_worker.modes.scripted.payload_for`), and it logs every packet it sends, so the test can check
 each packet byte for byte.
 
 Findings on Chromium 156, which the cases below encode (details in worker_transform/README.md):

@@ -1,7 +1,7 @@
 // Test/benchmark instrument: when the avatar's voice is heard, measured in the page.
 //
 // The avatar's remote audio track (the <audio> element the player creates for it) is tapped with
-// Web Audio. An AudioWorklet finds the onset of each sync-pulse click (avatar_worker/script.py:
+// Web Audio. An AudioWorklet finds the onset of each sync-pulse click (avatar_worker/modes/scripted.py:
 // silence, then a loud burst from its first sample) to the sample, in AudioContext time, and the
 // main thread maps that to the page clock with AudioContext.getOutputTimestamp(): the instant the
 // sample leaves the context for the loudspeaker. Onsets are kept in window.harness.audioTap as
