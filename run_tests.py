@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "tools"))
 
-import bootstrap  # noqa: E402
+from tools import bootstrap
 
 
 def main(argv: list[str]) -> int:

@@ -34,7 +34,6 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-TOOLS = ROOT / "tools"
 VENV = ROOT / ".venv"
 SETUP_DONE_ENV = "AVATARPLAYER_SETUP_DONE"  # set by the re-exec so the set-up runs once per start
 EXTERNAL_ENV = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
@@ -120,8 +119,7 @@ examples:
 
 def allowed_host(value: str) -> str:
     """argparse type of --allowed-host: a host name or an IP address, normalized (no port, no scheme)."""
-    sys.path.insert(0, str(TOOLS))
-    from httpserve import normalize_host
+    from tools.httpserve import normalize_host
 
     try:
         return normalize_host(value)
@@ -184,8 +182,7 @@ def setup_and_reexec(args: argparse.Namespace) -> None:
         if not in_venv() and (VENV / "bin" / "python").exists():
             os.execv(str(VENV / "bin" / "python"), [str(VENV / "bin" / "python"), __file__, *sys.argv[1:]])
         return
-    sys.path.insert(0, str(TOOLS))
-    import bootstrap
+    from tools import bootstrap
 
     try:
         python = bootstrap.browser()
@@ -272,9 +269,7 @@ def main() -> int:
         sys.exit(f"serve.py: {' and '.join(taken)} already in use (another serve.py?); "
                  "pick others with --port / --livekit-port")
 
-    sys.path.insert(0, str(TOOLS))
-    import devstack
-    import webapp
+    from tools import devstack, webapp
 
     stop = threading.Event()
 

@@ -40,10 +40,10 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+sys.path.insert(0, str(ROOT))  # run as bench/e2e.py: the repository is not on the path
 
-import bootstrap  # noqa: E402
-from realstack import CHROMIUM_ARGS, harness_url, percentile, start_worker, wait_for  # noqa: E402
+from tools import bootstrap  # noqa: E402
+from tools.realstack import CHROMIUM_ARGS, harness_url, percentile, start_worker, wait_for  # noqa: E402
 
 TARGETS = {"latency_p95_ms": 100.0, "interval_stdev_ms": 3.0, "python_ms_per_frame": 0.3, "first_frame_over_boot_ms": 800.0}
 
@@ -125,7 +125,7 @@ OUTAGE_S = 1.5
 def sync_run(server, app, browser, link, workdir: Path, frames: int, profile: str, lk: str,
              worker_args: tuple, sync: str = "audio") -> dict:
     """One sync-pulse session through ``link``; the figures the report keeps."""
-    from realstack import offset_stats, run_sync_session
+    from tools.realstack import offset_stats, run_sync_session
 
     outage = OUTAGE_S if profile == "outage" else None
     session = run_sync_session(server, app, browser, workdir, frames=frames, link=link, outage_s=outage,
@@ -180,10 +180,10 @@ def sync_run(server, app, browser, link, workdir: Path, frames: int, profile: st
 
 
 def network_main(args: argparse.Namespace) -> None:
-    from devstack import LiveKitServer
+    from tools.devstack import LiveKitServer
     from playwright.sync_api import sync_playwright
-    from realstack import impaired_browser
-    from webapp import build_app
+    from tools.realstack import impaired_browser
+    from tools.webapp import build_app
 
     profiles = list(PROFILES) if "all" in args.network else args.network
     worker_args = ("--redundant",) if args.redundant else ()
@@ -310,9 +310,9 @@ def main() -> None:
             args.frames = 750
         network_main(args)
         return
-    from devstack import LiveKitServer
+    from tools.devstack import LiveKitServer
     from playwright.sync_api import sync_playwright
-    from webapp import build_app
+    from tools.webapp import build_app
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp, LiveKitServer(Path(tmp) / "lk") as server, \

@@ -106,11 +106,6 @@ def test_the_entries_read_another_way():
     fields = {f: getattr(LiveKitSettings, "__dataclass_fields__")[f].default
               for f in ("video_track_name", "audio_track_name")}
     assert fields == {"video_track_name": rows["video_track_name"], "audio_track_name": rows["audio_track_name"]}
-    import sys
+    from tools.webapp import web_config
 
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        from webapp import web_config
-    finally:
-        sys.path.remove(str(ROOT / "tools"))
     assert web_config()["transformWorker"] == DEFAULT_TRANSFORM_WORKER_URL == rows["DEFAULT_TRANSFORM_WORKER_URL"]

@@ -14,7 +14,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -156,9 +155,7 @@ class LiveKitServer:
               attributes: dict[str, str] | None = None) -> str:
         """An access token for ``identity`` in ``room`` only: the worker's minter,
         :func:`avatar_worker.token.access_token` (``sources`` empty: any source)."""
-        if str(ROOT) not in sys.path:  # run as tools/devstack.py: the repository is not on the path
-            sys.path.append(str(ROOT))
-        from avatar_worker.token import access_token
+        from avatar_worker.token import access_token  # (imported here: livekit-api is slow to load)
 
         return access_token(self.api_key, self.api_secret, room=room, identity=identity, name=name, kind=kind,
                             attributes=attributes, ttl=timedelta(seconds=ttl_s), can_publish=can_publish,

@@ -15,7 +15,7 @@ Top-down (docs/network-profiles.md has the picture and the numbers):
 - the relay (the command line): sockets, and one asyncio loop sending each packet at its time.
 - ``NetNamespace``, ``ImpairedLink``, ``chromium_wrapper``: the Python API for tests and benchmarks.
 
-Stdlib only. ``tools/`` is not a package: ``sys.path.insert(0, str(ROOT / "tools")); import netimpair``.
+Stdlib only: ``from tools import netimpair``, or run as a script (it starts itself so inside a namespace).
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def impaired_browser(playwright, server, app, workdir: Path, *, profile: str | d
     app is the impairment relay (tools/netimpair.py): ``yield (browser, link)``; ``link.outage(s)``
     cuts it. The page uses the usual URLs: inside the namespace the relay answers on the same
     loopback ports (signalling, the web app, the SFU's UDP port) as the servers outside."""
-    from netimpair import ImpairedLink, NetNamespace, chromium_wrapper
+    from .netimpair import ImpairedLink, NetNamespace, chromium_wrapper
 
     workdir.mkdir(parents=True, exist_ok=True)
     with NetNamespace() as ns, ImpairedLink(

@@ -13,8 +13,8 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from devstack import LiveKitServer
-from httpserve import (DEFAULT_CSP, DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT_S, StaticServer,
+from .devstack import LiveKitServer
+from .httpserve import (DEFAULT_CSP, DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT_S, StaticServer,
                        inline_script_hashes)
 
 ROOT = Path(__file__).resolve().parent.parent

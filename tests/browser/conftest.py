@@ -26,13 +26,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
 
-import bootstrap  # noqa: E402
-from devstack import LiveKitServer  # noqa: E402
-from realstack import CHROMIUM_ARGS  # noqa: E402
-from httpserve import StaticServer  # noqa: E402
-from webapp import build_app  # noqa: E402
+from tools import bootstrap
+from tools.devstack import LiveKitServer
+from tools.realstack import CHROMIUM_ARGS
+from tools.httpserve import StaticServer
+from tools.webapp import build_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 

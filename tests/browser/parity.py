@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from realstack import HarnessRun, harness_url, read_harness, start_worker, wait_for  # noqa: F401 (re-exported)
+from tools.realstack import HarnessRun, harness_url, read_harness, start_worker, wait_for  # noqa: F401 (re-exported)
 
 
 def scripted_seqs(frames: list[bytes], total: int) -> list[int | None]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 
-from realstack import ROOT, start_worker
+from tools.realstack import ROOT, start_worker
 
 from .parity import events_of, explain, new_room, open_harness, wait_for
 

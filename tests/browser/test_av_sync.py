@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from realstack import impaired_browser, offset_stats, run_sync_session
+from tools.realstack import impaired_browser, offset_stats, run_sync_session
 
 from .conftest import is_loopback_url
 from .parity import assert_in_order

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from devstack import free_port
+from tools.devstack import free_port
 
 from .conftest import boot_own_browser
 

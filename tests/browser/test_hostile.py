@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from realstack import start_worker, wait_for
+from tools.realstack import start_worker, wait_for
 
 from .intruder import BURST, CARRIER_FRAMES, SPOOFED_TEXT
 from .parity import assert_in_order, events_of, explain, frames_vs_script, new_room, open_harness, turn_end

@@ -10,10 +10,10 @@ from datetime import timedelta
 
 import pytest
 
-import bootstrap  # tools/, on sys.path through conftest
-from devstack import LiveKitServer, free_port
-from realstack import start_worker
-from webapp import build_app
+from tools import bootstrap
+from tools.devstack import LiveKitServer, free_port
+from tools.realstack import start_worker
+from tools.webapp import build_app
 
 from .parity import assert_in_order, explain, new_room, open_harness, py, wait_for
 

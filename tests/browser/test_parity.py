@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from realstack import start_worker
+from tools.realstack import start_worker
 
 from .conftest import boot_own_browser
 from .parity import (assert_in_order, events_of, explain, frames_vs_script, harness_url, new_room, open_harness,

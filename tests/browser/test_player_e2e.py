@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from avatar_worker.modes.scripted import payload_for
-from realstack import harness_url, start_worker, wait_for
+from tools.realstack import harness_url, start_worker, wait_for
 
 from .parity import frames_vs_script
 

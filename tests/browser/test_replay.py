@@ -10,7 +10,7 @@ import sys
 
 
 from avatar_worker.modes.replay import read_messages
-from realstack import ROOT, start_worker
+from tools.realstack import ROOT, start_worker
 
 from .parity import explain, new_room, open_harness, wait_for
 

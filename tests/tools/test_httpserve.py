@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,9 +20,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
 
-from httpserve import MAX_BODY, StaticServer, normalize_host  # noqa: E402
+from tools.httpserve import MAX_BODY, StaticServer, normalize_host
 
 SECRET = b"top secret, outside every mount"
 PAGE = b"<!doctype html><title>t</title><script>window.x = 1;</script><p>hello</p>"

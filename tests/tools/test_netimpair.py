@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
 
-import netimpair  # noqa: E402
-from netimpair import (  # noqa: E402
+from tools import netimpair
+from tools.netimpair import (
     PROFILES, DelayStats, DirectionSettings, ImpairedLink, Link, NetNamespace, Shaper, load_profile,
 )
 

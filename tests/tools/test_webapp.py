@@ -15,7 +15,6 @@ import importlib.util
 import json
 import re
 import string
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,11 +22,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
 
-from devstack import LiveKitServer  # noqa: E402
-from httpserve import DEFAULT_CSP, MAX_BODY, inline_script_hashes  # noqa: E402
-from webapp import TOKEN_TTL_S, TokenEndpoint, build_app, content_security_policy  # noqa: E402
+from tools.devstack import LiveKitServer
+from tools.httpserve import DEFAULT_CSP, MAX_BODY, inline_script_hashes
+from tools.webapp import TOKEN_TTL_S, TokenEndpoint, build_app, content_security_policy
 
 from .test_httpserve import exchange, get, request  # noqa: E402
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
 
-from devstack import LIVEKIT_BINARY as LIVEKIT_SERVER  # noqa: E402
-from devstack import LiveKitServer  # noqa: E402
+from tools.devstack import LIVEKIT_BINARY as LIVEKIT_SERVER
+from tools.devstack import LiveKitServer
 
 
 @pytest.fixture

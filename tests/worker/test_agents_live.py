@@ -36,7 +36,7 @@ from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import PlaybackFinishedEvent
 
 if TYPE_CHECKING:
-    from devstack import LiveKitServer
+    from tools.devstack import LiveKitServer
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = "avatar-worker"

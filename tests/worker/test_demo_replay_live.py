@@ -23,7 +23,7 @@ from .test_worker_features_live import Participant, frame_seqs, run_worker, watc
 from .test_worker_live import send_log, start_worker, wait_for
 
 if TYPE_CHECKING:
-    from devstack import LiveKitServer
+    from tools.devstack import LiveKitServer
 
 AGENT = "avatarplayer.agent"
 UTTERANCE_TEXT = "Testing, one, two, three."

@@ -24,7 +24,7 @@ from avatar_worker.modes.scripted import payload_for
 from .test_worker_live import WORKER_IDENTITY, send_log, start_worker, summary_of, wait_for
 
 if TYPE_CHECKING:
-    from devstack import LiveKitServer
+    from tools.devstack import LiveKitServer
 
 CONTROL = "avatarplayer.control"
 

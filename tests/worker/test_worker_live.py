@@ -28,7 +28,7 @@ from livekit import api, rtc
 from avatarplayer.constants import FRAME_INTERVAL_MS
 
 if TYPE_CHECKING:
-    from devstack import LiveKitServer
+    from tools.devstack import LiveKitServer
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_IDENTITY = "avatar-worker"
