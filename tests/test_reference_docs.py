@@ -33,10 +33,10 @@ WORKER_ENTRIES = ("avatar_worker.config.WorkerConfig", "avatar_worker.config.Liv
                   "avatar_worker.app.run", "avatar_worker.modes.MODES")
 """What the avatar_worker reference page must have, by its element id."""
 
-KNOWN_BROKEN_LINKS = {("avatar-worker.md", "../avatar_worker/REPLAY.md")}
-"""Markdown links to files outside docs/ (mkdocs.yml reports those as INFO, not WARNING, because of
-this one): the site cannot serve them. Any other such link fails ``test_links_stay_inside_the_site``.
-The fix for this one belongs in docs/avatar-worker.md: name the file as a backticked path."""
+KNOWN_BROKEN_LINKS: set[tuple[str, str]] = set()
+"""Markdown links to files outside docs/, which the site cannot serve (name such a file as a
+backticked path instead: tests/test_docs_paths.py checks it exists). Any link of that kind fails
+``test_links_stay_inside_the_site``, and the strict build too."""
 
 _TAG = re.compile(r"<(script|link|img|iframe|source|audio|video|embed)\b([^>]*)>", re.IGNORECASE)
 _ATTR = re.compile(r"""\b(src|href|srcset)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
