@@ -19,7 +19,7 @@ DOC = ROOT / "docs" / "wire-format.md"
 
 # Entries the checker cannot read as a module attribute or a JS number, with the reason.
 NOT_CHECKED = {
-    ("CARRIER_MAGIC", "worker_transform/motion-transform.js"): "a byte array, checked below",
+    ("CARRIER_MAGIC", "avatarplayer/browser/js/motion-transform.js"): "a byte array, checked below",
     ("TRAILER", "avatarplayer/wire/motion.py"): "private",
     ("VP8_KEYFRAME_PREFIX", "tests/vectors/manifest.json"): "checked by tests/unit/test_vectors.py",
     ("COMPACT_HEADER", "avatarplayer/wire/compact.py"): "a struct, checked below",
@@ -27,7 +27,6 @@ NOT_CHECKED = {
     ("video_track_name", "avatar_worker/cli.py"): "an option default",
     ("audio_track_name", "avatar_worker/config.py"): "a dataclass default, checked below",
     ("audio_track_name", "avatar_worker/cli.py"): "an option default",
-    ("DEFAULT_TRANSFORM_WORKER_URL", "tools/webapp.py"): "part of web_config(), checked below",
     ("RTP_TICKS_PER_FRAME", "tests/browser/test_transform_probe.py"): "a test constant",
 }
 
@@ -94,11 +93,10 @@ def test_each_constant_has_the_documented_value(constant, value, places):
 def test_the_entries_read_another_way():
     from avatar_worker.config import LiveKitSettings
     from avatarplayer.constants import CARRIER_MAGIC
-    from avatarplayer.browser.livekit import DEFAULT_TRANSFORM_WORKER_URL
     from avatarplayer.wire.compact import COMPACT_HEADER
 
     rows = {constant: literal(value) for constant, value, _ in ROWS if constant != "VP8_KEYFRAME_PREFIX"}
-    js = (ROOT / "worker_transform" / "motion-transform.js").read_text()
+    js = (ROOT / "avatarplayer" / "browser" / "js" / "motion-transform.js").read_text()
     magic = re.search(r"\bconst MAGIC\s*=\s*\[([^\]]+)\]", js)
     assert magic, "motion-transform.js: no MAGIC byte array"
     assert bytes(int(b, 0) for b in magic.group(1).split(",")) == CARRIER_MAGIC == rows["CARRIER_MAGIC"]
@@ -108,4 +106,4 @@ def test_the_entries_read_another_way():
     assert fields == {"video_track_name": rows["video_track_name"], "audio_track_name": rows["audio_track_name"]}
     from tools.webapp import web_config
 
-    assert web_config()["transformWorker"] == DEFAULT_TRANSFORM_WORKER_URL == rows["DEFAULT_TRANSFORM_WORKER_URL"]
+    assert web_config()["transformWorker"] == rows["TRANSFORM_WORKER_URL"]

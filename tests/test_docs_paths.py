@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOP = ("avatarplayer", "avatar_worker", "tools", "tests", "web", "bench", "worker_transform", "docs",
+TOP = ("avatarplayer", "avatar_worker", "tools", "tests", "web", "bench", "docs",
        "requirements", ".ci")
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CODE = re.compile(r"`([^`\s]+)`")

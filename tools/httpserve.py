@@ -1,7 +1,7 @@
 """A small, strict HTTP/1.1 server for the demo and the browser tests, on 127.0.0.1 by default.
 
 Serves chosen folders of the repository under URL prefixes (by default ``/web/``,
-``/worker_transform/`` and ``/node_modules/``) with the MIME types browsers insist on for
+``/js/avatarplayer/`` (the player's JavaScript) and ``/node_modules/``) with the MIME types browsers insist on for
 module scripts and WebAssembly, and ``Cache-Control: no-store`` so a test never sees a stale
 file. Anything outside the mounts, or inside one of the ``exclude`` folders, is 404; paths cannot
 escape a mount, through ``..``, ``%2e%2e`` or a symlink.
@@ -88,7 +88,10 @@ LINGER_S = 1.0              # after a response that closes, read what the client
 LINGER_BYTES = 256 * 1024
 SEND_CHUNK = 256 * 1024
 
-DEFAULT_MOUNTS = ("web", "worker_transform", "node_modules")
+DEFAULT_MOUNTS = {"/web/": ROOT / "web", "/node_modules/": ROOT / "node_modules",
+                  "/js/avatarplayer/": ROOT / "avatarplayer" / "browser" / "js"}
+"""The tests' static server: the pages, the npm runtimes, and the player's JavaScript (the transform
+worker, which the wheel otherwise carries, under a URL for the pages that load it by URL)."""
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 DEFAULT_CSP = "object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
 SECURITY_HEADERS = (

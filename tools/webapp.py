@@ -25,6 +25,10 @@ NAME_MAX = 64  # display names
 TOKEN_TTL_S = 15 * 60
 VIEWER_SOURCES = ("microphone",)
 
+TRANSFORM_WORKER_URL = "/js/avatarplayer/motion-transform.js"
+"""Where the app serves the packaged transform worker, for pages that load it by URL (the harness
+pages; the player itself starts it from the wheel)."""
+
 LIVEKIT_CLIENTS = {"2.23.0": "livekit-client", "2.16.1": "livekit-client-2.16.1"}
 """livekit-client builds served under /vendor/<folder>/ (the default first)."""
 
@@ -32,7 +36,7 @@ LIVEKIT_CLIENTS = {"2.23.0": "livekit-client", "2.16.1": "livekit-client-2.16.1"
 def mounts() -> dict[str, Path]:
     nm = ROOT / "node_modules"
     table = {
-        "/worker_transform/": ROOT / "worker_transform",
+        "/js/avatarplayer/": ROOT / "avatarplayer" / "browser" / "js",
         "/vendor/pyodide/": nm / "pyodide",
         "/vendor/pyscript/": nm / "@pyscript" / "core" / "dist",
         "/wheels/": WEB_WHEELS,
@@ -50,7 +54,7 @@ def web_config() -> dict:
         "pyodideIndexURL": "/vendor/pyodide/",
         "wheels": [f"/wheels/{name}" for name in wheels],
         "livekitClients": {v: f"/vendor/{f}/livekit-client.esm.mjs" for v, f in LIVEKIT_CLIENTS.items()},
-        "transformWorker": "/worker_transform/motion-transform.js",
+        "transformWorker": TRANSFORM_WORKER_URL,
     }
 
 

@@ -56,3 +56,12 @@ def js_catch(log: logging.Logger, what: str) -> Any:
     from pyodide.ffi import create_once_callable
 
     return create_once_callable(lambda error: log.error("%s: %s", what, error))
+
+
+def blob_url(text: str, mime: str) -> str:
+    """An object URL for ``text`` (revoke it with ``URL.revokeObjectURL`` once unused)."""
+    import js
+    from pyodide.ffi import to_js
+
+    blob = js.Blob.new(to_js([text]), js_object({"type": mime}))
+    return js.URL.createObjectURL(blob)

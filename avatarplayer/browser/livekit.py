@@ -32,10 +32,9 @@ from .media import AvatarAudio, Microphone
 from .transform import MotionTap
 from .trust import AvatarTrust
 
-__all__ = ["LiveKitProvider", "DEFAULT_LIVEKIT_CLIENT_URL", "DEFAULT_TRANSFORM_WORKER_URL"]
+__all__ = ["LiveKitProvider", "DEFAULT_LIVEKIT_CLIENT_URL"]
 
 DEFAULT_LIVEKIT_CLIENT_URL = "/vendor/livekit-client/livekit-client.esm.mjs"
-DEFAULT_TRANSFORM_WORKER_URL = "/worker_transform/motion-transform.js"
 TRANSFORM_MODES = ("auto", "script", "streams", "data")
 AUDIO_POLICIES = ("avatar", "all", "none")
 
@@ -50,7 +49,9 @@ class LiveKitProvider:
         a video publication whose name contains "motion" or "animation" is the motion track.
     :param room: an existing livekit-client ``Room`` to share (not disconnected by the player).
     :param livekit_client_url: where the page serves livekit-client's ESM build (local, no CDN).
-    :param transform_worker_url: where the page serves ``worker_transform/motion-transform.js``.
+    :param transform_worker_url: a URL to load the transform worker from. By default (``None``) it
+        starts from the copy in this package (a Blob URL), so the page serves nothing for it; the
+        page's Content-Security-Policy must then allow ``worker-src blob:``.
     :param transform_mode: "auto" (RTCRtpScriptTransform, else createEncodedStreams, else the
         data-packet carrier), or force one of "script", "streams", "data".
     :param single_peer_connection: livekit-client >= 2.17 defaults to one peer connection; receiver
@@ -81,7 +82,7 @@ class LiveKitProvider:
         room: Any = None,
         *,
         livekit_client_url: str = DEFAULT_LIVEKIT_CLIENT_URL,
-        transform_worker_url: str = DEFAULT_TRANSFORM_WORKER_URL,
+        transform_worker_url: str | None = None,
         transform_mode: str = "auto",
         single_peer_connection: bool = False,
         data_topic: str = MOTION_TOPIC,

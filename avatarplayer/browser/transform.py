@@ -1,7 +1,7 @@
 """The motion track's tap: the transform worker attached to video receivers, the packets it posts
 back, and the watchdog that re-attaches a transform that never ran.
 
-Each attachment has an id and a ``MessageChannel`` to ``worker_transform/motion-transform.js``;
+Each attachment has an id and a ``MessageChannel`` to ``avatarplayer/browser/js/motion-transform.js``;
 the worker posts one compact message per packet (:mod:`avatarplayer.wire.compact`). Until the
 avatar's motion track is known, packets of every video receiver are held, a few per receiver;
 then only the motion track's are delivered (docs/player.md, docs/platform.md "Transform attach").
@@ -30,13 +30,14 @@ MAX_PENDING_PACKETS = 50
 class MotionTap:
     """Transforms on the page's receivers, and the motion packets they find.
 
-    :param worker_url: where the page serves the transform worker.
+    :param worker_url: where the page serves the transform worker; ``None``: the packaged copy
+        (``js/motion-transform.js``), started from a Blob URL.
     :param fall_back: called with a reason when the video carrier cannot work (the provider then
         switches to the data-packet carrier).
     :param audio_receiver: returns the avatar's audio receiver (its packet arrivals go to the player).
     """
 
-    def __init__(self, worker_url: str, log: logging.Logger, *, fall_back: Callable[[str], None],
+    def __init__(self, worker_url: str | None, log: logging.Logger, *, fall_back: Callable[[str], None],
                  audio_receiver: Callable[[], Any]) -> None:
         self.worker_url = worker_url
         self.log = log
@@ -60,6 +61,7 @@ class MotionTap:
         self.packets_before_open = 0
         """Packets that arrived before the player opened (a shared, connected room)."""
         self._worker: Any = None
+        self._blob_url: str | None = None
         self._ports: dict[int, Any] = {}
         self._port_handler: Any = None
         self._attach_count = 0
@@ -90,7 +92,10 @@ class MotionTap:
         from pyodide.ffi import create_proxy
 
         if self._worker is None:
-            self._worker = js.Worker.new(self.worker_url, jsutil.js_object({"name": "avatar-motion"}))
+            url = self.worker_url
+            if url is None:  # the packaged copy: nothing to serve, nothing to fetch
+                self._blob_url = url = jsutil.blob_url(jsutil.js_source("motion-transform.js"), "text/javascript")
+            self._worker = js.Worker.new(url, jsutil.js_object({"name": "avatar-motion"}))
         self._attach_count += 1
         attach_id = self._attach_count
         channel = js.MessageChannel.new()
@@ -322,3 +327,8 @@ class MotionTap:
         if self._worker is not None:
             self._worker.terminate()
             self._worker = None
+        if self._blob_url is not None:
+            import js
+
+            js.URL.revokeObjectURL(self._blob_url)
+            self._blob_url = None

@@ -1,6 +1,6 @@
 """The compact message the transform worker posts to Python for each motion packet.
 
-``worker_transform/motion-transform.js`` (``COMPACT_HEADER``, 20 bytes) writes it, the provider
+``avatarplayer/browser/js/motion-transform.js`` (``COMPACT_HEADER``, 20 bytes) writes it, the provider
 (:mod:`avatarplayer.browser.livekit`) reads it: one ``ArrayBuffer`` per packet, the header then
 the packet (docs/wire-format.md §5, where the table of shared constants checks both sides).
 """

@@ -85,7 +85,7 @@ def app(livekit_server):
 
 @pytest.fixture(scope="session")
 def static_server():
-    """Serves web/, worker_transform/ and node_modules/ of the repo on 127.0.0.1."""
+    """Serves web/, node_modules/ and the player's JavaScript (tools.httpserve.DEFAULT_MOUNTS) on 127.0.0.1."""
     if not (ROOT / "node_modules" / "livekit-client").is_dir():
         pytest.fail("node_modules is missing: run `python3 tools/bootstrap.py core`", pytrace=False)
     with StaticServer(ROOT) as server:

@@ -1,12 +1,12 @@
 """The receiver transform on the real stack: avatar worker -> LiveKit server -> Chromium.
 
 `web/dev/transform-probe.html` (JavaScript only, no Pyodide) connects with livekit-client, attaches
-`worker_transform/motion-transform.js` to the avatar's motion track, and keeps every packet the
+`avatarplayer/browser/js/motion-transform.js` to the avatar's motion track, and keeps every packet the
 worker posts. The scripted avatar worker's payloads are a pure function of `seq`
 (`avatar_worker.modes.scripted.payload_for`), and it logs every packet it sends, so the test can check
 each packet byte for byte.
 
-Findings on Chromium 156, which the cases below encode (details in worker_transform/README.md):
+Findings on Chromium 156, which the cases below encode (details in docs/transform-worker.md):
 
 - livekit-client 2.23.0 defaults to one peer connection. There, an RTCRtpScriptTransform attached
   at TrackSubscribed never sees a frame. Attached when the transceiver is created
@@ -162,7 +162,7 @@ def test_transform_worker_on_carrier_vectors(static_server, browser_page, worker
     frames: list[str | None] = [(VECTORS / name).read_bytes().hex() for name in names]
     frames.append(None)  # not a frame at all: counted as an error, still passed on
     browser_page.goto(static_server.url(PROBE) + "?autoconnect=0")
-    result = browser_page.evaluate(SYNTHETIC_JS, [static_server.url("/worker_transform/motion-transform.js"),
+    result = browser_page.evaluate(SYNTHETIC_JS, [static_server.url("/js/avatarplayer/motion-transform.js"),
                                                   worker_type, frames])
 
     expected_packets, ok, passthrough, malformed = [], 0, 0, 0

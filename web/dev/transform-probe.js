@@ -1,5 +1,5 @@
 // Transform probe: connect to a LiveKit room with livekit-client (served from local node_modules),
-// attach worker_transform/motion-transform.js to the avatar's motion track receiver, and record
+// attach avatarplayer/browser/js/motion-transform.js to the avatar's motion track receiver, and record
 // what comes out on window.probe for a test (or a person with devtools) to read.
 //
 // Query parameters:
@@ -26,7 +26,7 @@ const LIVEKIT_BUILDS = {
   "2.23.0": "../../node_modules/livekit-client/dist/livekit-client.esm.mjs",
   "2.16.1": "../../node_modules/livekit-client-2.16.1/dist/livekit-client.esm.mjs",
 };
-const WORKER_URL = new URL("../../worker_transform/motion-transform.js", import.meta.url);
+const WORKER_URL = new URL("../../js/avatarplayer/motion-transform.js", import.meta.url);
 const STATS_INTERVAL_MS = 500;
 
 const params = new URLSearchParams(location.search);

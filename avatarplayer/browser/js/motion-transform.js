@@ -3,7 +3,7 @@
 //     frame = vp8_prefix | packet | packet_length:u32 LE | "AVMF"
 //
 // Each carrier frame's packet goes to the main thread; the frame continues to the decoder as
-// the bare prefix (a valid VP8 key frame). The protocol is in README.md next to this file.
+// the bare prefix (a valid VP8 key frame). The protocol is in docs/transform-worker.md.
 //
 // No import/export statements: the file loads as a classic or a module worker, so the page
 // can pick either one.
