@@ -167,6 +167,9 @@ def test_demo_page_connects_speaks_and_disconnects(demo: Demo, browser_page, bro
     assert summary["packetsMalformed"] == 0 and summary["rendererErrors"] == 0, summary
     assert 20 <= summary["averageFps"] <= 30, summary
     assert int(page.locator("#s-framesRendered").inner_text()) > 0, "the live panel is not refreshed"
+    # the demo's provider has defaults: the transform worker came from the wheel (a Blob URL) and
+    # ran; had it failed, the provider would have fallen back to the data carrier
+    assert page.locator("#s-mode").inner_text() == "script", page.locator("#s-mode").inner_text()
     assert not state["errors"], state["errors"]
 
     page.click("#disconnect")
