@@ -1,0 +1,105 @@
+"""The static bundle (``python -m avatarplayer.bundle``) served by a plain stdlib HTTP server under a
+path prefix, against the real LiveKit server and the real avatar worker: the page boots from the
+bundle's own files only, connects with ``?url=&token=``, and the face draws the avatar's speech.
+
+The ``browser_page`` fixture fails the test on any request that leaves loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from avatarplayer import bundle
+from tools.realstack import start_worker
+
+BOOT_TIMEOUT_S = 120.0
+PREFIX = "apps/avatar"  # the bundle is served below a path prefix: its URLs must all be relative
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the stdlib's name)
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder(root: Path) -> Iterator[str]:
+    """``python -m http.server --bind 127.0.0.1`` in a thread: the base URL."""
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="bundle-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def stats(page) -> dict:
+    return json.loads(page.evaluate("window.avatarStats ? window.avatarStats() : 'null'") or "null") or {}
+
+
+def test_the_bundle_page_connects_and_the_face_speaks(livekit_server, browser_page, browser_log, tmp_path: Path):
+    started = time.monotonic()
+    files = bundle.build(tmp_path / "site" / PREFIX)
+    build_s = time.monotonic() - started
+    room = f"bundle-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(livekit_server, room, tmp_path / "worker", "--mode", "speech", "--text",
+                          "Hello! This face is played from a static folder.", "--lead-in-ms", "500")
+    token = livekit_server.token(f"viewer-{uuid.uuid4().hex[:8]}", room, can_publish=False,
+                                 can_subscribe=True, can_publish_data=True)
+    responses: list[tuple[int, str]] = []
+    browser_page.on("response", lambda r: responses.append((r.status, r.url)))
+    try:
+        with serve_folder(tmp_path / "site") as base:
+            query = urllib.parse.urlencode({"url": livekit_server.url, "token": token})
+            page_url = f"{base}/{PREFIX}/?{query}"
+            started = time.monotonic()
+            browser_page.goto(page_url, wait_until="domcontentloaded")
+            try:
+                browser_page.wait_for_function("window.avatarStats !== undefined", timeout=BOOT_TIMEOUT_S * 1000)
+                boot_s = time.monotonic() - started
+                browser_page.wait_for_function("JSON.parse(window.avatarStats()).state === 'connected'",
+                                               timeout=30_000, polling=200)
+                browser_page.wait_for_function("JSON.parse(window.avatarStats()).face.framesReceived > 50",
+                                               timeout=60_000, polling=200)
+            except Exception as exc:
+                pytest.fail(f"{type(exc).__name__}: {str(exc).splitlines()[0]}\nstats={stats(browser_page)}\n"
+                            f"status={browser_page.locator('#status').inner_text()}\nworker:\n{worker.tail()}",
+                            pytrace=False)
+            canvas = "document.getElementById('avatar').toDataURL()"
+            first = browser_page.evaluate(canvas)
+            browser_page.wait_for_timeout(300)
+            moved = browser_page.evaluate(canvas) != first
+            result = stats(browser_page)
+            status_line = browser_page.locator("#status").inner_text()
+            csp = [line for line in browser_log.console if "Content Security Policy" in line or "EvalError" in line]
+    finally:
+        worker.stop()
+
+    face, summary = result["face"], result["summary"]
+    fetched = sorted({urllib.parse.urlsplit(u).path for s, u in responses if u.startswith(base)})
+    print(f"\nbundle: {len(files)} files, built in {build_s:.1f} s; page booted in {boot_s:.1f} s; "
+          f"fetched {len(fetched)} of them: {fetched}\nface={face}")
+    assert status_line == "connected", status_line
+    assert face["framesReceived"] > 50 and face["decodeErrors"] == 0, face
+    assert summary["framesRendered"] > 50 and summary["packetsMalformed"] == 0, summary
+    assert moved, "the canvas did not change while the avatar spoke"
+    bad = [(s, u) for s, u in responses if s >= 400]
+    assert not bad, f"requests failed: {bad}"
+    # every file the page fetched came from the bundle, under its prefix
+    assert all(p.startswith(f"/{PREFIX}/") for p in fetched), fetched
+    assert f"/{PREFIX}/vendor/pyodide/pyodide.asm.wasm" in fetched and any("/wheels/avatarplayer-" in p for p in fetched)
+    assert not csp, "\n".join(csp)
+    assert not browser_log.off_loopback, browser_log.off_loopback
