@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP = ("avatarplayer", "avatar_worker", "tools", "tests", "web", "bench", "docs",
-       "requirements", ".ci")
+       "requirements", ".ci", "examples")
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CODE = re.compile(r"`([^`\s]+)`")
 FILE = re.compile(r"^[\w.*-]+\.(py|js|mjs|md|json|toml|txt|html|css|yaml)$")

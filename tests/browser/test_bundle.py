@@ -11,6 +11,10 @@ import contextlib
 import functools
 import http.server
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -23,6 +27,8 @@ import pytest
 from avatarplayer import bundle
 from tools.realstack import start_worker
 
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "examples" / "static" / "run.py"
 BOOT_TIMEOUT_S = 120.0
 PREFIX = "apps/avatar"  # the bundle is served below a path prefix: its URLs must all be relative
 
@@ -102,4 +108,54 @@ def test_the_bundle_page_connects_and_the_face_speaks(livekit_server, browser_pa
     assert all(p.startswith(f"/{PREFIX}/") for p in fetched), fetched
     assert f"/{PREFIX}/vendor/pyodide/pyodide.asm.wasm" in fetched and any("/wheels/avatarplayer-" in p for p in fetched)
     assert not csp, "\n".join(csp)
+    assert not browser_log.off_loopback, browser_log.off_loopback
+
+
+def test_examples_static_run_py_prints_a_url_that_plays(browser_page, browser_log, tmp_path: Path):
+    """``python3 examples/static/run.py`` as a user runs it (minus the set-up, done already): the URL it
+    prints plays the demo agent's greeting; no secret on any command line; Ctrl-C stops it all."""
+    out = tmp_path / "site"
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, str(RUN), "--port", "0", "--skip-setup", "--out", str(out)],
+                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    try:
+        started = time.monotonic()
+        url = None
+        while url is None and time.monotonic() - started < 120 and process.poll() is None:
+            url = next((line.split("open ", 1)[1].strip() for line in log_path.read_text().splitlines()
+                        if line.startswith("[static] open http")), None)
+            time.sleep(0.2)
+        assert url, f"no URL printed:\n{log_path.read_text()}"
+        url_s = time.monotonic() - started
+        group = subprocess.run(["ps", "-ww", "-o", "args=", "-g", str(process.pid)], capture_output=True, text=True).stdout
+        config = next(Path(a.split("--config ", 1)[1].split()[0]) for a in group.splitlines() if "--config " in a)
+        secret = config.read_text().split("keys: {", 1)[1].split('"')[1]  # tools/devstack.py's config
+        params = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        assert params["url"][0].startswith("ws://127.0.0.1:") and params["token"][0].count(".") == 2, url
+        browser_page.goto(url, wait_until="domcontentloaded")
+        try:
+            browser_page.wait_for_function("window.avatarStats && JSON.parse(window.avatarStats()).face.framesReceived > 25",
+                                           timeout=BOOT_TIMEOUT_S * 1000, polling=200)
+        except Exception as exc:
+            pytest.fail(f"{type(exc).__name__}: {str(exc).splitlines()[0]}\nstats={stats(browser_page)}\n"
+                        f"{log_path.read_text()}", pytrace=False)
+        result = stats(browser_page)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGINT)
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            code = None
+    print(f"\nrun.py printed the URL after {url_s:.1f} s; face={result['face']}")
+    assert result["state"] == "connected" and result["face"]["decodeErrors"] == 0, result
+    assert code == 0, f"run.py exited with {code} on Ctrl-C:\n{log_path.read_text()}"
+    leftover = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-g", str(process.pid)], capture_output=True, text=True).stdout
+    assert not leftover.strip(), f"outlived run.py: {leftover}"
+    assert "avatar_worker" in group and "livekit-server" in group, group
+    assert len(secret) >= 32 and secret not in group, "the API secret is on a command line"
+    assert secret not in url and secret not in log_path.read_text()
     assert not browser_log.off_loopback, browser_log.off_loopback
