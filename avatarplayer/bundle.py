@@ -163,7 +163,7 @@ INDEX_HTML = """\
   <style>
     body {{ font: 15px system-ui, sans-serif; max-width: 640px; margin: 2em auto; padding: 0 1em; }}
     canvas {{ width: 100%; aspect-ratio: 4 / 3; background: #eef; border-radius: 8px; }}
-    form {{ display: flex; gap: .5em; flex-wrap: wrap; margin: .8em 0; }}
+    #connect-form {{ display: flex; gap: .5em; flex-wrap: wrap; margin: .8em 0; }}
     input {{ flex: 1 1 12em; }}
   </style>
 </head>
@@ -171,12 +171,12 @@ INDEX_HTML = """\
   <canvas id="avatar" aria-label="the avatar"></canvas>
   <p id="status" role="status">Loading Python…</p>
   <button id="sound" type="button" hidden>Enable sound</button>
-  <form id="connect-form">
+  <div id="connect-form">
     <input id="url" name="url" placeholder="wss://your-livekit-server (empty: ask {endpoint})" autocomplete="off">
     <input id="token" name="token" placeholder="access token" autocomplete="off">
-    <button id="connect" type="submit" disabled>Connect</button>
+    <button id="connect" type="button" disabled>Connect</button>
     <button id="disconnect" type="button" disabled>Disconnect</button>
-  </form>
+  </div>
   <script type="py" src="main.py" config="pyscript.json"></script>
 </body>
 </html>
@@ -240,10 +240,16 @@ async def credentials():
         return {{"url": url, "token": token}}
     response = await pyfetch(TOKEN_ENDPOINT, method="POST", body="{{}}",
                              headers={{"Content-Type": "application/json"}})
-    grant = await response.json()
-    if not response.ok:
-        raise RuntimeError(grant.get("error") or f"HTTP {{response.status}}")
-    return {{"url": grant["serverUrl"], "token": grant.get("participantToken") or grant["token"]}}
+    try:
+        grant = json.loads(await response.text())
+    except ValueError:
+        grant = None
+    grant = grant if isinstance(grant, dict) else {{}}
+    token = grant.get("participantToken") or grant.get("token")
+    if not response.ok or not token:
+        raise RuntimeError(grant.get("error") or f"{{TOKEN_ENDPOINT}} answered HTTP {{response.status}} without "
+                           "a token: paste a server URL and a token")
+    return {{"url": grant.get("serverUrl"), "token": token}}
 
 
 async def connect():
@@ -254,9 +260,8 @@ async def connect():
         on_state(player.connection_state)
 
 
-@when("submit", "#connect-form")
+@when("click", "#connect")
 async def on_connect(event):
-    event.preventDefault()
     await connect()
 
 

@@ -26,6 +26,7 @@ import pytest
 
 from avatarplayer import bundle
 from tools.realstack import start_worker
+from tools.webapp import TokenEndpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "examples" / "static" / "run.py"
@@ -38,10 +39,27 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class TokenHandler(QuietHandler):
+    """The static files, and ``POST /api/token`` answered by the demo's endpoint (tools/webapp.py)."""
+
+    endpoint = None
+
+    def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+        if self.path != "/api/token" or self.endpoint is None:
+            self.send_error(404)
+            return
+        status, kind, body = self.endpoint(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @contextlib.contextmanager
-def serve_folder(root: Path) -> Iterator[str]:
+def serve_folder(root: Path, handler_class: type = QuietHandler) -> Iterator[str]:
     """``python -m http.server --bind 127.0.0.1`` in a thread: the base URL."""
-    handler = functools.partial(QuietHandler, directory=str(root))
+    handler = functools.partial(handler_class, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, name="bundle-http", daemon=True)
     thread.start()
@@ -89,6 +107,7 @@ def test_the_bundle_page_connects_and_the_face_speaks(livekit_server, browser_pa
             browser_page.wait_for_timeout(300)
             moved = browser_page.evaluate(canvas) != first
             result = stats(browser_page)
+            browser_page.screenshot(path=str(tmp_path / "bundle-page.png"))
             status_line = browser_page.locator("#status").inner_text()
             csp = [line for line in browser_log.console if "Content Security Policy" in line or "EvalError" in line]
     finally:
@@ -96,7 +115,7 @@ def test_the_bundle_page_connects_and_the_face_speaks(livekit_server, browser_pa
 
     face, summary = result["face"], result["summary"]
     fetched = sorted({urllib.parse.urlsplit(u).path for s, u in responses if u.startswith(base)})
-    print(f"\nbundle: {len(files)} files, built in {build_s:.1f} s; page booted in {boot_s:.1f} s; "
+    print(f"\nscreenshot: {tmp_path / 'bundle-page.png'}\nbundle: {len(files)} files, built in {build_s:.1f} s; page booted in {boot_s:.1f} s; "
           f"fetched {len(fetched)} of them: {fetched}\nface={face}")
     assert status_line == "connected", status_line
     assert face["framesReceived"] > 50 and face["decodeErrors"] == 0, face
@@ -108,6 +127,35 @@ def test_the_bundle_page_connects_and_the_face_speaks(livekit_server, browser_pa
     assert all(p.startswith(f"/{PREFIX}/") for p in fetched), fetched
     assert f"/{PREFIX}/vendor/pyodide/pyodide.asm.wasm" in fetched and any("/wheels/avatarplayer-" in p for p in fetched)
     assert not csp, "\n".join(csp)
+    assert not browser_log.off_loopback, browser_log.off_loopback
+
+
+def test_the_bundle_page_asks_the_token_endpoint_when_it_has_no_url_and_token(livekit_server, browser_page,
+                                                                               browser_log, tmp_path: Path):
+    """No ``?url=&token=``, an empty form: Connect POSTs to ``--token-endpoint`` (here the demo's
+    endpoint, whose JSON names the token ``token``) and connects with its answer."""
+    room = f"bundle-{uuid.uuid4().hex[:8]}"
+    bundle.build(tmp_path / "site" / PREFIX, token_endpoint="/api/token")
+    handler = type("Handler", (TokenHandler,), {"endpoint": TokenEndpoint(livekit_server, room, room)})
+    worker = start_worker(livekit_server, room, tmp_path / "worker", "--mode", "speech", "--text",
+                          "The token came from the endpoint.", "--lead-in-ms", "500")
+    try:
+        with serve_folder(tmp_path / "site", handler) as base:
+            browser_page.goto(f"{base}/{PREFIX}/", wait_until="domcontentloaded")
+            try:
+                browser_page.wait_for_function("window.avatarStats !== undefined", timeout=BOOT_TIMEOUT_S * 1000)
+                assert stats(browser_page)["state"] == "disconnected"  # no credentials: it waits for a click
+                browser_page.click("#connect")
+                browser_page.wait_for_function("JSON.parse(window.avatarStats()).face.framesReceived > 25",
+                                               timeout=60_000, polling=200)
+            except Exception as exc:
+                pytest.fail(f"{type(exc).__name__}: {str(exc).splitlines()[0]}\nstats={stats(browser_page)}\n"
+                            f"status={browser_page.locator('#status').inner_text()}\nworker:\n{worker.tail()}",
+                            pytrace=False)
+            result = stats(browser_page)
+    finally:
+        worker.stop()
+    assert result["state"] == "connected" and result["face"]["decodeErrors"] == 0, result
     assert not browser_log.off_loopback, browser_log.off_loopback
 
 
