@@ -106,6 +106,14 @@ def test_the_bundle_page_connects_and_the_face_speaks(livekit_server, browser_pa
             first = browser_page.evaluate(canvas)
             browser_page.wait_for_timeout(300)
             moved = browser_page.evaluate(canvas) != first
+            # the page's CSP lets a worker start from a Blob URL (how the package can start its transform worker)
+            blob_worker = browser_page.evaluate("""() => new Promise((resolve) => {
+              const url = URL.createObjectURL(new Blob(["postMessage('up')"], {type: "text/javascript"}));
+              const worker = new Worker(url);
+              worker.onmessage = (e) => resolve(e.data);
+              worker.onerror = () => resolve("refused");
+              setTimeout(() => resolve("timeout"), 5000);
+            })""")
             result = stats(browser_page)
             browser_page.screenshot(path=str(tmp_path / "bundle-page.png"))
             status_line = browser_page.locator("#status").inner_text()
@@ -118,6 +126,7 @@ def test_the_bundle_page_connects_and_the_face_speaks(livekit_server, browser_pa
     print(f"\nscreenshot: {tmp_path / 'bundle-page.png'}\nbundle: {len(files)} files, built in {build_s:.1f} s; page booted in {boot_s:.1f} s; "
           f"fetched {len(fetched)} of them: {fetched}\nface={face}")
     assert status_line == "connected", status_line
+    assert blob_worker == "up", blob_worker
     assert face["framesReceived"] > 50 and face["decodeErrors"] == 0, face
     assert summary["framesRendered"] > 50 and summary["packetsMalformed"] == 0, summary
     assert moved, "the canvas did not change while the avatar spoke"
