@@ -256,8 +256,8 @@ async def connect():
     try:
         await player.connect(**await credentials())
     except Exception as exc:
-        show(f"could not connect: {{exc}}")
         on_state(player.connection_state)
+        show(f"could not connect: {{exc}}")
 
 
 @when("click", "#connect")

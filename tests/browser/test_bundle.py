@@ -145,15 +145,24 @@ def test_the_bundle_page_asks_the_token_endpoint_when_it_has_no_url_and_token(li
     endpoint, whose JSON names the token ``token``) and connects with its answer."""
     room = f"bundle-{uuid.uuid4().hex[:8]}"
     bundle.build(tmp_path / "site" / PREFIX, token_endpoint="/api/token")
-    handler = type("Handler", (TokenHandler,), {"endpoint": TokenEndpoint(livekit_server, room, room)})
+    endpoint = TokenEndpoint(livekit_server, room, room)
+    handler = type("Handler", (TokenHandler,), {"endpoint": endpoint})
     worker = start_worker(livekit_server, room, tmp_path / "worker", "--mode", "speech", "--text",
                           "The token came from the endpoint.", "--lead-in-ms", "500")
     try:
         with serve_folder(tmp_path / "site", handler) as base:
+            # a plain static server first: no token endpoint there, and the page says so
             browser_page.goto(f"{base}/{PREFIX}/", wait_until="domcontentloaded")
             try:
                 browser_page.wait_for_function("window.avatarStats !== undefined", timeout=BOOT_TIMEOUT_S * 1000)
                 assert stats(browser_page)["state"] == "disconnected"  # no credentials: it waits for a click
+                handler.endpoint = None
+                browser_page.click("#connect")
+                browser_page.wait_for_function(
+                    "document.getElementById('status').textContent.startsWith('could not connect')", timeout=10_000)
+                refused = browser_page.locator("#status").inner_text()
+                assert browser_page.locator("#connect").is_enabled(), "Connect must be usable again"
+                handler.endpoint = endpoint
                 browser_page.click("#connect")
                 browser_page.wait_for_function("JSON.parse(window.avatarStats()).face.framesReceived > 25",
                                                timeout=60_000, polling=200)
@@ -164,6 +173,7 @@ def test_the_bundle_page_asks_the_token_endpoint_when_it_has_no_url_and_token(li
             result = stats(browser_page)
     finally:
         worker.stop()
+    assert refused == "could not connect: /api/token answered HTTP 404 without a token: paste a server URL and a token", refused
     assert result["state"] == "connected" and result["face"]["decodeErrors"] == 0, result
     assert not browser_log.off_loopback, browser_log.off_loopback
 
