@@ -10,7 +10,6 @@ never runs in a page. It writes::
     OUT/vendor/livekit-client/livekit-client.esm.mjs
     OUT/vendor/pyscript/      core.js, core.css and every chunk core.js imports
     OUT/vendor/pyodide/       the files Pyodide boots from (no wheels: the npm package has none)
-    OUT/vendor/avatarplayer/motion-transform.js   the transform worker, from the avatarplayer wheel
     OUT/avatarplayer-bundle.json   what was bundled: versions and files
 
 Every URL in it is relative, so the folder works under any path prefix. ``--cdn`` loads Pyodide and
@@ -29,7 +28,6 @@ import json
 import re
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 
 __all__ = ["BundleError", "build", "main"]
@@ -45,9 +43,6 @@ PYSCRIPT_DIST = "@pyscript/core/dist"
 REQUIRED_WHEELS = ("avatarplayer", "protobuf")
 SETUP_COMMAND = "python3 tools/bootstrap.py browser"
 MANIFEST = "avatarplayer-bundle.json"
-WHEEL_TRANSFORM_WORKER = "avatarplayer/browser/js/motion-transform.js"
-TRANSFORM_WORKER = "vendor/avatarplayer/motion-transform.js"
-"""The transform worker, taken out of the avatarplayer wheel and passed as ``transform_worker_url``."""
 
 PYODIDE_CDN = "https://cdn.jsdelivr.net/pyodide/v{version}/full/"
 PYSCRIPT_CDN = "https://pyscript.net/releases/{version}/"
@@ -209,8 +204,8 @@ def here(path):
 
 
 renderer = FaceRenderer(document.getElementById("avatar"))
-provider = LiveKitProvider(livekit_client_url=here("vendor/livekit-client/livekit-client.esm.mjs"),
-                           transform_worker_url=here("{worker}"))
+# the transform worker is in the avatarplayer wheel: it starts from a Blob URL (CSP: worker-src blob:)
+provider = LiveKitProvider(livekit_client_url=here("vendor/livekit-client/livekit-client.esm.mjs"))
 player = AvatarPlayer(provider, renderer)
 
 
@@ -276,7 +271,8 @@ async def on_sound(event):
 
 
 js.window.avatarStats = create_proxy(lambda: json.dumps({{
-    "state": player.connection_state, "face": renderer.snapshot(), "summary": player.session_summary.as_dict()}}))
+    "state": player.connection_state, "motionPath": player.motion_mode, "face": renderer.snapshot(),
+    "summary": player.session_summary.as_dict()}}))
 
 on_state("disconnected")
 params = js.URLSearchParams.new(js.location.search)
@@ -330,16 +326,11 @@ def build(out: Path, *, wheels: Path | None = None, node_modules: Path | None = 
                                     indent=2) + "\n",
         "index.html": INDEX_HTML.format(csp=content_security_policy(cdn=cdn), pyscript=pyscript,
                                         endpoint=_html_escape(token_endpoint)),
-        "main.py": MAIN_PY.format(endpoint=token_endpoint, endpoint_literal=json.dumps(token_endpoint),
-                                  worker=TRANSFORM_WORKER),
+        "main.py": MAIN_PY.format(endpoint=token_endpoint, endpoint_literal=json.dumps(token_endpoint)),
     }
     for rel, text in texts.items():
         (out / rel).write_text(text)
-    avatarplayer_wheel = next(w for w in wheel_files if w.name.startswith("avatarplayer-"))
-    with zipfile.ZipFile(avatarplayer_wheel) as wheel:
-        (out / TRANSFORM_WORKER).parent.mkdir(parents=True, exist_ok=True)
-        (out / TRANSFORM_WORKER).write_bytes(wheel.read(WHEEL_TRANSFORM_WORKER))
-    files = sorted([*copies, *texts, TRANSFORM_WORKER, MANIFEST])
+    files = sorted([*copies, *texts, MANIFEST])
     manifest = {"versions": versions, "cdn": cdn, "tokenEndpoint": token_endpoint, "files": files}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return files

@@ -127,6 +127,7 @@ def test_the_bundle_page_connects_and_the_face_speaks(livekit_server, browser_pa
           f"fetched {len(fetched)} of them: {fetched}\nface={face}")
     assert status_line == "connected", status_line
     assert blob_worker == "up", blob_worker
+    assert result["motionPath"] == "script", result  # the packaged transform worker ran (no fallback)
     assert face["framesReceived"] > 50 and face["decodeErrors"] == 0, face
     assert summary["framesRendered"] > 50 and summary["packetsMalformed"] == 0, summary
     assert moved, "the canvas did not change while the avatar spoke"
