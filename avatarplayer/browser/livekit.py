@@ -222,6 +222,10 @@ class LiveKitProvider:
     async def open(self, sink: Any, url: str, token: str) -> None:
         """Connect the room (unless shared and connected) and start listening; ``sink`` is the
         player (:class:`~avatarplayer.player.ProviderSink`)."""
+        if self._room_handlers:
+            # the last session ended without close(): the app disconnected its shared room under
+            # the player. Release it, or its listeners would stay on the room and run twice.
+            await self.close()
         self._sink = sink
         parent = getattr(sink, "logger", None)
         self.log = parent.getChild("livekit") if isinstance(parent, logging.Logger) else _log
