@@ -87,6 +87,7 @@ def test_the_js_app_owns_the_room_and_the_player_draws_from_it(browser_page, bro
         playing = stats(browser_page)
         listed = participants(browser_page)  # the app's own list, from its own room events
         room_state = browser_page.locator("#room-state").inner_text()
+        browser_page.screenshot(path=str(tmp_path / "js-room-page.png"))
         # the player lets go: player.disconnect() through the page's API, as the app's Leave does first
         browser_page.evaluate("window.avatarPlayer.stop()")
         browser_page.wait_for_function("JSON.parse(window.avatarStats()).state === 'disconnected'", timeout=10_000)
@@ -94,13 +95,15 @@ def test_the_js_app_owns_the_room_and_the_player_draws_from_it(browser_page, bro
         after = browser_page.evaluate("""() => ({state: window.appRoom.state,
             remotes: [...window.appRoom.remoteParticipants.keys()], sameRoom: JSON.parse(window.avatarStats()).sameRoom})""")
         listed_after = participants(browser_page)
-        # the app leaves its room itself (its Leave button: the player is stopped already)
-        browser_page.evaluate("window.appRoom.disconnect()")
+        # the app leaves its room itself: its Leave button (stop() again is harmless, then room.disconnect())
+        browser_page.click("#leave")
         browser_page.wait_for_function("window.appRoom.state === 'disconnected'", timeout=10_000)
+        rejoinable = browser_page.locator("#join").is_enabled()
     finally:
         code = stop_run_py(process)
     why = f"stats={playing}\nafter={after}\n{log_path.read_text()}"
-    print(f"\nrun.py printed the URL after {url_s:.1f} s; participants={listed}; face={playing['face']}")
+    print(f"\nscreenshot: {tmp_path / 'js-room-page.png'}\nrun.py printed the URL after {url_s:.1f} s; "
+          f"participants={listed}; face={playing['face']}")
     assert playing["sameRoom"] is True, why  # the player's room is the app's window.appRoom
     assert room_state == "connected", room_state
     assert "avatar-worker" in listed and any(name.endswith("(you)") for name in listed), listed
@@ -111,6 +114,7 @@ def test_the_js_app_owns_the_room_and_the_player_draws_from_it(browser_page, bro
     assert after["state"] == "connected" and "avatar-worker" in after["remotes"], why  # the player left it alone
     assert after["sameRoom"] is True, why  # the player still names the app's room
     assert "avatar-worker" in listed_after, listed_after
+    assert rejoinable, "Join must be usable again after Leave"
     bad = [(s, u) for s, u in responses if s >= 400]
     assert not bad, f"requests failed: {bad}"
     fetched = {urllib.parse.urlsplit(u).path for _, u in responses}
