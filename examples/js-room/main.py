@@ -23,8 +23,14 @@ livekit_client_url = js.URL.new("vendor/livekit-client/livekit-client.esm.mjs", 
 provider = LiveKitProvider(room=room, livekit_client_url=livekit_client_url)  # before the room connects
 renderer = FaceRenderer(document.getElementById("avatar"))
 player = AvatarPlayer(provider, renderer)
-player.on("connection-state-changed", lambda state: setattr(document.getElementById("player-state"),
-                                                              "textContent", str(state)))
+
+
+def show_state(state):
+    document.getElementById("player-state").textContent = str(state)
+
+
+show_state(player.connection_state)  # Python is up: "disconnected" until app.js connects the room
+player.on("connection-state-changed", show_state)
 
 
 async def start():
