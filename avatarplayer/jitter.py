@@ -272,6 +272,13 @@ class JitterBuffer(Generic[T]):
         self._clear_stream()
         self.counters.restarts += 1
 
+    def refuse(self) -> PushResult:
+        """A frame the caller knows is too old to play (it belongs to a turn already over): counted
+        as received and dropped as stale, so the counters still add up."""
+        self.counters.received += 1
+        self.counters.dropped_stale += 1
+        return PushResult.STALE
+
     def _drop_old(self, seq: int) -> PushResult:
         if seq in self._skipped:
             self.counters.dropped_late += 1

@@ -93,7 +93,9 @@ class MotionPipeline:
         self._offset: float | None = None
         self._holding = False
         self._av_offset_ms: float | None = None
-        self._controls: list[tuple[int | None, MotionPacket]] = []
+        self._controls: list[tuple[int | None, MotionPacket, float | None]] = []
+        self._closed_media_ms: float | None = None
+        """Media time of the IDLE/TRANSITION_END that last ended the stream (for late frames)."""
         self._session_start_ms = now_ms
         self._first_frame_ms: float | None = None
         self._last_render: tuple[str, float] | None = None  # (conversation id, time)
@@ -138,6 +140,14 @@ class MotionPipeline:
             self._newest_media_ms = None  # another RTP clock: the track was republished
         if packet.sequenced:
             assert packet.seq is not None
+            closed = self._closed_media_ms
+            if (media_ms is not None and closed is not None and not bits & _START and media_ms < closed
+                    and closed - media_ms <= NEW_CLOCK_MS):
+                # sent before the TRANSITION_END/IDLE that already ended its turn, and arrived after
+                # it (a retransmission of a lost last frame): its turn is over. Played now, it would
+                # open a phantom one-frame turn.
+                self.buffer.refuse()
+                return []
             if media_ms is not None and (self._newest_media_ms is None or media_ms > self._newest_media_ms):
                 self._newest_media_ms = media_ms
             self.buffer.push(packet.seq, (flags, packet.message), now_ms,
@@ -156,7 +166,7 @@ class MotionPipeline:
             if bits & _IDLE:
                 self.packets_idle += 1
             # a control takes effect after every frame that arrived before it has been rendered
-            self._controls.append((self._highest_seq(), packet))
+            self._controls.append((self._highest_seq(), packet, media_ms))
         if self.buffer.enabled:
             return self._release_controls(now_ms) if not packet.sequenced else []
         events: list[PipelineEvent] = []
@@ -229,6 +239,7 @@ class MotionPipeline:
         events = self._track(self.turns.close(reason), now_ms)
         self.buffer.reset()
         self._controls.clear()
+        self._closed_media_ms = None
         return events
 
     # ---------------------------------------------------------------------------- helpers
@@ -255,12 +266,14 @@ class MotionPipeline:
         events: list[PipelineEvent] = []
         buffered = self.buffer.buffered_seqs
         while self._controls:
-            after, packet = self._controls[0]
+            after, packet, media_ms = self._controls[0]
             if after is not None and buffered and buffered[0] <= after:
                 break
             self._controls.pop(0)
             if int(packet.flags) & _IDLE_OR_TRANSITION_END:
                 self.buffer.end_stream()
+                if media_ms is not None:
+                    self._closed_media_ms = media_ms
             events += self._track(self.turns.control(packet.flags, packet.message), now_ms)
         return events
 

@@ -162,3 +162,46 @@ def test_start_session_resets_counters():
 def test_bad_options_name_themselves(kwargs, name):
     with pytest.raises((TypeError, ValueError), match=name):
         MotionPipeline(**kwargs)
+
+
+def test_a_last_frame_retransmitted_after_the_transition_end_does_not_open_a_phantom_turn():
+    """The END frame is lost and comes back (a NACK retransmission) after the TRANSITION_END sent
+    40 ms later: its turn is over, so it is dropped as stale, not played as a turn of one frame.
+    (Seen once in a full run of the 4g lip-sync test: two turns where the worker sent one.)"""
+    pipe = MotionPipeline(new_conversation_id=ids())
+    rtp = 3600  # 40 ms at 90 kHz
+    events, now = [], 0.0
+    for seq in range(9):
+        flags = Flags.START if seq == 0 else Flags(0)
+        events += pipe.receive_packet(pkt(flags, seq, f"m{seq}".encode()), now + 5, rtp * seq)
+        events += pipe.tick(now + 10)
+        now += T
+    # seq 8 ... the END frame (seq 9) is lost; the TRANSITION_END of the tick after it arrives
+    events += pipe.receive_packet(pkt(Flags.TRANSITION_END), now + 45, rtp * 10)
+    for _ in range(4):
+        events += pipe.tick(now + 10)
+        now += T
+    late = pipe.receive_packet(pkt(Flags.END, 9, b"m9"), now + 5, rtp * 9)  # the retransmission
+    for _ in range(4):
+        events += late + pipe.tick(now + 10)
+        late = []
+        now += T
+    started = [e for e in events if isinstance(e, TurnStarted)]
+    ended = [e for e in events if isinstance(e, TurnEnded)]
+    assert started == [TurnStarted("c0")] and ended == [TurnEnded("c0", "transition-end")], events
+    assert [e.message for e in events if isinstance(e, Frame)] == [f"m{i}".encode() for i in range(9)]
+    s = pipe.summary(now)
+    assert s.frames_dropped_stale == 1
+    assert s.frames_received == s.frames_rendered + s.frames_dropped + s.frames_buffered
+    # the next turn, with later media times, plays as usual
+    events = []
+    for i, seq in enumerate(range(10, 13)):
+        flags = (Flags.START if i == 0 else Flags(0)) | (Flags.END if seq == 12 else Flags(0))
+        events += pipe.receive_packet(pkt(flags, seq, f"m{seq}".encode()), now + 5, rtp * (seq + 20))
+        events += pipe.tick(now + 10)
+        now += T
+    for _ in range(4):
+        events += pipe.tick(now + 10)
+        now += T
+    assert [e.message for e in events if isinstance(e, Frame)] == [b"m10", b"m11", b"m12"], events
+    assert [e for e in events if isinstance(e, TurnEnded)] == [TurnEnded("c1", "end")]
