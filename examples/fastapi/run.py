@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,10 +29,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SITE = HERE / "site"
-SETUP_DONE_ENV = "AVATARPLAYER_SETUP_DONE"
+SPEECH = "Hello! I am played by Python in your browser, served by FastAPI."
+"""What the avatar says every 10 s with ``--mode speech``."""
 TOKEN_ENDPOINT = "api/token"  # relative: the page finds the endpoint next to itself, under any prefix
 
 sys.path.insert(0, str(ROOT))
+
+from examples import local  # noqa: E402  (the repository is on sys.path now)
 
 
 def log(message: str) -> None:
@@ -55,40 +56,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def setup_and_reexec(args: argparse.Namespace) -> None:
-    """The set-up once, then this script again in .venv's interpreter (it has fastapi, uvicorn, livekit-api)."""
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    if os.environ.get(SETUP_DONE_ENV) != "1" and not args.skip_setup:
-        from tools import bootstrap
-
-        bootstrap.browser()
-        os.environ[SETUP_DONE_ENV] = "1"
-    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
-        os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
-
-
-def start_worker(server, room: str, mode: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "avatar_worker", "--mode", mode, "--room", room, "--realtime", "--log-level", "warning"]
-    if mode == "speech":
-        cmd += ["--text", "Hello! I am played by Python in your browser, served by FastAPI.", "--repeat-every-s", "10"]
-    env = dict(os.environ, LIVEKIT_URL=server.url, LIVEKIT_API_KEY=server.api_key,
-               LIVEKIT_API_SECRET=server.api_secret, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
-
-
-def stop_process(process: subprocess.Popen | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
 def main() -> int:
     args = parse_args()
-    setup_and_reexec(args)
+    local.setup_and_reexec(__file__, skip_setup=args.skip_setup)
 
     import uvicorn
 
@@ -107,9 +77,7 @@ def main() -> int:
     files = bundle.build(args.out, token_endpoint=TOKEN_ENDPOINT)
     log(f"bundle: {len(files)} files in {args.out}/")
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = local.stop_event()
 
     worker = web = thread = None
     with contextlib.ExitStack() as stack:
@@ -119,7 +87,7 @@ def main() -> int:
             settings = Settings(url=server.url, api_key=server.api_key, api_secret=server.api_secret, room=room)
         try:
             if not args.external:
-                worker = start_worker(server, room, args.mode)
+                worker = local.start_worker(server, room, args.mode, SPEECH)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", args.port))
@@ -147,7 +115,7 @@ def main() -> int:
                     log("uvicorn stopped")
                     return 1
         finally:
-            stop_process(worker)
+            local.stop_process(worker)
             if web is not None and thread is not None:
                 web.should_exit = True
                 deadline = time.monotonic() + 10

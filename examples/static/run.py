@@ -16,25 +16,18 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
-import os
-import secrets
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
-import urllib.parse
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SITE = HERE / "site"
-SETUP_DONE_ENV = "AVATARPLAYER_SETUP_DONE"
-TOKEN_TTL_S = 3600
+SPEECH = "Hello! I am played by Python in your browser, from a static folder."
+"""What the avatar says every 10 s with ``--mode speech``."""
 
 sys.path.insert(0, str(ROOT))
+
+from examples import local  # noqa: E402  (the repository is on sys.path now)
 
 
 def log(message: str) -> None:
@@ -52,78 +45,16 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def setup_and_reexec(args: argparse.Namespace) -> None:
-    """The set-up once, then this script again in .venv's interpreter (it has livekit-api)."""
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    if os.environ.get(SETUP_DONE_ENV) != "1" and not args.skip_setup:
-        from tools import bootstrap
-
-        bootstrap.browser()
-        os.environ[SETUP_DONE_ENV] = "1"
-    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
-        os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the stdlib's name)
-        pass
-
-
-def start_worker(server, args: argparse.Namespace) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "avatar_worker", "--mode", args.mode, "--room", args.room, "--realtime",
-           "--log-level", "warning"]
-    if args.mode == "speech":
-        cmd += ["--text", "Hello! I am played by Python in your browser, from a static folder.",
-                "--repeat-every-s", "10"]
-    env = dict(os.environ, LIVEKIT_URL=server.url, LIVEKIT_API_KEY=server.api_key,
-               LIVEKIT_API_SECRET=server.api_secret, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
-
-
 def main() -> int:
     args = parse_args()
-    setup_and_reexec(args)
+    local.setup_and_reexec(__file__, skip_setup=args.skip_setup)
 
     from avatarplayer import bundle
-    from tools.devstack import LiveKitServer
 
     files = bundle.build(args.out)
     log(f"bundle: {len(files)} files in {args.out}/")
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
-    worker = web = None
-    with tempfile.TemporaryDirectory(prefix="avatarplayer-static-") as workdir, LiveKitServer(Path(workdir)) as server:
-        try:
-            worker = start_worker(server, args)
-            handler = functools.partial(QuietHandler, directory=str(args.out))
-            web = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler)
-            threading.Thread(target=web.serve_forever, name="http", daemon=True).start()
-            token = server.token(f"viewer-{secrets.token_hex(8)}", args.room, ttl_s=TOKEN_TTL_S,
-                                 can_publish=False, can_subscribe=True, can_publish_data=True)
-            query = urllib.parse.urlencode({"url": server.url, "token": token})
-            log(f"LiveKit server {server.url}, avatar worker in room {args.room!r} (--mode {args.mode})")
-            log(f"open http://127.0.0.1:{web.server_address[1]}/?{query}")
-            log("Ctrl-C stops everything")
-            while not stop.wait(0.5):
-                if worker.poll() is not None:
-                    log(f"the avatar worker exited with {worker.returncode}")
-                    return 1
-        finally:
-            if worker is not None and worker.poll() is None:
-                worker.terminate()
-                try:
-                    worker.wait(10)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait(5)
-            if web is not None:
-                web.shutdown()
-                web.server_close()
-            log("stopped")
-    return 0
+    return local.serve_site(log, args.out, port=args.port, room=args.room, mode=args.mode, speech_text=SPEECH,
+                            workdir_prefix="avatarplayer-static-")
 
 
 if __name__ == "__main__":
