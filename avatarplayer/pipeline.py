@@ -152,6 +152,8 @@ class MotionPipeline:
                 self._newest_media_ms = media_ms
             self.buffer.push(packet.seq, (flags, packet.message), now_ms,
                              start=bool(bits & _START), end=bool(bits & _END), media_ms=media_ms)
+            if media_ms is not None and self._controls:
+                self._order_before_controls(packet.seq, media_ms)
             if bits & _REDUNDANT and not bits & _START:
                 # a START's predecessors belong to the previous turn: never resurrect them
                 for seq, message in packet.recovered():
@@ -173,6 +175,16 @@ class MotionPipeline:
         while (item := self.buffer.tick(now_ms)) is not None:
             events += self._render(item, now_ms)
         return events + self._release_controls(now_ms)
+
+    def _order_before_controls(self, seq: int, media_ms: float) -> None:
+        """A frame that arrived after a control still waiting in the queue, but was sent before it
+        (an earlier media time: reordered on the way, or a retransmission): it renders before that
+        control. Otherwise a TRANSITION_END/IDLE would end its turn first and the frame would open a
+        phantom turn of its own."""
+        for i, (after, control, control_ms) in enumerate(self._controls):
+            if (control_ms is not None and media_ms < control_ms and control_ms - media_ms <= NEW_CLOCK_MS
+                    and (after is None or after < seq)):
+                self._controls[i] = (seq, control, control_ms)
 
     def _highest_seq(self) -> int | None:
         seqs = self.buffer.buffered_seqs

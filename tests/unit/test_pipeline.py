@@ -205,3 +205,29 @@ def test_a_last_frame_retransmitted_after_the_transition_end_does_not_open_a_pha
         now += T
     assert [e.message for e in events if isinstance(e, Frame)] == [b"m10", b"m11", b"m12"], events
     assert [e for e in events if isinstance(e, TurnEnded)] == [TurnEnded("c1", "end")]
+
+
+def test_a_last_frame_that_arrives_after_the_transition_end_but_before_it_is_due_renders_first():
+    """Reordered on the way (or retransmitted): the END frame arrives after the TRANSITION_END sent
+    40 ms after it, while the frames before it are still held in the buffer. It was sent first, so it
+    renders first and ends its turn; the TRANSITION_END must not end the turn under it and leave it to
+    open a phantom turn of one frame. (Seen in full runs of the bad and 4g lip-sync tests.)"""
+    pipe = MotionPipeline(new_conversation_id=ids())
+    rtp = 3600  # 40 ms at 90 kHz
+    events, now = [], 0.0
+    for seq in range(9):
+        flags = Flags.START if seq == 0 else Flags(0)
+        events += pipe.receive_packet(pkt(flags, seq, f"m{seq}".encode()), now + 5, rtp * seq)
+        if seq < 8:  # frame 8 is still in the buffer when the next two packets arrive
+            events += pipe.tick(now + 10)
+            now += T
+    events += pipe.receive_packet(pkt(Flags.TRANSITION_END), now + 6, rtp * 10)
+    events += pipe.receive_packet(pkt(Flags.END, 9, b"m9"), now + 7, rtp * 9)
+    for _ in range(10):
+        events += pipe.tick(now)
+        now += T
+    assert [e.message for e in events if isinstance(e, Frame)] == [f"m{i}".encode() for i in range(10)]
+    assert [e for e in events if isinstance(e, TurnStarted)] == [TurnStarted("c0")], events
+    assert [e for e in events if isinstance(e, TurnEnded)] == [TurnEnded("c0", "end")], events
+    s = pipe.summary(now)
+    assert s.frames_rendered == 10 and s.frames_dropped == 0
