@@ -11,9 +11,13 @@ What it does, in order:
    when nothing changed;
 2. re-executes itself with ``.venv/bin/python`` (the venv has livekit-api and the worker's SDK);
 3. starts a loopback-only LiveKit server (or uses an external one, see ``--external``);
-4. starts the avatar worker as the demo agent in room ``avatar-demo``: it greets whoever joins
-   (espeak-ng, offline), listens to their microphone (voice-activity detection) and answers each
-   utterance, sending ``agent_status`` and ``transcript_chunk`` data messages;
+4. starts the avatar worker as the demo agent: it greets whoever joins (espeak-ng, offline),
+   listens to their microphone (voice-activity detection) and answers each utterance, sending
+   ``agent_status`` and ``transcript_chunk`` data messages. By default every visitor gets a room
+   and an avatar of their own: ``--workers N`` worker processes register with LiveKit as an agent
+   (``avatar_worker/dispatch.py``), and LiveKit dispatches a session to one of them, by load, for
+   each visitor's room. ``--rooms shared`` is the old way: one worker in one room (``--room``)
+   that everyone joins;
 5. serves ``web/`` with the token endpoint (``tools/webapp.py``) and prints the URL.
 
 Ctrl-C or SIGTERM stops everything it started (worker, then web server, then LiveKit server).
@@ -22,6 +26,7 @@ Ctrl-C or SIGTERM stops everything it started (worker, then web server, then Liv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import re
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -39,8 +45,11 @@ SETUP_DONE_ENV = "AVATARPLAYER_SETUP_DONE"  # set by the re-exec so the set-up r
 EXTERNAL_ENV = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
 
 DEFAULT_ROOM = "avatar-demo"
+AGENT_NAME = "avatarplayer-demo"
+"""The agent name the demo's workers register as, and its tokens dispatch."""
 WORKER_RESTART_DELAY_S = 3.0
 WORKER_MAX_RESTARTS = 5
+WORKER_REGISTER_TIMEOUT_S = 60.0
 
 
 def log(message: str) -> None:
@@ -67,7 +76,9 @@ external LiveKit server:
   of them is missing.
 
 examples:
-  python3 serve.py
+  python3 serve.py                        # a room and an avatar per visitor
+  python3 serve.py --workers 2            # two worker processes; LiveKit spreads the visitors
+  python3 serve.py --rooms shared         # one room, one avatar, for everyone
   python3 serve.py --dev                  # also the test harness pages under /dev/
   python3 serve.py --host 0.0.0.0 --allow-remote --allowed-host demo.lan   # see docs/security.md
   python3 serve.py --port 8080 --livekit-port 7890
@@ -99,8 +110,15 @@ examples:
                     help="use the server given by LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET "
                          "instead of starting one")
     avatar = p.add_argument_group("avatar worker")
-    avatar.add_argument("--room", default=DEFAULT_ROOM, help="the room the page joins and the worker speaks in "
-                                                              "(default: %(default)s)")
+    avatar.add_argument("--rooms", choices=("visitor", "shared"), default="visitor",
+                        help="visitor: each visitor gets a room and an avatar session of their own, dispatched by "
+                             "LiveKit to the workers; shared: everyone joins --room, where one worker speaks "
+                             "(default: %(default)s)")
+    avatar.add_argument("--workers", type=positive_int, default=1,
+                        help="--rooms visitor: worker processes registered with LiveKit; each runs many "
+                             "sessions (default: %(default)s)")
+    avatar.add_argument("--room", default=DEFAULT_ROOM, help="--rooms shared: the room the page joins and the "
+                                                              "worker speaks in (default: %(default)s)")
     avatar.add_argument("--text", default=None,
                         help="the greeting (espeak-ng, offline); default: the demo agent's own")
     avatar.add_argument("--voice", default=None, help="espeak-ng voice, e.g. en-us (default: espeak-ng's)")
@@ -115,6 +133,13 @@ examples:
     p.add_argument("--skip-setup", action="store_true",
                    help="do not run tools/bootstrap.py (everything must already be installed)")
     return p
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return number
 
 
 def allowed_host(value: str) -> str:
@@ -203,12 +228,14 @@ class Worker:
     user could read them in the process list.
     """
 
-    def __init__(self, server, args: argparse.Namespace) -> None:
+    def __init__(self, server, args: argparse.Namespace, index: int = 0) -> None:
         # the demo agent: greets whoever joins, then answers what they say into the microphone
         # --realtime: steady 40 ms pacing on a busy machine (SCHED_RR; the worker carries on in the
         # normal class, with a warning, where it is not allowed)
-        self.cmd = [sys.executable, "-m", "avatar_worker", "--mode", "demo", "--room", args.room,
+        where = ["--room", args.room] if args.rooms == "shared" else ["--dispatch", AGENT_NAME]
+        self.cmd = [sys.executable, "-m", "avatar_worker", "--mode", "demo", *where,
                     "--reply", args.reply, "--log-level", args.worker_log_level, "--realtime"]
+        self.label = "worker" if index == 0 else f"worker{index + 1}"
         if args.text:
             self.cmd += ["--text", args.text]
         if args.voice:
@@ -218,18 +245,24 @@ class Worker:
         self.quiet_pacing = args.worker_log_level != "debug"
         self.process: subprocess.Popen | None = None
         self.restarts = 0
+        self.registered = threading.Event()
+        """A dispatch worker told it is registered: LiveKit sends it jobs from now on."""
 
     def start(self) -> None:
+        # a process group of its own: a dispatch worker's job processes (and multiprocessing's
+        # forkserver) are in it, and stop() makes sure none of them outlives the worker
         self.process = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        errors="replace", bufsize=1)
+                                        errors="replace", bufsize=1, start_new_session=True)
         threading.Thread(target=self._pump, args=(self.process,), name="worker-log", daemon=True).start()
 
     def _pump(self, process: subprocess.Popen) -> None:
         for line in process.stdout:
             if self.quiet_pacing and " INFO avatar_worker.pacing: " in line:
                 continue  # "tick N late by X ms": one line per late frame on a busy machine
-            print(f"[worker] {line.rstrip()}", flush=True)
+            if " registered with the server as agent " in line:  # avatar_worker.dispatch.REGISTERED
+                self.registered.set()
+            print(f"[{self.label}] {line.rstrip()}", flush=True)
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -237,15 +270,33 @@ class Worker:
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM (the worker leaves the room cleanly), then SIGKILL after ``timeout_s``."""
         process = self.process
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log("the worker did not stop in time; killing it")
-            process.kill()
-            process.wait(timeout=timeout_s)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log(f"the {self.label} did not stop in time; killing it")
+                process.kill()
+                process.wait(timeout=timeout_s)
+        _end_group(process.pid)
+
+
+def _end_group(pgid: int, grace_s: float = 5.0) -> None:
+    """Whatever is left in a worker's process group once it exited (job processes wind down on
+    their own when it goes): SIGTERM after ``grace_s``, SIGKILL after as much again."""
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, sig)
 
 
 # ----------------------------------------------------------------------------- main
@@ -284,8 +335,9 @@ def main() -> int:
 
     server = None
     http = None
-    worker = None
+    workers: list[Worker] = []
     status = 0
+    visitors = args.rooms == "visitor"
     with tempfile.TemporaryDirectory(prefix="avatarplayer-serve-") as workdir:
         try:
             if external:
@@ -298,16 +350,30 @@ def main() -> int:
             try:
                 http = webapp.build_app(server, rooms=re.escape(args.room), default_room=args.room,
                                         host=args.host, port=args.port, dev=args.dev,
-                                        allowed_hosts=web_allowed_hosts(args)).start()
+                                        allowed_hosts=web_allowed_hosts(args), visitors=visitors,
+                                        dispatch=AGENT_NAME if visitors else None).start()
             except OSError as exc:
                 raise RuntimeError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
 
             if args.no_worker:
-                log(f"no avatar worker (--no-worker): run your own in room {args.room!r}")
+                log(f"no avatar worker (--no-worker): run your own in room {args.room!r}" if not visitors else
+                    f"no avatar worker (--no-worker): run your own with --dispatch {AGENT_NAME}")
             else:
-                worker = Worker(server, args)
-                worker.start()
-                log(f"avatar worker started in room {args.room!r} (pid {worker.process.pid})")
+                for index in range(args.workers if visitors else 1):
+                    worker = Worker(server, args, index)
+                    worker.start()
+                    workers.append(worker)
+                    if visitors:
+                        log(f"avatar worker {index + 1} registered for dispatch as {AGENT_NAME!r} "
+                            f"(pid {worker.process.pid}): a room and an avatar per visitor")
+                    else:
+                        log(f"avatar worker started in room {args.room!r} (pid {worker.process.pid})")
+
+            # a room created before any worker registered would get no avatar: wait for them
+            for worker in workers if visitors else ():
+                if not worker.registered.wait(WORKER_REGISTER_TIMEOUT_S) and not stop.is_set():
+                    raise RuntimeError(f"the avatar {worker.label} did not register with the LiveKit server "
+                                       f"within {WORKER_REGISTER_TIMEOUT_S:.0f} s (see its log above)")
 
             host = f"[{args.host}]" if ":" in args.host else args.host
             url = f"http://{host}:{http.port}/"
@@ -323,15 +389,17 @@ def main() -> int:
                     log(f"the LiveKit server exited:\n{server.log_tail()}")
                     status = 1
                     break
-                code = worker.exited() if worker else None
-                if code is not None:
+                for worker in list(workers):
+                    code = worker.exited()
+                    if code is None:
+                        continue
                     if worker.restarts >= WORKER_MAX_RESTARTS:
-                        log(f"the avatar worker exited ({code}) {worker.restarts + 1} times; giving up on it "
-                            "(the page still works, but nobody speaks)")
-                        worker = None
+                        log(f"the avatar {worker.label} exited ({code}) {worker.restarts + 1} times; giving up "
+                            "on it")
+                        workers.remove(worker)
                         continue
                     worker.restarts += 1
-                    log(f"the avatar worker exited ({code}); restarting it in {WORKER_RESTART_DELAY_S:.0f} s")
+                    log(f"the avatar {worker.label} exited ({code}); restarting it in {WORKER_RESTART_DELAY_S:.0f} s")
                     if stop.wait(WORKER_RESTART_DELAY_S):
                         break
                     worker.start()
@@ -339,9 +407,10 @@ def main() -> int:
             log(f"error: {exc}")
             status = 1
         finally:
-            if worker is not None:
-                worker.stop()
-                log("avatar worker stopped")
+            for worker in workers:
+                worker.stop(timeout_s=25.0)  # a dispatch worker first ends its sessions cleanly
+            if workers:
+                log("avatar worker stopped" if len(workers) == 1 else f"{len(workers)} avatar workers stopped")
             if http is not None:
                 http.stop()
                 log("web server stopped")

@@ -28,7 +28,8 @@ _ABANDONED: list[Publisher] = []
 
 
 async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
-              on_shutdown: Callable[[], None] | None = None) -> dict[str, Any]:
+              on_shutdown: Callable[[], None] | None = None,
+              ends_on: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Run until the script is done (``exit_when_done``), ``exit_after_ms`` passes, or ``stop``
     is set; returns the summary (also what the CLI prints as its last stdout line).
 
@@ -39,6 +40,9 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
     ``on_shutdown`` is called once, when the worker starts to wind down (the CLI arms its exit
     guard there).
 
+    ``ends_on``: disconnect reasons that end the run instead of a rejoin (outcome ``room-closed``,
+    ``removed`` or ``replaced``): a dispatched session ends with its room (avatar_worker/dispatch.py).
+
     Raises :class:`avatar_worker.transport.publisher.PublisherError` if the first join fails.
     """
     stop = stop or asyncio.Event()
@@ -46,7 +50,7 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
     runner = mode_runner(config)  # the modes load what they need before joining
     await runner.prepare()
 
-    publisher = Publisher(config.livekit)
+    publisher = Publisher(config.livekit, ends_on=ends_on)
     send_log = SendLog(config.send_log) if config.send_log else None
     messages = MessageSender(publisher, send_log=send_log)
     carrier = DataCarrier(publisher, messages=messages,
@@ -80,8 +84,9 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
         driver_task = asyncio.create_task(driver, name="driver")
         driver_task.add_done_callback(_log_driver_failure)
         stop_task = asyncio.create_task(stop.wait(), name="stop")
-        tasks = [stream_task, driver_task, stop_task]
-        waits: set[asyncio.Future[Any]] = {stop_task, stream_task}
+        ended_task = asyncio.create_task(publisher.ended.wait(), name="room-ended")
+        tasks = [stream_task, driver_task, stop_task, ended_task]
+        waits: set[asyncio.Future[Any]] = {stop_task, stream_task, ended_task}
         if config.exit_when_done or config.leave_after is not None:
             waits.add(driver_task)
         if config.exit_after_ms is not None:
@@ -98,6 +103,8 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
             outcome = driver_task.result()
         elif stop_task in done:
             outcome = "signal"
+        elif ended_task in done:
+            outcome = _ENDED.get(publisher.ended_reason or "", "room-closed")
         else:
             outcome = "timeout"
         if outcome == "left" and config.leave_mode == "crash":
@@ -160,6 +167,9 @@ async def run(config: WorkerConfig, *, stop: asyncio.Event | None = None,
              summary["dropped_by_injection"])
     return summary
 
+
+_ENDED = {"PARTICIPANT_REMOVED": "removed", "DUPLICATE_IDENTITY": "replaced"}
+"""The outcome of a session that ended with its room, by disconnect reason (else ``room-closed``)."""
 
 STREAMER_STOP_S = 5.0
 """How long the motion streamer may take to finish its turn's TRANSITION_END and stop."""

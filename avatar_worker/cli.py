@@ -7,6 +7,7 @@
     python -m avatar_worker --room demo --mode demo --reply both              # greets, answers (demo.py)
     python -m avatar_worker --room demo --mode replay --replay-dir rec/       # a recording (REPLAY.md)
     python -m avatar_worker --room demo --mode agents --agent-identity agent-1  # LiveKit Agents (agents.py)
+    python -m avatar_worker --dispatch avatarplayer-avatar --mode demo       # one session per LiveKit job
     python -m avatar_worker --room demo --text "Hello there" --agent-data --audio-report heard.jsonl \\
         --data-carrier --republish-after 50 --send-log sent.jsonl
 
@@ -50,6 +51,7 @@ from typing import Any
 from .audio.pcm import AudioError
 from .transport.carrier import DEFAULT_DATA_TOPIC
 from .config import WorkerConfig
+from .dispatch import AGENT_IDENTITY_PLACEHOLDER, DispatchOptions
 from .transport.publisher import LiveKitSettings, PublisherError
 from .modes.replay import ReplayError
 from .modes.scripted import SCRIPT_AUDIO, Injection
@@ -126,7 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="read the API secret from the first line of this file (default: $LIVEKIT_API_SECRET; "
                            "never on the command line)")
     conn.add_argument("--api-secret", nargs="?", action=_RefuseSecret, help=argparse.SUPPRESS)
-    conn.add_argument("--room", required=True)
+    conn.add_argument("--room", default=None, help="the room to join (or --dispatch)")
+    conn.add_argument("--dispatch", metavar="AGENT_NAME", default=None,
+                      help="instead of joining --room, register with the server as the LiveKit agent "
+                           "AGENT_NAME and run one session per job LiveKit dispatches, each in its own "
+                           "process, in the job's room (avatar_worker/dispatch.py)")
+    conn.add_argument("--idle-processes", type=_non_negative_int, default=1,
+                      help="--dispatch: job processes kept warm (default: %(default)s)")
+    conn.add_argument("--load-threshold", type=float, default=0.9,
+                      help="--dispatch: above this CPU load (0..1) LiveKit sends this worker no more jobs; "
+                           "inf: never full (default: %(default)s)")
+    conn.add_argument("--job-executor", choices=("process", "thread"), default="process",
+                      help="--dispatch: a process per session (isolated) or a thread per session")
     conn.add_argument("--identity", default="avatar-worker")
     conn.add_argument("--name", default=None, help="display name (default: the identity)")
     conn.add_argument("--motion-track-name", default="avatar-motion")
@@ -229,8 +242,14 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
                                         (f"${SECRET_ENV} or --api-secret-file", secret)) if not value]
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or the LIVEKIT_* environment variables)")
+    dispatched = getattr(args, "dispatch", None)
+    if bool(args.room) == bool(dispatched):
+        raise ValueError("give either --room or --dispatch")
+    agent_identity = args.agent_identity
+    if dispatched and args.mode == "agents" and not agent_identity:
+        agent_identity = AGENT_IDENTITY_PLACEHOLDER  # each job's metadata names its agent
     settings = LiveKitSettings(
-        url=args.url, api_key=args.api_key, api_secret=secret, room=args.room,
+        url=args.url, api_key=args.api_key, api_secret=secret, room=args.room or "(dispatched)",
         identity=args.identity, name=args.name, video_track_name=args.motion_track_name,
         audio_track_name=args.audio_track_name,
     )
@@ -273,7 +292,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         barge_in_ms=args.barge_in_ms,
         max_replies=args.max_replies,
         replay_dir=args.replay_dir,
-        agent_identity=args.agent_identity,
+        agent_identity=agent_identity,
     )
 
 
@@ -345,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
+        dispatch_options = DispatchOptions(args.dispatch or "-", args.idle_processes, args.load_threshold,
+                                           args.job_executor)
         secret_warning = read_secret_file(args.api_secret_file)[1] if args.api_secret_file else None
     except ValueError as exc:
         parser.error(str(exc))
@@ -361,6 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("livekit").setLevel(max(logging.INFO, getattr(logging, args.log_level.upper())))
     if secret_warning:
         logging.getLogger("avatar_worker").warning("%s", secret_warning)
+    if args.dispatch:
+        from .dispatch import serve
+
+        return serve(config, dispatch_options)
     try:
         guard = ExitGuard()
         summary = asyncio.run(_main(config, guard))

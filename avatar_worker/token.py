@@ -31,11 +31,15 @@ def access_token(
     can_subscribe: bool = True,
     can_publish_data: bool = True,
     sources: Sequence[str] = (),
+    dispatch: Sequence[str] = (),
+    dispatch_metadata: str = "",
 ) -> str:
     """A JWT that lets ``identity`` join ``room`` (that room only) with the grants given.
 
     ``name`` defaults to the identity; ``kind`` (``"agent"``, ...) and ``attributes`` are set
     only if given; ``sources`` empty means no restriction on the track sources published.
+    ``dispatch``: agent names LiveKit dispatches into the room when this token's holder creates it
+    (explicit dispatch: avatar_worker/dispatch.py), each job with ``dispatch_metadata``.
     """
     grants = api.VideoGrants(
         room_join=True,
@@ -56,6 +60,9 @@ def access_token(
         token = token.with_kind(kind)
     if attributes:
         token = token.with_attributes(dict(attributes))
+    if dispatch:
+        token = token.with_room_config(api.RoomConfiguration(
+            agents=[api.RoomAgentDispatch(agent_name=name, metadata=dispatch_metadata) for name in dispatch]))
     return token.to_jwt()
 
 

@@ -8,7 +8,8 @@ __all__ = ["ConnectConfigError", "ConnectError", "MediaDeviceError"]
 class ConnectError(ConnectionError):
     """``connect`` failed. ``cause`` says why: ``"config"`` (a bad URL or token argument),
     ``"token"`` (the server rejected the token: wrong key, bad signature, expired),
-    ``"unreachable"`` (nothing answered, or not a LiveKit server) or ``"timeout"``."""
+    ``"unreachable"`` (nothing answered, or not a LiveKit server), ``"timeout"``, or ``"grant"`` (the
+    grant source given to ``connect`` raised: e.g. the app's token endpoint refused)."""
 
     def __init__(self, message: str, cause: str) -> None:
         super().__init__(message)

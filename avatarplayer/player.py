@@ -10,6 +10,7 @@ So everything here also runs under CPython with a stand-in provider, in unit tes
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import sys
 import time
@@ -174,6 +175,7 @@ class AvatarPlayer:
         self._ticker = Ticker(FRAME_INTERVAL_MS, self._on_tick, self._clock, next_due=self._pipeline.next_due)
         self._state = ConnectionState.DISCONNECTED
         self._config: ConnectConfig | None = None
+        self._grant_source: Callable[[], Any] | None = None
         self._closing = False
         self.motion_mode: str | None = None
         """How motion packets reach the player: "script", "streams" or "data" (None before)."""
@@ -226,11 +228,31 @@ class AvatarPlayer:
         is), or a :class:`ConnectConfig`; with a shared room the app connected itself
         (``LiveKitProvider(room=...)``), no arguments at all.
 
+        Or a **grant source**: a function (plain or ``async``) that returns any of those. It is
+        called now and again on every :meth:`reconnect`, so each connection gets a fresh token
+        from the app's server (which may also give the visitor a fresh avatar: see the demo's
+        token endpoint, docs/player-guide.md).
+
         On failure the state becomes ``failed``, an ``error`` event fires and
         :class:`ConnectError` is raised (:class:`ConnectConfigError` for bad arguments).
         """
         if self._state in (ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.RECONNECTING):
             raise RuntimeError(f"already {self._state.value}: call disconnect() first")
+        if _is_grant_source(config):
+            self._grant_source = config
+            self._set_state(ConnectionState.CONNECTING)
+            try:
+                config = config()
+                if inspect.isawaitable(config):
+                    config = await config
+            except Exception as exc:
+                self._config = None
+                self._set_state(ConnectionState.FAILED)
+                error = ConnectError(f"the grant source failed: {exc}", "grant")
+                self._events.emit(PlayerEvent.ERROR, error)
+                raise error from exc
+        elif config is not None or url is not None or token is not None:
+            self._grant_source = None
         try:
             if config is None and url is None and token is None and _shares_connected_room(self.provider):
                 cfg = ConnectConfig("", "", room_name)  # the app's room is connected already
@@ -272,13 +294,13 @@ class AvatarPlayer:
 
     async def reconnect(self) -> None:
         """Disconnect if needed, pause briefly, and connect again with the last configuration."""
-        if self._config is None:
+        if self._config is None and self._grant_source is None:
             raise RuntimeError("reconnect() needs a previous connect()")
         if self._state is not ConnectionState.DISCONNECTED:
             await self.disconnect()
         await asyncio.sleep(0.2)
         reconnects = self._pipeline.reconnect_count + 1
-        await self.connect(self._config)
+        await self.connect(self._grant_source or self._config)
         self._pipeline.reconnect_count = reconnects
 
     # ------------------------------------------------------------------------------- audio
@@ -491,6 +513,12 @@ def _adapt_renderer(renderer: Any) -> Any:
 def _shares_connected_room(provider: Any) -> bool:
     check = getattr(provider, "shares_connected_room", None)
     return bool(check()) if callable(check) else False
+
+
+def _is_grant_source(config: Any) -> bool:
+    """A Python function that returns the grant (not a JS object, nor a mapping or a config)."""
+    return (callable(config) and not isinstance(config, (ConnectConfig, Mapping, type))
+            and not hasattr(config, "to_py"))
 
 
 def _connect_error(exc: BaseException, cfg: ConnectConfig, timeout_s: float) -> ConnectError:

@@ -152,14 +152,16 @@ class LiveKitServer:
     def token(self, identity: str, room: str, *, name: str | None = None, ttl_s: int = 3600,
               can_publish: bool = True, can_subscribe: bool = True, can_publish_data: bool = True,
               sources: list[str] | None = None, kind: str | None = None,
-              attributes: dict[str, str] | None = None) -> str:
+              attributes: dict[str, str] | None = None, dispatch: list[str] | None = None) -> str:
         """An access token for ``identity`` in ``room`` only: the worker's minter,
-        :func:`avatar_worker.token.access_token` (``sources`` empty: any source)."""
+        :func:`avatar_worker.token.access_token` (``sources`` empty: any source; ``dispatch``: agent
+        names LiveKit dispatches into the room when the token's holder creates it)."""
         from avatar_worker.token import access_token  # (imported here: livekit-api is slow to load)
 
         return access_token(self.api_key, self.api_secret, room=room, identity=identity, name=name, kind=kind,
                             attributes=attributes, ttl=timedelta(seconds=ttl_s), can_publish=can_publish,
-                            can_subscribe=can_subscribe, can_publish_data=can_publish_data, sources=sources or ())
+                            can_subscribe=can_subscribe, can_publish_data=can_publish_data, sources=sources or (),
+                            dispatch=dispatch or ())
 
     def log_tail(self, lines: int = 60) -> str:
         if self.log_path is None:

@@ -5,9 +5,14 @@ One definition used by ``serve.py`` and by the browser tests, so the tests exerc
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import logging
 import re
 import secrets
+import threading
+import time
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -24,6 +29,12 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # room names
 NAME_MAX = 64  # display names
 TOKEN_TTL_S = 15 * 60
 VIEWER_SOURCES = ("microphone",)
+VISIT_PREFIX = "visit-"
+"""Rooms of visitor sessions: ``visit-`` and 24 hex digits, chosen here."""
+MAX_SESSIONS = 10_000
+AVATAR_IDENTITY = "avatar-worker"
+
+log = logging.getLogger("webapp")
 
 TRANSFORM_WORKER_URL = "/js/avatarplayer/motion-transform.js"
 """Where the app serves the packaged transform worker, for pages that load it by URL (the harness
@@ -67,8 +78,101 @@ def pyscript_config() -> dict:
     }
 
 
+class VisitorSessions:
+    """One room per visitor session (``rooms="visitor"``): a new session gets a fresh room, chosen
+    here, and a secret that resumes it. A secret is good for :data:`TOKEN_TTL_S` after the last
+    token it got (the lifetime of that token); then it is forgotten. Only a hash of each secret is
+    kept. At most ``limit`` live sessions: beyond that, new ones are refused (the caller says 503).
+    Thread-safe (the web server answers each connection in a thread)."""
+
+    def __init__(self, ttl_s: float = TOKEN_TTL_S, limit: int = MAX_SESSIONS, clock=time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.limit = limit
+        self._clock = clock
+        self._rooms: dict[bytes, tuple[str, float]] = {}  # sha256(secret) -> (room, expires)
+        self._lock = threading.Lock()
+
+    def open(self) -> tuple[str, str] | None:
+        """A new session: (secret, room), or None when ``limit`` sessions are live."""
+        secret = secrets.token_urlsafe(24)
+        room = VISIT_PREFIX + secrets.token_hex(12)
+        with self._lock:
+            self._expire()
+            if len(self._rooms) >= self.limit:
+                return None
+            self._rooms[_digest(secret)] = (room, self._clock() + self.ttl_s)
+        return secret, room
+
+    def resume(self, secret: object) -> str | None:
+        """The room of a live session (its lifetime starts again), or None."""
+        if not isinstance(secret, str) or not 0 < len(secret) <= 64:
+            return None
+        key = _digest(secret)
+        with self._lock:
+            self._expire()
+            found = self._rooms.get(key)
+            if found is None:
+                return None
+            self._rooms[key] = (found[0], self._clock() + self.ttl_s)
+            return found[0]
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire()
+            return len(self._rooms)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for key in [k for k, (_, expires) in self._rooms.items() if expires <= now]:
+            del self._rooms[key]
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class AvatarDispatch:
+    """Who brings each visitor their avatar: LiveKit, by explicit dispatch to the agent workers
+    registered as ``agent_name`` (``python -m avatar_worker --dispatch``). A new visitor's token
+    carries it in its room configuration, so LiveKit dispatches the avatar when the room is
+    created. A resumed session gets a fresh avatar (:meth:`refresh`): the old one, healthy or
+    not, is removed, and a new job is asked for."""
+
+    def __init__(self, server: LiveKitServer, agent_name: str, identity: str = AVATAR_IDENTITY) -> None:
+        self.server = server
+        self.agent_name = agent_name
+        self.identity = identity
+
+    def refresh(self, room: str) -> str:
+        """Replace the avatar of ``room`` (if the room exists; a new room gets one from the token).
+        Returns what was done, for the log; errors are logged, not raised (the visitor still gets a
+        token, and ``reconnect()`` tries again)."""
+        try:
+            return asyncio.run(self._refresh(room))
+        except Exception as exc:  # the API unreachable, a refusal: log, never fail the token
+            log.warning("could not refresh the avatar of room %s: %s", room, exc)
+            return f"failed: {exc}"
+
+    async def _refresh(self, room: str) -> str:
+        from livekit import api
+
+        async with api.LiveKitAPI(self.server.http_url, self.server.api_key, self.server.api_secret) as lk:
+            found = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
+            if not found.rooms:
+                return "new room: dispatched by the token"
+            try:
+                await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=self.identity))
+                removed = "removed the old avatar, "
+            except api.TwirpError:
+                removed = ""  # no avatar there (it left, or never came)
+            await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=self.agent_name,
+                                                                                  room=room))
+            return removed + "dispatched a new one"
+
+
 class TokenEndpoint:
-    """``POST /api/token`` → ``{token, serverUrl, roomName, identity}``.
+    """``POST /api/token`` → ``{token, serverUrl, roomName, identity}`` (and ``session`` for
+    visitor rooms).
 
     Input: an empty body or a JSON object with at most ``{"name": str, "room": str}``. The server
     chooses every identity (``viewer-<16 hex digits>``): a request that names one gets 400, so a
@@ -78,12 +182,21 @@ class TokenEndpoint:
     otherwise). The grant is the least a viewer needs: join that room, subscribe, publish data and
     a microphone (no camera, no screen share); 15 minutes. The API secret stays on the server.
     Every answer is JSON; a refusal is ``{"error": "..."}`` with 400 or 403.
+
+    With ``sessions`` (visitor rooms) the server also chooses the room: the body may not name one.
+    ``{}`` opens a new session in a fresh room and the answer carries its ``session`` secret;
+    ``{"session": secret}`` resumes it: a new token for the same room, never another's (403 for an
+    unknown or expired secret). With ``dispatch`` the tokens ask LiveKit for the avatar, and a
+    resumed session gets a fresh one (:class:`AvatarDispatch`).
     """
 
-    def __init__(self, server: LiveKitServer, rooms: re.Pattern[str] | str, default_room: str) -> None:
+    def __init__(self, server: LiveKitServer, rooms: re.Pattern[str] | str, default_room: str, *,
+                 sessions: VisitorSessions | None = None, dispatch: AvatarDispatch | None = None) -> None:
         self.server = server
         self.rooms = re.compile(rooms) if isinstance(rooms, str) else rooms
         self.default_room = default_room
+        self.sessions = sessions
+        self.dispatch = dispatch
 
     def __call__(self, body: bytes) -> tuple[int, str, bytes]:
         try:
@@ -98,21 +211,41 @@ class TokenEndpoint:
             return self._error(400, "body must be a JSON object")
         if "identity" in request:
             return self._error(400, "identity is chosen by the server; send only name and room")
-        unknown = set(request) - {"name", "room"}
+        allowed = {"name", "session"} if self.sessions is not None else {"name", "room"}
+        if self.sessions is not None and "room" in request:
+            return self._error(400, "the room is chosen by the server; send only name (and session to resume)")
+        unknown = set(request) - allowed
         if unknown:
             return self._error(400, f"unknown field(s): {', '.join(sorted(map(repr, unknown)))[:200]}")
-        room = request.get("room", self.default_room)
-        if not isinstance(room, str) or not NAME_RE.match(room):
-            return self._error(400, f"room must match {NAME_RE.pattern}")
-        if not self.rooms.fullmatch(room):
-            return self._error(403, f"room {room!r} is not offered here")
         identity = f"viewer-{secrets.token_hex(8)}"
         name = request.get("name", identity)
         if not valid_display_name(name):
             return self._error(400, f"name must be a string of 1 to {NAME_MAX} characters without control characters")
+        reply: dict[str, str] = {}
+        resumed = False
+        if self.sessions is not None:
+            if "session" in request:
+                room = self.sessions.resume(request["session"])
+                if room is None:
+                    return self._error(403, "unknown or expired session: start a new one (send no session)")
+                reply["session"], resumed = request["session"], True
+            else:
+                opened = self.sessions.open()
+                if opened is None:
+                    return self._error(503, "too many visitor sessions; try again later")
+                reply["session"], room = opened
+        else:
+            room = request.get("room", self.default_room)
+            if not isinstance(room, str) or not NAME_RE.match(room):
+                return self._error(400, f"room must match {NAME_RE.pattern}")
+            if not self.rooms.fullmatch(room):
+                return self._error(403, f"room {room!r} is not offered here")
+        if resumed and self.dispatch is not None:
+            log.info("session resumed in room %s: %s", room, self.dispatch.refresh(room))
         token = self.server.token(identity, room, name=name, ttl_s=TOKEN_TTL_S, can_publish=True,
-                                  can_subscribe=True, can_publish_data=True, sources=list(VIEWER_SOURCES))
-        reply = {"token": token, "serverUrl": self.server.url, "roomName": room, "identity": identity}
+                                  can_subscribe=True, can_publish_data=True, sources=list(VIEWER_SOURCES),
+                                  dispatch=[self.dispatch.agent_name] if self.dispatch is not None else [])
+        reply.update(token=token, serverUrl=self.server.url, roomName=room, identity=identity)
         return 200, "application/json", json.dumps(reply).encode()
 
     @staticmethod
@@ -178,15 +311,20 @@ def content_security_policy(livekit_url: str) -> Callable[[str, bytes], str]:
 
 def build_app(server: LiveKitServer, *, rooms: str = r"avatar-demo", default_room: str = "avatar-demo",
               host: str = "127.0.0.1", port: int = 0, dev: bool = False, allowed_hosts: Iterable[str] = (),
-              timeout_s: float = DEFAULT_TIMEOUT_S, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> StaticServer:
+              timeout_s: float = DEFAULT_TIMEOUT_S, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+              visitors: bool = False, dispatch: str | None = None) -> StaticServer:
     """The app on ``host:port``. ``dev``: also serve the test harness pages under ``/dev/`` (404
     otherwise). ``allowed_hosts``: host names besides the loopback ones that browsers may use to
-    reach it (the ``Host`` and ``Origin`` checks of tools/httpserve.py)."""
+    reach it (the ``Host`` and ``Origin`` checks of tools/httpserve.py). ``visitors``: a room per
+    visitor session (:class:`VisitorSessions`) instead of the ``rooms`` pattern; ``dispatch``: the
+    agent name LiveKit dispatches each visitor's avatar to (:class:`AvatarDispatch`)."""
     def json_route(make):
         return lambda _body: (200, "application/json", json.dumps(make()).encode())
 
     routes = {
-        ("POST", "/api/token"): TokenEndpoint(server, rooms, default_room),
+        ("POST", "/api/token"): TokenEndpoint(
+            server, rooms, default_room, sessions=VisitorSessions() if visitors else None,
+            dispatch=AvatarDispatch(server, dispatch) if dispatch else None),
         ("GET", "/api/config"): json_route(web_config),
         ("GET", "/pyscript.json"): json_route(pyscript_config),
     }

@@ -119,6 +119,7 @@ def show_state(state: str) -> None:
     badge.dataset.state = state
     element("connect").disabled = state not in ("disconnected", "failed")
     element("disconnect").disabled = state not in ("connected", "reconnecting")
+    element("reconnect").disabled = state not in ("connected", "failed") or visit["session"] is None
     mic = element("mic")
     if mic is not None and getattr(mic.dataset, "state", None) != "busy":
         mic.disabled = state != "connected"
@@ -228,22 +229,49 @@ async def on_mic(event) -> None:
     await toggle_mic()
 
 
+visit: dict[str, str | None] = {"session": None}
+"""This page's visitor session (the token endpoint's secret): a reconnect resumes it."""
+
+
+async def fetch_grant() -> dict:
+    """A fresh grant from the token endpoint, for every connect and reconnect (the player calls
+    it). The first opens a visitor session (a room of our own, where LiveKit dispatches an
+    avatar); the next ones resume it, with a fresh avatar. An expired session starts over."""
+    for body in ([{"session": visit["session"]}] if visit["session"] else []) + [{}]:
+        response = await pyfetch("/api/token", method="POST", body=json.dumps(body),
+                                 headers={"Content-Type": "application/json"})
+        grant = await response.json()
+        if response.ok:
+            visit["session"] = grant.get("session")
+            demo.roomName = grant.get("roomName")
+            return grant  # {token, serverUrl, roomName, identity, session} as is
+        if not (response.status == 403 and body):
+            break
+    raise RuntimeError(grant.get("error") or f"HTTP {response.status}")
+
+
 async def connect() -> None:
     show_error(None)
     show_state("connecting")
     renderer.reset()
     timings.update(connectClickMs=now_ms(), connectedMs=None, firstFrameMs=None)
     publish_timings()
+    visit["session"] = None  # Connect: a new visit (Reconnect resumes this one)
     try:
-        response = await pyfetch("/api/token", method="POST", body="{}",
-                                 headers={"Content-Type": "application/json"})
-        grant = await response.json()
-        if not response.ok:
-            raise RuntimeError(grant.get("error") or f"HTTP {response.status}")
-        await player.connect(grant)  # {token, serverUrl, roomName} as is
+        await player.connect(fetch_grant)
     except Exception as exc:
         show_state(player.connection_state)
         show_error(f"Could not connect: {exc}")
+
+
+async def reconnect() -> None:
+    show_error(None)
+    renderer.reset()
+    try:
+        await player.reconnect()
+    except Exception as exc:
+        show_state(player.connection_state)
+        show_error(f"Could not reconnect: {exc}")
 
 
 async def disconnect() -> None:
@@ -261,6 +289,11 @@ async def disconnect() -> None:
 @when("click", "#connect")
 async def on_connect(event) -> None:
     await connect()
+
+
+@when("click", "#reconnect")
+async def on_reconnect(event) -> None:
+    await reconnect()
 
 
 @when("click", "#disconnect")

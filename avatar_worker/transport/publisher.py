@@ -59,9 +59,16 @@ class Publisher(RejoinSupervisor, TrackCapture, DataQueue):
 
     def __init__(self, settings: LiveKitSettings, *, rejoin: bool = True,
                  rejoin_backoff: tuple[float, float] = (1.0, 30.0), stable_after: float = 20.0,
-                 resume_grace: float = 0.5, probe_interval: float = 0.25) -> None:
+                 resume_grace: float = 0.5, probe_interval: float = 0.25,
+                 ends_on: frozenset[str] = frozenset()) -> None:
         self.settings = settings
         self.rejoin = rejoin
+        self.ends_on = ends_on
+        """Disconnect reasons (``ROOM_CLOSED``, ...) after which the worker does not rejoin but
+        ends: a dispatched session (avatar_worker/dispatch.py) ends with its room."""
+        self.ended = asyncio.Event()
+        """Set when a disconnect with a reason in ``ends_on`` ended the session."""
+        self.ended_reason: str | None = None
         self.backoff = RejoinBackoff(*rejoin_backoff, stable_after=stable_after)
         self.resume_grace = resume_grace
         self.probe_interval = probe_interval

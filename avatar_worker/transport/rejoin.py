@@ -166,6 +166,9 @@ class RejoinSupervisor:
 
     settings: LiveKitSettings
     rejoin: bool
+    ends_on: frozenset[str]
+    ended: asyncio.Event
+    ended_reason: str | None
     backoff: RejoinBackoff
     resume_grace: float
     probe_interval: float
@@ -235,6 +238,11 @@ class RejoinSupervisor:
                 return
             self.disconnects[name] = self.disconnects.get(name, 0) + 1
             why = f"{name}: {_WHY.get(reason, 'signal or connection failure')}"
+            if name in self.ends_on:
+                log.info("disconnected from the room (%s); the session ends with it", why)
+                self.ended_reason = name
+                self.ended.set()
+                return
             if not self.rejoin:
                 log.error("disconnected from the room (%s); not rejoining (rejoin is off)", why)
                 return

@@ -410,3 +410,58 @@ def test_every_error_and_event_payload_a_user_meets_is_exported():
                  "AgentStatus", "SessionSummary", "ConnectionState", "PlayerEvent"):
         assert name in avatarplayer.__all__ and getattr(avatarplayer, name) is not None, name
     assert issubclass(avatarplayer.ConnectConfigError, avatarplayer.ConnectError)
+
+
+def test_a_grant_source_is_asked_at_connect_and_again_at_every_reconnect():
+    """connect(fetch_grant): each connection gets a fresh grant from the app's server."""
+    grants = []
+
+    async def fetch_grant():
+        grants.append(len(grants) + 1)
+        return {"serverUrl": "ws://127.0.0.1:7880", "token": f"t{len(grants)}", "roomName": "visit-1"}
+
+    async def main():
+        player, provider, _, states = make()
+        await player.connect(fetch_grant)
+        await player.reconnect()
+        await player.reconnect()
+        await player.disconnect()
+        return provider, states
+
+    provider, states = asyncio.run(main())
+    assert grants == [1, 2, 3]
+    assert provider.opened == [("ws://127.0.0.1:7880", "t1"), ("ws://127.0.0.1:7880", "t2"),
+                               ("ws://127.0.0.1:7880", "t3")]
+    assert states.count("connected") == 3 and "failed" not in states
+
+
+def test_a_grant_source_that_raises_fails_the_connect_with_cause_grant():
+    def refuse():
+        raise RuntimeError("HTTP 403: session expired")
+
+    async def main():
+        player, provider, _, states = make()
+        errors = []
+        player.on("error", errors.append)
+        with pytest.raises(ConnectError) as info:
+            await player.connect(refuse)
+        return provider, states, errors, info.value
+
+    provider, states, errors, exc = asyncio.run(main())
+    assert exc.cause == "grant" and "session expired" in str(exc)
+    assert errors == [exc] and states == ["connecting", "failed"] and provider.opened == []
+
+
+def test_plain_arguments_after_a_grant_source_replace_it_for_reconnects():
+    async def fetch_grant():
+        return {"url": "ws://127.0.0.1:7880", "token": "from-source"}
+
+    async def main():
+        player, provider, _, _ = make()
+        await player.connect(fetch_grant)
+        await player.disconnect()
+        await player.connect(url="ws://127.0.0.1:7880", token="fixed")
+        await player.reconnect()
+        return provider
+
+    assert [t for _, t in asyncio.run(main()).opened] == ["from-source", "fixed", "fixed"]
