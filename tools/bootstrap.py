@@ -28,7 +28,8 @@ TOOLS_BIN = ROOT / ".tools" / "bin"
 
 LIVEKIT_SERVER_VERSION = "v1.13.5"
 LIVEKIT_SERVER_MODULE = "github.com/livekit/livekit-server/cmd/server"
-APT_PACKAGES = ("chromium", "chromium-driver", "ffmpeg", "espeak-ng", "sox", "iproute2")
+APT_PACKAGES = ("chromium", "chromium-driver", "ffmpeg", "espeak-ng", "sox", "iproute2",
+                "redis-server")  # redis-server: the multi-node LiveKit cluster (tools/devstack.py)
 MIN_PYTHON = (3, 11)
 
 
