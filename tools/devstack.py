@@ -343,15 +343,18 @@ class LiveKitCluster:
     On one host the nodes need nothing more: each process draws a random node ID at start, and
     ``node_ip`` (127.0.0.1 for all) only goes into ICE candidates of the node hosting a room."""
 
-    def __init__(self, workdir: Path, *, nodes: int = 2, binary: Path = LIVEKIT_BINARY,
+    def __init__(self, workdir: Path, *, nodes: int = 2, port: int | None = None, binary: Path = LIVEKIT_BINARY,
                  redis_binary: Path = REDIS_BINARY, **server_options: object) -> None:
+        """``port``: node 0's signalling port (the others get free ones); ``server_options`` go to
+        every :class:`LiveKitServer` (``empty_timeout``, ``departure_timeout``, ``startup_timeout``)."""
         if nodes < 1:
             raise ValueError("a cluster has at least one node")
         self.workdir = Path(workdir)
         self.redis = RedisServer(self.workdir / "redis", binary=redis_binary)
         secret = secrets.token_urlsafe(36)
-        self.nodes = [LiveKitServer(self.workdir / f"node{i}", binary=binary, redis=self.redis, api_secret=secret,
-                                    **server_options) for i in range(nodes)]  # type: ignore[arg-type]
+        self.nodes = [LiveKitServer(self.workdir / f"node{i}", port=port if i == 0 else None, binary=binary,
+                                    redis=self.redis, api_secret=secret, **server_options)  # type: ignore[arg-type]
+                      for i in range(nodes)]
 
     @property
     def api_key(self) -> str:
@@ -372,6 +375,16 @@ class LiveKitCluster:
     @property
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes]
+
+    @property
+    def running(self) -> bool:
+        """Redis and every node are up."""
+        return self.redis.running and all(node.running for node in self.nodes)
+
+    @property
+    def log_paths(self) -> list[Path]:
+        """Redis' log, then each node's."""
+        return [self.redis.log_path, *(node.log_path for node in self.nodes if node.log_path is not None)]
 
     def start(self) -> LiveKitCluster:
         """Redis first, then the nodes one after the other (each waits for ``GET /`` == OK)."""

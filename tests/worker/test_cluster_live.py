@@ -138,6 +138,7 @@ def test_both_nodes_register_in_redis(cluster: LiveKitCluster) -> None:
     assert len(ids) == 2, "each node draws its own node ID"
     assert {key.decode() for key in cluster.redis.command("HKEYS", "nodes")} == ids  # type: ignore[union-attr]
     assert cluster.urls == [node.url for node in cluster.nodes] and cluster.url == cluster.urls[0]
+    assert cluster.running and all(path.is_file() for path in cluster.log_paths)
     assert len({node.port for node in cluster.nodes} | {node.udp_port for node in cluster.nodes}) == 4
     assert all(node.api_secret == cluster.api_secret for node in cluster.nodes)
     ss = shutil.which("ss")
@@ -205,9 +206,10 @@ def test_a_room_created_through_one_node_is_listed_through_the_other(cluster: Li
 
 
 def test_a_restarted_node_rejoins_the_cluster(cluster: LiveKitCluster) -> None:
-    """A clean restart: the node leaves Redis' node list and comes back under a new ID."""
-    before = node_id(cluster.nodes[1])
+    """A clean restart: the node leaves Redis' node list and comes back under a new ID, same port."""
+    before, port = node_id(cluster.nodes[1]), cluster.nodes[1].port
     cluster.restart_node(1)
+    assert cluster.running and cluster.nodes[1].port == port
     after = node_id(cluster.nodes[1])
     assert after != before
     assert {key.decode() for key in cluster.redis.command("HKEYS", "nodes")} == {  # type: ignore[union-attr]
