@@ -74,11 +74,16 @@ class DispatchOptions:
 
 def job_config(template: WorkerConfig, room: str, metadata: str = "") -> WorkerConfig:
     """The configuration of one session: the worker's, in the job's ``room``. Modes that would
-    start at once wait for the visitor. In agents mode the job's metadata (JSON
+    start at once wait for the visitor. A send log or audio report gets a file per session, named
+    after the room (``sent.jsonl`` → ``sent-visit-….jsonl``). In agents mode the job's metadata (JSON
     ``{"agent_identity": ...}``, set by whoever dispatched the avatar) names the agent, unless the
     worker was given one. Raises ValueError for metadata that does not fit."""
     livekit = dataclasses.replace(template.livekit, room=room)
     changes: dict[str, Any] = {"livekit": livekit, "wait_for_participant": True}
+    for name in ("send_log", "audio_report"):  # one file per session: <stem>-<room><suffix>
+        path = getattr(template, name)
+        if path is not None:
+            changes[name] = path.with_name(f"{path.stem}-{room}{path.suffix}")
     if template.mode == "agents":
         agent = template.agent_identity
         if agent == AGENT_IDENTITY_PLACEHOLDER:
