@@ -135,9 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "process, in the job's room (avatar_worker/dispatch.py)")
     conn.add_argument("--idle-processes", type=_non_negative_int, default=1,
                       help="--dispatch: job processes kept warm (default: %(default)s)")
-    conn.add_argument("--load-threshold", type=float, default=0.9,
-                      help="--dispatch: above this CPU load (0..1) LiveKit sends this worker no more jobs; "
-                           "inf: never full (default: %(default)s)")
+    conn.add_argument("--max-sessions", type=_positive_int, default=8,
+                      help="--dispatch: the sessions this worker takes at once; its load, as LiveKit sees it, "
+                           "is running sessions / max-sessions (default: %(default)s)")
+    conn.add_argument("--load-threshold", type=float, default=1.0,
+                      help="--dispatch: at this load LiveKit sends this worker no more jobs; inf: never full "
+                           "(default: %(default)s, i.e. with --max-sessions running)")
     conn.add_argument("--job-executor", choices=("process", "thread"), default="process",
                       help="--dispatch: a process per session (isolated) or a thread per session")
     conn.add_argument("--identity", default="avatar-worker")
@@ -365,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         dispatch_options = DispatchOptions(args.dispatch or "-", args.idle_processes, args.load_threshold,
-                                           args.job_executor)
+                                           args.job_executor, args.max_sessions)
         secret_warning = read_secret_file(args.api_secret_file)[1] if args.api_secret_file else None
     except ValueError as exc:
         parser.error(str(exc))

@@ -52,18 +52,24 @@ AGENT_IDENTITY_PLACEHOLDER = "agent-from-dispatch"
 
 @dataclasses.dataclass(frozen=True)
 class DispatchOptions:
-    """How the worker registers with LiveKit. ``load_threshold``: above this load (livekit-agents'
-    CPU measure, 0..1) LiveKit sends no more jobs here; ``math.inf``: never full.
-    ``idle_processes``: job processes kept warm, so a session starts without an interpreter boot."""
+    """How the worker registers with LiveKit. The load it reports is its running sessions over
+    ``max_sessions``; at ``load_threshold`` (1.0: with ``max_sessions`` running) LiveKit sends it no
+    more jobs, ``math.inf``: never full. (Not livekit-agents' default, the host's CPU use: a browser
+    on the same machine, or a busy neighbour, would make the worker refuse visitors it has room
+    for, and LiveKit does not offer a refused job again.) ``idle_processes``: job processes kept
+    warm, so a session starts without an interpreter boot."""
 
     agent_name: str = DEFAULT_AGENT_NAME
     idle_processes: int = 1
-    load_threshold: float = 0.9
+    load_threshold: float = 1.0
     executor: str = "process"
+    max_sessions: int = 8
 
     def __post_init__(self) -> None:
         if not self.agent_name or len(self.agent_name) > 128:
             raise ValueError("agent_name must be 1 to 128 characters")
+        if self.max_sessions < 1:
+            raise ValueError("max_sessions must be >= 1")
         if self.idle_processes < 0:
             raise ValueError("idle_processes must be >= 0")
         if not 0 < self.load_threshold:
@@ -152,6 +158,11 @@ SESSION_STOP_S = 20.0
 """How long a job's shutdown waits for its session to leave the room cleanly."""
 
 
+def session_load(max_sessions: int, worker: Any) -> float:
+    """The load a worker reports to LiveKit: its running sessions over ``max_sessions``."""
+    return len(worker.active_jobs) / max_sessions
+
+
 def _own_room_filter(record: logging.LogRecord) -> bool:
     """Sessions join with a Room of their own (rejoined after losses, avatar_worker/transport/rejoin.py),
     never ``ctx.connect()``: livekit-agents' reminders to call it do not apply."""
@@ -176,6 +187,7 @@ def serve(template: WorkerConfig, options: DispatchOptions) -> int:
         host="127.0.0.1",  # the worker's health/metrics endpoint: loopback only
         port=0,
         num_idle_processes=options.idle_processes,
+        load_fnc=functools.partial(session_load, options.max_sessions),
         load_threshold=options.load_threshold if math.isfinite(options.load_threshold) else math.inf,
         job_executor_type=agents.JobExecutorType(options.executor),
         shutdown_process_timeout=20.0,

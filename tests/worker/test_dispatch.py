@@ -48,3 +48,15 @@ def test_agents_mode_takes_the_agent_from_the_jobs_metadata():
 def test_bad_dispatch_options_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
         DispatchOptions(**kwargs)
+
+
+def test_the_load_a_worker_reports_is_its_sessions_over_its_capacity():
+    from avatar_worker.dispatch import session_load
+
+    class Worker:
+        active_jobs = [object()] * 3
+
+    assert session_load(8, Worker()) == 3 / 8
+    assert session_load(3, Worker()) == 1.0  # full at the default threshold
+    with pytest.raises(ValueError, match="max_sessions"):
+        DispatchOptions(max_sessions=0)
