@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import logging
 import os
 import re
 import signal
@@ -79,6 +80,7 @@ examples:
   python3 serve.py                        # a room and an avatar per visitor
   python3 serve.py --workers 2            # two worker processes; LiveKit spreads the visitors
   python3 serve.py --rooms shared         # one room, one avatar, for everyone
+  python3 serve.py --nodes 2 --workers 2  # two LiveKit nodes sharing a Redis (docs/scaling.md)
   python3 serve.py --dev                  # also the test harness pages under /dev/
   python3 serve.py --host 0.0.0.0 --allow-remote --allowed-host demo.lan   # see docs/security.md
   python3 serve.py --port 8080 --livekit-port 7890
@@ -106,6 +108,9 @@ examples:
     lk = p.add_argument_group("LiveKit server")
     lk.add_argument("--livekit-port", type=int, default=7880,
                     help="port of the built-in loopback LiveKit server (default: %(default)s; 0 picks a free one)")
+    lk.add_argument("--nodes", type=positive_int, default=1,
+                    help="LiveKit nodes sharing a Redis, all on loopback (docs/scaling.md); visitors may "
+                         "connect through any of them (default: %(default)s)")
     lk.add_argument("--external", action="store_true",
                     help="use the server given by LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET "
                          "instead of starting one")
@@ -117,6 +122,9 @@ examples:
     avatar.add_argument("--workers", type=positive_int, default=1,
                         help="--rooms visitor: worker processes registered with LiveKit; each runs many "
                              "sessions (default: %(default)s)")
+    avatar.add_argument("--sessions-per-worker", type=positive_int, default=8,
+                        help="--rooms visitor: the sessions each worker process takes at once; a visitor "
+                             "arriving when all are full gets no avatar (default: %(default)s)")
     avatar.add_argument("--room", default=DEFAULT_ROOM, help="--rooms shared: the room the page joins and the "
                                                               "worker speaks in (default: %(default)s)")
     avatar.add_argument("--text", default=None,
@@ -232,7 +240,8 @@ class Worker:
         # the demo agent: greets whoever joins, then answers what they say into the microphone
         # --realtime: steady 40 ms pacing on a busy machine (SCHED_RR; the worker carries on in the
         # normal class, with a warning, where it is not allowed)
-        where = ["--room", args.room] if args.rooms == "shared" else ["--dispatch", AGENT_NAME]
+        where = (["--room", args.room] if args.rooms == "shared" else
+                 ["--dispatch", AGENT_NAME, "--max-sessions", str(args.sessions_per_worker)])
         self.cmd = [sys.executable, "-m", "avatar_worker", "--mode", "demo", *where,
                     "--reply", args.reply, "--log-level", args.worker_log_level, "--realtime"]
         self.label = "worker" if index == 0 else f"worker{index + 1}"
@@ -311,6 +320,8 @@ def main() -> int:
                  "use it anyway. Pass --allow-remote (best with an external server, see --help) if you "
                  "really mean it.")
     external = external_settings(args)
+    if external and args.nodes > 1:
+        sys.exit("serve.py: --nodes runs LiveKit nodes here; it does not go with an external server")
     setup_and_reexec(args)
 
     taken = [f"{what} port {port}" for what, host, port in (
@@ -321,6 +332,11 @@ def main() -> int:
                  "pick others with --port / --livekit-port")
 
     from tools import devstack, webapp
+
+    handler = logging.StreamHandler(sys.stdout)  # the token endpoint's avatar watcher says what it did
+    handler.setFormatter(logging.Formatter("[serve] %(message)s"))
+    logging.getLogger("webapp").addHandler(handler)
+    logging.getLogger("webapp").setLevel(logging.INFO)
 
     stop = threading.Event()
 
@@ -343,6 +359,11 @@ def main() -> int:
             if external:
                 server = devstack.LiveKitServer.external(*external)
                 log(f"using the external LiveKit server {server.url} (from LIVEKIT_URL)")
+            elif args.nodes > 1:
+                server = devstack.LiveKitCluster(Path(workdir), nodes=args.nodes, port=args.livekit_port or None)
+                server.start()
+                log(f"LiveKit cluster of {args.nodes} nodes ready at {', '.join(server.urls)}, sharing a Redis "
+                    f"(loopback only; logs: {', '.join(map(str, server.log_paths))})")
             else:
                 server = devstack.start_livekit_server(Path(workdir), port=args.livekit_port or None)
                 log(f"LiveKit server ready at {server.url} (loopback only; log: {server.log_path})")

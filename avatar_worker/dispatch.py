@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import signal
+import time
 from typing import Any
 
 from .config import WorkerConfig
@@ -113,9 +114,35 @@ def _metadata(text: str) -> dict[str, Any]:
     return value
 
 
+_RUNNING: dict[str, Any] = {}
+"""The worker of this process and its capacity (set by :func:`serve`; read by :func:`_accept`)."""
+
+
 async def _accept(identity: str, name: str | None, request: Any) -> None:
-    """Take every job offered (LiveKit offers none when this worker reports itself full)."""
+    """Take the job, unless ``max_sessions`` are running already: LiveKit then offers it to another
+    worker. (It skips workers that reported themselves full, but a report is up to 2.5 s old.)"""
+    worker, capacity = _RUNNING.get("worker"), _RUNNING.get("max_sessions", 0)
+    if worker is not None:
+        running = {info.job.id for info in worker.active_jobs}
+        now = time.monotonic()
+        accepted: dict[str, float] = _RUNNING.setdefault("accepted", {})
+        for job_id in [j for j, at in accepted.items() if j in running or now - at > STARTING_S]:
+            del accepted[job_id]  # started (now counted as running), or never did
+        if len(running) + len(accepted) >= capacity:
+            log.info("job for room %r declined: %d sessions running or starting, the most this worker takes",
+                     request.room.name, capacity)
+            await request.reject()
+            return
+        accepted[request.id] = now
     await request.accept(identity=identity, name=name or identity)
+
+
+PROCESS_START_S = 30.0
+"""How long a job process may take to start (livekit-agents' default, 10 s, was too short on a
+2-core machine running browsers: the worker then failed to register at all)."""
+
+STARTING_S = 30.0
+"""How long an accepted job counts against the capacity before it shows up as running."""
 
 
 async def _session(template: WorkerConfig, ctx: Any) -> None:
@@ -191,11 +218,13 @@ def serve(template: WorkerConfig, options: DispatchOptions) -> int:
         load_threshold=options.load_threshold if math.isfinite(options.load_threshold) else math.inf,
         job_executor_type=agents.JobExecutorType(options.executor),
         shutdown_process_timeout=20.0,
+        initialize_process_timeout=PROCESS_START_S,
     )
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         worker = agents.Worker(worker_options, devmode=False, loop=loop)
+        _RUNNING.update(worker=worker, max_sessions=options.max_sessions)
         stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
@@ -209,7 +238,10 @@ def serve(template: WorkerConfig, options: DispatchOptions) -> int:
             runner.result()  # the worker stopped by itself: an error
             return
         log.info("stopping: ending %d running session(s)", len(worker.active_jobs))
-        await worker.aclose()
+        try:
+            await worker.aclose()
+        except AssertionError:
+            pass  # stopped before it had started (livekit-agents asserts it had): nothing runs yet
         runner.cancel()
 
     asyncio.run(main())

@@ -135,39 +135,93 @@ class AvatarDispatch:
     """Who brings each visitor their avatar: LiveKit, by explicit dispatch to the agent workers
     registered as ``agent_name`` (``python -m avatar_worker --dispatch``). A new visitor's token
     carries it in its room configuration, so LiveKit dispatches the avatar when the room is
-    created. A resumed session gets a fresh avatar (:meth:`refresh`): the old one, healthy or
-    not, is removed, and a new job is asked for."""
+    created. A resumed session gets a fresh avatar: the old one, healthy or not, is removed, and a
+    new job is asked for.
+
+    LiveKit offers a job once: if no worker is free at that moment (all full, or one restarting
+    after a crash) the room stays without an avatar. So after every token a watcher (a thread,
+    :meth:`ensure`) looks at the room for up to :data:`ENSURE_S`: once the visitor's room exists and
+    no avatar has joined, and no job of ours is starting there, or one has taken more than
+    :data:`REDISPATCH_S`, it asks again. (A job slower than that makes a second avatar: the newer
+    one takes the identity, and the older session ends.)"""
 
     def __init__(self, server: LiveKitServer, agent_name: str, identity: str = AVATAR_IDENTITY) -> None:
         self.server = server
         self.agent_name = agent_name
         self.identity = identity
 
-    def refresh(self, room: str) -> str:
-        """Replace the avatar of ``room`` (if the room exists; a new room gets one from the token).
-        Returns what was done, for the log; errors are logged, not raised (the visitor still gets a
-        token, and ``reconnect()`` tries again)."""
-        try:
-            return asyncio.run(self._refresh(room))
-        except Exception as exc:  # the API unreachable, a refusal: log, never fail the token
-            log.warning("could not refresh the avatar of room %s: %s", room, exc)
-            return f"failed: {exc}"
+    def ensure(self, room: str, *, fresh: bool) -> threading.Thread:
+        """Watch ``room`` until its avatar is there (``fresh``: replace the one it has first), in a
+        daemon thread. Errors are logged, never raised: the visitor has their token already."""
+        thread = threading.Thread(target=self._run, args=(room, fresh), name=f"avatar-{room}", daemon=True)
+        thread.start()
+        return thread
 
-    async def _refresh(self, room: str) -> str:
+    def _run(self, room: str, fresh: bool) -> None:
+        try:
+            log.info("avatar of room %s: %s", room, asyncio.run(self._ensure(room, fresh)))
+        except Exception as exc:  # the API unreachable, a refusal
+            log.warning("avatar of room %s: %s", room, exc)
+
+    async def _ensure(self, room: str, fresh: bool) -> str:
         from livekit import api
 
         async with api.LiveKitAPI(self.server.http_url, self.server.api_key, self.server.api_secret) as lk:
-            found = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
-            if not found.rooms:
-                return "new room: dispatched by the token"
-            try:
-                await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=self.identity))
-                removed = "removed the old avatar, "
-            except api.TwirpError:
-                removed = ""  # no avatar there (it left, or never came)
-            await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=self.agent_name,
-                                                                                  room=room))
-            return removed + "dispatched a new one"
+            asked_at: float | None = None
+            if fresh:
+                try:
+                    await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=self.identity))
+                except api.TwirpError:
+                    pass  # no avatar there (it left, or never came)
+                if await self._exists(lk, room):
+                    await self._dispatch(lk, room)
+                    asked_at = time.monotonic()
+            deadline = time.monotonic() + ENSURE_S
+            while time.monotonic() < deadline:
+                await asyncio.sleep(ENSURE_POLL_S)
+                if not await self._exists(lk, room):
+                    continue  # the visitor has not joined yet: the token dispatches when they do
+                if await self._avatar_here(lk, room):
+                    return "the avatar is here"
+                now = time.monotonic()
+                if asked_at is None and await self._starting(lk, room):
+                    asked_at = now  # the token's dispatch has its job: give it time
+                elif asked_at is None or now - asked_at >= REDISPATCH_S:
+                    await self._dispatch(lk, room)
+                    asked_at = now
+            return f"no avatar after {ENSURE_S:.0f} s (no worker free?)"
+
+    @staticmethod
+    async def _exists(lk, room: str) -> bool:
+        from livekit import api
+
+        return bool((await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms)
+
+    async def _avatar_here(self, lk, room: str) -> bool:
+        from livekit import api
+
+        found = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+        return any(p.identity == self.identity for p in found.participants)
+
+    async def _starting(self, lk, room: str) -> bool:
+        from livekit.protocol.agent import JobStatus
+
+        live = (JobStatus.JS_PENDING, JobStatus.JS_RUNNING)
+        return any(job.state.status in live for d in await lk.agent_dispatch.list_dispatch(room)
+                   if d.agent_name == self.agent_name for job in d.state.jobs)
+
+    async def _dispatch(self, lk, room: str) -> None:
+        from livekit import api
+
+        await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name=self.agent_name, room=room))
+        log.info("avatar of room %s: asked LiveKit for one", room)
+
+
+ENSURE_S = 60.0
+"""How long a room is watched for its avatar after a token."""
+ENSURE_POLL_S = 1.0
+REDISPATCH_S = 10.0
+"""A job that has not brought the avatar this long after it was asked for is asked for again."""
 
 
 class TokenEndpoint:
@@ -186,8 +240,8 @@ class TokenEndpoint:
     With ``sessions`` (visitor rooms) the server also chooses the room: the body may not name one.
     ``{}`` opens a new session in a fresh room and the answer carries its ``session`` secret;
     ``{"session": secret}`` resumes it: a new token for the same room, never another's (403 for an
-    unknown or expired secret). With ``dispatch`` the tokens ask LiveKit for the avatar, and a
-    resumed session gets a fresh one (:class:`AvatarDispatch`).
+    unknown or expired secret). With ``dispatch`` the tokens ask LiveKit for the avatar, the room is
+    watched until it has one, and a resumed session gets a fresh one (:class:`AvatarDispatch`).
     """
 
     def __init__(self, server: LiveKitServer, rooms: re.Pattern[str] | str, default_room: str, *,
@@ -197,6 +251,9 @@ class TokenEndpoint:
         self.default_room = default_room
         self.sessions = sessions
         self.dispatch = dispatch
+        self._urls = list(getattr(server, "urls", None) or [server.url])
+        self._next_url = 0
+        self._url_lock = threading.Lock()
 
     def __call__(self, body: bytes) -> tuple[int, str, bytes]:
         try:
@@ -240,13 +297,21 @@ class TokenEndpoint:
                 return self._error(400, f"room must match {NAME_RE.pattern}")
             if not self.rooms.fullmatch(room):
                 return self._error(403, f"room {room!r} is not offered here")
-        if resumed and self.dispatch is not None:
-            log.info("session resumed in room %s: %s", room, self.dispatch.refresh(room))
+        if self.dispatch is not None:
+            self.dispatch.ensure(room, fresh=resumed)
         token = self.server.token(identity, room, name=name, ttl_s=TOKEN_TTL_S, can_publish=True,
                                   can_subscribe=True, can_publish_data=True, sources=list(VIEWER_SOURCES),
                                   dispatch=[self.dispatch.agent_name] if self.dispatch is not None else [])
-        reply.update(token=token, serverUrl=self.server.url, roomName=room, identity=identity)
+        reply.update(token=token, serverUrl=self._server_url(), roomName=room, identity=identity)
         return 200, "application/json", json.dumps(reply).encode()
+
+    def _server_url(self) -> str:
+        """The server's URL; with several nodes (``server.urls``), each in turn, as a load balancer
+        in front of a cluster would spread them: a room is reachable through any node."""
+        with self._url_lock:
+            url = self._urls[self._next_url % len(self._urls)]
+            self._next_url += 1
+        return url
 
     @staticmethod
     def _error(status: int, message: str) -> tuple[int, str, bytes]:
@@ -279,13 +344,14 @@ def livekit_sources(url: str) -> list[str]:
     return sources
 
 
-def content_security_policy(livekit_url: str) -> Callable[[str, bytes], str]:
+def content_security_policy(livekit_url: str | Iterable[str]) -> Callable[[str, bytes], str]:
     """The CSP of each HTML page: strict for the app's pages (scripts from this server and the
     page's own inline scripts by hash, plus WebAssembly and eval for Pyodide/PyScript; connections
     to this server and the LiveKit server only; no frames, no plugins). The harness pages under
     ``/dev/`` (served with ``dev=True`` only) run whatever Python a test sends and connect where
     their ``?url=`` says: they get the basic policy (no framing, no plugins)."""
-    connect = " ".join(["'self'", *livekit_sources(livekit_url)])
+    urls = [livekit_url] if isinstance(livekit_url, str) else list(livekit_url)
+    connect = " ".join(["'self'", *[source for url in urls for source in livekit_sources(url)]])
 
     def policy(url_path: str, html: bytes) -> str:
         if url_path == "/dev" or url_path.startswith("/dev/"):
@@ -329,5 +395,5 @@ def build_app(server: LiveKitServer, *, rooms: str = r"avatar-demo", default_roo
         ("GET", "/pyscript.json"): json_route(pyscript_config),
     }
     return StaticServer(ROOT, mounts(), host=host, port=port, routes=routes, allowed_hosts=allowed_hosts,
-                        exclude=() if dev else (DEV_PAGES,), csp=content_security_policy(server.url),
+                        exclude=() if dev else (DEV_PAGES,), csp=content_security_policy(getattr(server, "urls", None) or server.url),
                         timeout_s=timeout_s, max_connections=max_connections)

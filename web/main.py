@@ -244,6 +244,7 @@ async def fetch_grant() -> dict:
         if response.ok:
             visit["session"] = grant.get("session")
             demo.roomName = grant.get("roomName")
+            demo.serverUrl = grant.get("serverUrl")
             return grant  # {token, serverUrl, roomName, identity, session} as is
         if not (response.status == 403 and body):
             break

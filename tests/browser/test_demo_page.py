@@ -79,14 +79,14 @@ class Demo:
         self.process.wait(timeout=10)
 
 
-def start_demo(workdir: Path) -> Demo:
-    """``serve.py --port P --livekit-port L`` on free ports; returns once the page answers."""
+def start_demo(workdir: Path, *extra: str) -> Demo:
+    """``serve.py --port P --livekit-port L [extra...]`` on free ports; returns once the page answers."""
     port, livekit_port = free_port(), free_port()
     log_path = workdir / "serve.log"
     env = {k: v for k, v in os.environ.items() if k not in EXTERNAL_ENV}  # always our own server
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(SERVE), "--port", str(port), "--livekit-port", str(livekit_port)],
+            [sys.executable, str(SERVE), "--port", str(port), "--livekit-port", str(livekit_port), *extra],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)  # a group of its own: the test can clean up everything it started
     demo = Demo(process, f"http://127.0.0.1:{port}/", log_path)

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 from tools.devstack import LiveKitServer
 from tools.httpserve import DEFAULT_CSP, MAX_BODY, inline_script_hashes
-from tools.webapp import TOKEN_TTL_S, TokenEndpoint, build_app, content_security_policy
+from tools.webapp import (TOKEN_TTL_S, AvatarDispatch, TokenEndpoint, VisitorSessions, build_app,
+                          content_security_policy)
 
 from .test_httpserve import exchange, get, request  # noqa: E402
 
@@ -242,6 +243,107 @@ def test_serve_options():
     for bad in ("http://x.lan", "x.lan:80", "a b"):
         with pytest.raises(SystemExit):
             serve.build_parser().parse_args(["--allowed-host", bad])
+
+
+def test_serve_rooms_workers_and_nodes_options():
+    serve = load_serve()
+    defaults = serve.build_parser().parse_args([])
+    assert (defaults.rooms, defaults.workers, defaults.nodes, defaults.sessions_per_worker) == ("visitor", 1, 1, 8)
+    args = serve.build_parser().parse_args(["--rooms", "shared", "--workers", "3", "--nodes", "2"])
+    assert (args.rooms, args.workers, args.nodes) == ("shared", 3, 2)
+    for bad in (["--workers", "0"], ["--nodes", "0"], ["--rooms", "everyone"], ["--sessions-per-worker", "0"]):
+        with pytest.raises(SystemExit):
+            serve.build_parser().parse_args(bad)
+
+
+# ----------------------------------------------------------------------------- visitor rooms
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Watcher(AvatarDispatch):
+    """Records what the endpoint asks of the avatar watcher, without a server."""
+
+    def __init__(self, server) -> None:
+        super().__init__(server, "avatar-test")
+        self.asked: list[tuple[str, bool]] = []
+
+    def ensure(self, room: str, *, fresh: bool):
+        self.asked.append((room, fresh))
+
+
+@pytest.fixture
+def visitors(credentials):
+    clock = Clock()
+    watcher = Watcher(credentials)
+    endpoint = TokenEndpoint(credentials, r"avatar-demo", "avatar-demo",
+                             sessions=VisitorSessions(clock=clock, limit=3), dispatch=watcher)
+    return endpoint, clock, watcher
+
+
+def test_each_visitor_gets_a_room_of_their_own_and_a_token_that_dispatches_the_avatar(visitors):
+    endpoint, _, watcher = visitors
+    first, second = call(endpoint, b"{}"), call(endpoint, b'{"name": "Ada"}')
+    assert first[0] == second[0] == 200
+    rooms = [first[1]["roomName"], second[1]["roomName"]]
+    assert rooms[0] != rooms[1] and all(re.fullmatch(r"visit-[0-9a-f]{24}", room) for room in rooms)
+    assert first[1]["session"] != second[1]["session"] and len(first[1]["session"]) >= 32
+    for reply, room in zip((first[1], second[1]), rooms):
+        claims = claims_of(reply["token"])
+        assert claims.video.room == room and claims.video.room_join
+        assert [a.agent_name for a in claims.room_config.agents] == ["avatar-test"]
+    assert watcher.asked == [(rooms[0], False), (rooms[1], False)]
+
+
+def test_a_session_resumes_its_own_room_with_a_fresh_avatar_and_never_another(visitors):
+    endpoint, _, watcher = visitors
+    _, a = call(endpoint, b"{}")
+    _, b = call(endpoint, b"{}")
+    status, again = call(endpoint, json.dumps({"session": a["session"]}).encode())
+    assert status == 200 and again["roomName"] == a["roomName"] and again["session"] == a["session"]
+    assert again["identity"] != a["identity"] and claims_of(again["token"]).video.room == a["roomName"]
+    assert watcher.asked[-1] == (a["roomName"], True)
+    for body in ({"session": "x" * 32}, {"session": b["session"][:-1]}, {"session": 7}, {"session": ""}):
+        assert call(endpoint, json.dumps(body).encode())[0] == 403, body
+    for body in ({"room": b["roomName"]}, {"session": a["session"], "room": b["roomName"]}):
+        status, reply = call(endpoint, json.dumps(body).encode())
+        assert status == 400 and "chosen by the server" in reply["error"], reply
+
+
+def test_a_session_expires_a_token_lifetime_after_its_last_token(visitors):
+    endpoint, clock, _ = visitors
+    _, a = call(endpoint, b"{}")
+    clock.now += TOKEN_TTL_S - 1
+    assert call(endpoint, json.dumps({"session": a["session"]}).encode())[0] == 200  # and its lifetime restarts
+    clock.now += TOKEN_TTL_S - 1
+    assert call(endpoint, json.dumps({"session": a["session"]}).encode())[0] == 200
+    clock.now += TOKEN_TTL_S
+    assert call(endpoint, json.dumps({"session": a["session"]}).encode())[0] == 403
+
+
+def test_live_sessions_are_capped(visitors):
+    endpoint, clock, _ = visitors
+    assert [call(endpoint, b"{}")[0] for _ in range(4)] == [200, 200, 200, 503]
+    clock.now += TOKEN_TTL_S + 1  # they expire: room for new ones
+    assert call(endpoint, b"{}")[0] == 200
+
+
+def test_a_cluster_hands_out_its_nodes_in_turn(credentials):
+    class Cluster:
+        url, urls = "ws://127.0.0.1:7880", ["ws://127.0.0.1:7880", "ws://127.0.0.1:7881"]
+        api_key, api_secret = credentials.api_key, credentials.api_secret
+        token = credentials.token
+
+    endpoint = TokenEndpoint(Cluster(), r"avatar-demo", "avatar-demo", sessions=VisitorSessions())
+    assert [call(endpoint, b"{}")[1]["serverUrl"] for _ in range(3)] == [*Cluster.urls, Cluster.urls[0]]
+    policy = content_security_policy(Cluster.urls)("/", b"<html></html>")
+    assert "ws://127.0.0.1:7880" in policy and "ws://127.0.0.1:7881" in policy
 
 
 # ----------------------------------------------------------------------------- hypothesis: arbitrary requests
