@@ -741,7 +741,7 @@ def plot(report: dict, path: Path) -> str | None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for executor, result in report["executors"].items():
+    for index, (executor, result) in enumerate(report["executors"].items()):
         rows = result["median"]
         ns = [r["sessions"] for r in rows]
         line = axes[0].plot(ns, [r["worker_cpu_pct_per_session"] for r in rows], marker="o",
@@ -761,7 +761,7 @@ def plot(report: dict, path: Path) -> str | None:
                 ax.axvline(k, color=color, ls="--", lw=1, alpha=0.7)
         if k is not None:
             axes[2].annotate(f"knee {executor}: N={k}", (k, ON_TIME_TARGET_PCT), textcoords="offset points",
-                             xytext=(4, -14), fontsize=8, color=color)
+                             xytext=(4, -14 - 12 * index), fontsize=8, color=color)
     axes[0].axhline(CPU_GOAL_PCT, color="green", lw=1, alpha=0.6, label=f"goal {CPU_GOAL_PCT:g} %")
     axes[0].set_ylabel("% of one core per session")
     axes[1].set_ylabel("worker MB per session")
