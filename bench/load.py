@@ -502,6 +502,8 @@ def start_worker(server, workdir: Path, index: int, args: argparse.Namespace, ex
     cmd = [sys.executable, "-m", "avatar_worker", "--dispatch", AGENT_NAME, "--mode", "speech", "--text", TEXT,
            "--repeat-every-s", str(args.repeat_every_s), "--send-log", str(workdir / "sent.jsonl"),
            "--job-executor", executor, "--load-threshold", str(args.load_threshold),
+           # load = sessions / max-sessions: kept at or below 0.5, so LiveKit never sees it (nearly) full
+           "--max-sessions", str(2 * max(int(n) for n in str(args.sessions).split(",") if n.strip())),
            "--idle-processes", str(args.idle_processes), "--log-level", "info",
            *(["--realtime"] if args.realtime else [])]
     with log.open("wb") as out:
