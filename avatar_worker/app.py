@@ -18,7 +18,7 @@ from .transport.messaging import MessageSender
 from .transport.pacing import try_realtime
 from .transport.publisher import Publisher
 from .transport.republish import RepublishAfter
-from .transport.streamer import MotionStreamer, SendLog, TurnObserver
+from .transport.streamer import MotionStreamer, SendLog, StreamerStopping, TurnObserver
 
 __all__ = ["run"]
 
@@ -212,8 +212,12 @@ def awaiting(task: asyncio.Future[Any]) -> list[str]:
 
 
 def _log_driver_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the turn driver failed", exc_info=task.exception())
+    if task.cancelled() or task.exception() is None:
+        return
+    if isinstance(task.exception(), StreamerStopping):
+        log.debug("the turn driver ended: the streamer is stopping")  # a stop mid-turn, not a failure
+        return
+    log.error("the turn driver failed", exc_info=task.exception())
 
 
 async def _lead_in(config: WorkerConfig, publisher: Publisher) -> None:

@@ -28,7 +28,8 @@ from ..audio.pcm import SILENCE
 from .pacing import FrameClock, TickTime
 from ..turns import TRANSITION_END_PACKET, Emission, Tick, Turn, idle_tick
 
-__all__ = ["DataPath", "MotionSink", "MotionStreamer", "SendLog", "StreamStats", "TurnObserver", "TurnResult"]
+__all__ = ["DataPath", "MotionSink", "MotionStreamer", "SendLog", "StreamStats", "StreamerStopping", "TurnObserver",
+           "TurnResult"]
 
 log = logging.getLogger("avatar_worker.streamer")  # the name it always logged under (serve.py, tests filter on it)
 
@@ -203,6 +204,11 @@ class _Playing:
     frames_played: int = 0
 
 
+class StreamerStopping(RuntimeError):
+    """:meth:`MotionStreamer.play` after :meth:`MotionStreamer.stop`: the worker is winding down,
+    and a driver that wanted one more turn simply ends."""
+
+
 class MotionStreamer:
     """Paces ticks on a :class:`FrameClock` and feeds them to a :class:`MotionSink`."""
 
@@ -255,7 +261,7 @@ class MotionStreamer:
         if turn.first_seq != self._next_seq:
             raise ValueError(f"turn starts at seq {turn.first_seq}, expected {self._next_seq}")
         if self._stopping:
-            raise RuntimeError("the streamer is stopping")
+            raise StreamerStopping("the streamer is stopping")
         self._next_seq = turn.next_seq
         future: asyncio.Future[TurnResult] = asyncio.get_running_loop().create_future()
         self._queue.append(_Playing(turn, future, 0.0, abort_after=abort_after))

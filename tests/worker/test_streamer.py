@@ -356,3 +356,20 @@ def test_an_aborted_streamer_tells_no_one() -> None:
 
     asyncio.run(go())
     assert [e[0] for e in observer.events] == ["start"] + ["frame"] * 5
+
+
+def test_play_after_stop_raises_streamer_stopping_a_runtime_error():
+    """A driver asking for one more turn while the worker winds down: not a failure to log as one."""
+    import asyncio
+
+    from avatar_worker.transport.streamer import StreamerStopping
+    from avatar_worker.turns import TurnFrame, build_turn
+
+    async def main():
+        streamer = fast_streamer(RecordingSink())
+        streamer.stop()
+        with pytest.raises(StreamerStopping):
+            streamer.play(build_turn([TurnFrame(b"m")] * 3, streamer.next_seq))
+
+    asyncio.run(main())
+    assert issubclass(StreamerStopping, RuntimeError)  # what agents_playback catches
