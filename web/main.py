@@ -245,6 +245,7 @@ async def fetch_grant() -> dict:
             visit["session"] = grant.get("session")
             demo.roomName = grant.get("roomName")
             demo.serverUrl = grant.get("serverUrl")
+            demo.identity = grant.get("identity")
             return grant  # {token, serverUrl, roomName, identity, session} as is
         if not (response.status == 403 and body):
             break
