@@ -26,7 +26,6 @@ Ctrl-C or SIGTERM stops everything it started (worker, then web server, then Liv
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import logging
 import os
@@ -37,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -289,23 +287,9 @@ class Worker:
                 log(f"the {self.label} did not stop in time; killing it")
                 process.kill()
                 process.wait(timeout=timeout_s)
-        _end_group(process.pid)
+        from tools.devstack import end_process_group
 
-
-def _end_group(pgid: int, grace_s: float = 5.0) -> None:
-    """Whatever is left in a worker's process group once it exited (job processes wind down on
-    their own when it goes): SIGTERM after ``grace_s``, SIGKILL after as much again."""
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        if sig is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, sig)
+        end_process_group(process.pid)
 
 
 # ----------------------------------------------------------------------------- main

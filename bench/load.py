@@ -43,7 +43,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as bench/load.py: the repository is not on the path
 
+from avatarplayer.wire.datamsg import CONTROL_TOPIC, MOTION_TOPIC  # noqa: E402
+from tools.devstack import end_process_group  # noqa: E402
+
 FRAME_MS = 40.0
 LATE_MS = 80.0
 ON_TIME_TARGET_PCT = 99.0
@@ -65,8 +67,6 @@ JITTER_TARGET_MS = 5.0
 CPU_GOAL_PCT = 3.0  # % of one core per avatar session, worker side
 AGENT_NAME = "bench-load-avatar"
 WORKER_IDENTITY = "avatar-worker"  # the sessions' identity (the CLI's --identity default)
-MOTION_TOPIC = "avatarplayer.motion"  # avatarplayer.wire.datamsg.MOTION_TOPIC
-CONTROL_TOPIC = "avatarplayer.control"  # avatarplayer.wire.datamsg.CONTROL_TOPIC
 TEXT = ("Welcome, and thank you for coming by. I am the avatar of this page, and I keep talking so that "
         "the benchmark always has motion to send: my jaw follows the loudness of my voice, my eyes blink "
         "now and then, and every forty milliseconds a motion frame leaves the worker next to my audio. "
@@ -481,18 +481,7 @@ class DispatchWorker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        pgid = self.process.pid  # start_new_session: the group is ours
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.1)
-            if sig is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, sig)
+        end_process_group(self.process.pid)  # start_new_session: the group is ours
 
 
 def start_worker(server, workdir: Path, index: int, args: argparse.Namespace, executor: str) -> DispatchWorker:

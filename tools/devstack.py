@@ -428,6 +428,25 @@ class LiveKitCluster:
         self.stop()
 
 
+def end_process_group(pgid: int, grace_s: float = 5.0) -> None:
+    """End what is left of a process group whose leader we started with ``start_new_session`` and
+    stopped (a dispatch worker's job processes and multiprocessing's forkserver wind down on their
+    own when it goes): wait ``grace_s``, SIGTERM, wait as much again, SIGKILL."""
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        if sig is not None:
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+
+
 def start_livekit_server(workdir: Path, *, port: int | None = None) -> LiveKitServer:
     """Start a loopback server and wait for ``GET /`` == OK. Raises RuntimeError."""
     return LiveKitServer(workdir, port=port).start()

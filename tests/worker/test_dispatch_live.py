@@ -20,7 +20,7 @@ from avatar_worker.dispatch import REGISTERED
 from avatar_worker.record import main as record_main
 from avatarplayer.wire.datamsg import MOTION_TOPIC
 from avatarplayer.wire.motion import decode_packet
-from tools.devstack import LiveKitServer
+from tools.devstack import LiveKitServer, end_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 AVATAR = "avatar-worker"
@@ -55,8 +55,9 @@ class DispatchWorker:
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
+                self.process.kill()
                 self.process.wait(10)
+        end_process_group(self.process.pid)  # its job processes
 
 
 class Visitor:
