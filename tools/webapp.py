@@ -151,11 +151,33 @@ class AvatarDispatch:
         self.identity = identity
 
     def ensure(self, room: str, *, fresh: bool) -> threading.Thread:
-        """Watch ``room`` until its avatar is there (``fresh``: replace the one it has first), in a
-        daemon thread. Errors are logged, never raised: the visitor has their token already."""
+        """Watch ``room`` until its avatar is there, in a daemon thread. Errors are logged, never
+        raised: the visitor gets their token anyway.
+
+        ``fresh``: replace the one it has. The old avatar is removed at once, before the token goes
+        out: a page that joined while the old one was still listed would subscribe to its tracks,
+        and the new avatar's tracks would then come on the recycled receivers, where Chromium runs
+        no new script transform (docs/player-guide.md, "Motion carriers"): the player would fall
+        back to the data carrier and miss the start of the greeting."""
+        if fresh:
+            try:
+                removed = asyncio.run(self._remove(room))
+                log.info("avatar of room %s: %s", room, "the old one removed" if removed else "none to remove")
+            except Exception as exc:
+                log.warning("avatar of room %s: could not remove the old one: %s", room, exc)
         thread = threading.Thread(target=self._run, args=(room, fresh), name=f"avatar-{room}", daemon=True)
         thread.start()
         return thread
+
+    async def _remove(self, room: str) -> bool:
+        from livekit import api
+
+        async with api.LiveKitAPI(self.server.http_url, self.server.api_key, self.server.api_secret) as lk:
+            try:
+                await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=self.identity))
+                return True
+            except api.TwirpError:
+                return False  # no avatar there (it left, or never came)
 
     def _run(self, room: str, fresh: bool) -> None:
         try:
@@ -168,11 +190,7 @@ class AvatarDispatch:
 
         async with api.LiveKitAPI(self.server.http_url, self.server.api_key, self.server.api_secret) as lk:
             asked_at: float | None = None
-            if fresh:
-                try:
-                    await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=self.identity))
-                except api.TwirpError:
-                    pass  # no avatar there (it left, or never came)
+            if fresh:  # the old avatar is gone already (ensure)
                 if await self._exists(lk, room):
                     await self._dispatch(lk, room)
                     asked_at = time.monotonic()
