@@ -140,10 +140,11 @@ class AvatarDispatch:
 
     LiveKit offers a job once: if no worker is free at that moment (all full, or one restarting
     after a crash) the room stays without an avatar. So after every token a watcher (a thread,
-    :meth:`ensure`) looks at the room for up to :data:`ENSURE_S`: once the visitor's room exists and
-    no avatar has joined, and no job of ours is starting there, or one has taken more than
-    :data:`REDISPATCH_S`, it asks again. (A job slower than that makes a second avatar: the newer
-    one takes the identity, and the older session ends.)"""
+    :meth:`ensure`) looks at the room for up to :data:`ENSURE_S`: when no avatar has joined
+    :data:`REDISPATCH_S` after the room appeared (or after the last request), and no job of ours is
+    starting there, it asks again; a job still starting gets three times as long. Asking too early
+    is worse than late: a second avatar takes the first one's identity, that session ends, and in
+    a full run LiveKit then ended the newer job as well, leaving the room empty."""
 
     def __init__(self, server: LiveKitServer, agent_name: str, identity: str = AVATAR_IDENTITY) -> None:
         self.server = server
@@ -202,9 +203,11 @@ class AvatarDispatch:
                 if await self._avatar_here(lk, room):
                     return "the avatar is here"
                 now = time.monotonic()
-                if asked_at is None and await self._starting(lk, room):
-                    asked_at = now  # the token's dispatch has its job: give it time
-                elif asked_at is None or now - asked_at >= REDISPATCH_S:
+                if asked_at is None:
+                    asked_at = now  # the room exists: the token's dispatch is under way, give it time
+                elif now - asked_at >= REDISPATCH_S * (3 if await self._starting(lk, room) else 1):
+                    # nobody took the job (no worker was free), or its session never came (a job
+                    # still starting gets three times as long: a second avatar would end the first)
                     await self._dispatch(lk, room)
                     asked_at = now
             return f"no avatar after {ENSURE_S:.0f} s (no worker free?)"
