@@ -184,6 +184,34 @@ class LiveKitProvider:
         """Control messages from the avatar that were not a small JSON object."""
         return self.data_requests.malformed
 
+    def diagnostics(self) -> dict[str, int]:
+        """What the provider holds alive right now, for leak checks in long sessions (read-only,
+        cheap; a soak polls it, docs/player-guide.md "Diagnostics"):
+
+        * ``proxies``: live ``create_proxy`` handles (room listeners, the data filter's callback,
+          the peer-connection hook's callbacks, the transform channels' message handler);
+        * ``room_handlers``: listeners this provider put on the ``Room``;
+        * ``audio_elements``: ``<audio>`` elements it attached (``audio_elements_in_page``: those
+          in the document, found by their ``data-avatar-identity``; browser only, else 0);
+        * ``pc_hook_listeners``: providers registered with the page-wide RTCPeerConnection hook
+          (all players of the page; browser only, else 0);
+        * ``transform_workers``, ``transform_channels``, ``transforms_ended``, ``transforms_live``:
+          see :meth:`MotionTap.diagnostics <avatarplayer.browser.transform.MotionTap.diagnostics>`.
+
+        Between sessions (after ``disconnect()``) every count is 0 but ``pc_hook_listeners`` of
+        other players; while connected they stay at the same level turn after turn."""
+        tap = self.tap.diagnostics()
+        counts = {"proxies": len(self._proxies) + tap.pop("port_handler_proxies"),
+                  "room_handlers": len(self._room_handlers), "audio_elements": len(self.audio_out.elements),
+                  "audio_elements_in_page": 0, "pc_hook_listeners": 0, **tap}
+        if jsutil.in_browser():
+            import js
+
+            counts["audio_elements_in_page"] = int(js.document.querySelectorAll("audio[data-avatar-identity]").length)
+            hook = getattr(js.globalThis, "__avatarplayerPcHook", None)
+            counts["pc_hook_listeners"] = int(hook.listeners.length) if hook is not None else 0
+        return counts
+
     def untrusted_counts(self) -> dict[str, int]:
         """What was ignored from participants other than the avatar, by kind (see
         ``SessionSummary.untrusted_reasons``)."""

@@ -306,6 +306,17 @@ class MotionTap:
         self._attached_at_ms = jsutil.now_ms()
         self._last_rtp_frames = None
 
+    def diagnostics(self) -> dict[str, int]:
+        """What this tap holds alive (read-only, for leak checks): ``transform_workers`` (0 or 1),
+        ``transform_channels`` (attachments with an open ``MessageChannel``: one per transform set on
+        a receiver), ``transforms_ended`` (of those, the ones the worker reported ended: their
+        receiver is gone or was re-attached), ``transforms_live`` (channels minus ended) and
+        ``port_handler_proxies`` (0 or 1: the ``create_proxy`` of the channels' message handler)."""
+        ended = sum(1 for attach_id, stats in self.stats.items() if attach_id in self._ports and stats.get("ended"))
+        return {"transform_workers": int(self._worker is not None), "transform_channels": len(self._ports),
+                "transforms_ended": ended, "transforms_live": len(self._ports) - ended,
+                "port_handler_proxies": int(self._port_handler is not None)}
+
     def request_stats(self) -> None:
         """Ask every attached transform for its counters (answers arrive asynchronously)."""
         for port in self._ports.values():
