@@ -63,6 +63,7 @@ class MotionTap:
         self._worker: Any = None
         self._blob_url: str | None = None
         self._ports: dict[int, Any] = {}
+        self._receivers: dict[int, Any] = {}  # the receiver of each attachment, to notice it died
         self._port_handler: Any = None
         self._attach_count = 0
         self._acknowledged: set[int] = set()
@@ -115,6 +116,7 @@ class MotionTap:
         receiver.transform = js.RTCRtpScriptTransform.new(
             self._worker, jsutil.js_object({"port": port2, "id": attach_id, "kind": "audio"}), jsutil.js_list([port2]))
         receiver.avatarplayerAudioId = attach_id
+        self._receivers[attach_id] = receiver
 
     def attach_to_receiver(self, receiver: Any, *, replace: bool = False) -> int:
         """Give ``receiver`` a transform (unless it has a live one and not ``replace``); its id."""
@@ -135,6 +137,7 @@ class MotionTap:
                                   "port": port2, "id": attach_id, "compact": True}),
                 to_js([streams.readable, streams.writable, port2]))
         receiver.avatarplayerAttachId = attach_id
+        self._receivers[attach_id] = receiver
         self.log.info("motion transform attached (%s, #%d)", self.mode, attach_id)
         return attach_id
 
@@ -250,6 +253,7 @@ class MotionTap:
         """About once a second: ask the transforms for their counters, and re-attach when the motion
         track's one never started, or when its receiver counts frames the worker never saw; after
         ``MAX_REATTACH`` tries, fall back to the data carrier."""
+        self.prune_dead_receivers()
         track = self.track
         if track is None or self._worker is None or self.attach_id is None:
             return
@@ -317,6 +321,34 @@ class MotionTap:
                 "transforms_ended": ended, "transforms_live": len(self._ports) - ended,
                 "port_handler_proxies": int(self._port_handler is not None)}
 
+    def prune_dead_receivers(self) -> int:
+        """Close the channels of attachments whose receiver is dead: its track ended or its
+        transport closed. livekit-client's full reconnect (a restarted server, say) replaces its
+        peer connections, and the old receivers' transforms never report ``ended`` (Chromium 156,
+        bench/soak.py): without this their channels stayed open, asked for stats every second,
+        until :meth:`close`. The
+        motion track's own attachment is kept. Returns how many were closed."""
+        dead = []
+        for attach_id, receiver in self._receivers.items():
+            if attach_id == self.attach_id:
+                continue
+            track, transport = getattr(receiver, "track", None), getattr(receiver, "transport", None)
+            if (track is not None and track.readyState == "ended") or (
+                    transport is not None and transport.state == "closed"):
+                dead.append(attach_id)
+        for attach_id in dead:
+            del self._receivers[attach_id]
+            port = self._ports.pop(attach_id, None)
+            if port is not None:
+                port.onmessage = None
+                port.close()
+            self._acknowledged.discard(attach_id)
+            self._packets.pop(attach_id, None)
+            self._pending.pop(attach_id, None)
+        if dead:
+            self.log.info("closed the channels of %d transform(s) on receivers that are gone", len(dead))
+        return len(dead)
+
     def request_stats(self) -> None:
         """Ask every attached transform for its counters (answers arrive asynchronously)."""
         for port in self._ports.values():
@@ -330,6 +362,7 @@ class MotionTap:
             port.onmessage = None
             port.close()
         self._ports.clear()
+        self._receivers.clear()
         self.attach_id = None
         self.track = None
         if self._port_handler is not None:

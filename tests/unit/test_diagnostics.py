@@ -50,11 +50,43 @@ class _Destroyable:
 
 class _Port:
     onmessage = None
+    closed = False
 
     def close(self):
-        pass
+        self.closed = True
 
 
 class _Worker:
     def terminate(self):
         pass
+
+
+def _receiver(track_state="live", transport_state="connected", *, transport=True):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(track=SimpleNamespace(readyState=track_state),
+                           transport=SimpleNamespace(state=transport_state) if transport else None)
+
+
+def test_the_channels_of_dead_receivers_are_closed_and_no_longer_counted():
+    """livekit-client's full reconnect replaces its peer connections: the old receivers' tracks end
+    and their transports close, but Chromium never ends their transforms. The tap closes their
+    channels (the watchdog calls this once a second), keeps the motion track's own attachment, and
+    leaves receivers that are merely not negotiated yet (no transport) alone."""
+    import logging
+
+    provider = LiveKitProvider()
+    tap = provider.tap
+    ports = {i: _Port() for i in range(1, 7)}
+    tap._ports.update(ports)
+    tap._receivers.update({1: _receiver("ended", "closed"), 2: _receiver("ended"), 3: _receiver("live", "closed"),
+                           4: _receiver(transport=False), 5: _receiver(), 6: _receiver("ended", "closed")})
+    tap.attach_id = 6  # the motion track's: kept even so
+    tap._acknowledged.update({1, 2, 5})
+    tap.log = logging.getLogger("test")
+    assert tap.prune_dead_receivers() == 3
+    assert sorted(tap._ports) == [4, 5, 6] and sorted(tap._receivers) == [4, 5, 6]
+    assert tap._acknowledged == {5}
+    assert all(ports[i].closed for i in (1, 2, 3)) and not any(ports[i].closed for i in (4, 5, 6))
+    assert provider.diagnostics()["transform_channels"] == 3
+    assert tap.prune_dead_receivers() == 0
