@@ -73,11 +73,11 @@ class SoakConfig:
     text: str = TEXT
     settle_s: float = 10.0
     """Seconds between the page's boot and its first connect."""
-    load_threshold: str = "inf"
-    """The dispatch worker's ``--load-threshold``. Not the default 0.9: on a 2-core machine the
-    page's start (Pyodide booting) pushes livekit-agents' CPU measure over it for a few seconds, the
-    worker reports itself full, and LiveKit drops the dispatch of a room created then (no retry).
-    ``"0.9"`` measures that too (the page's no-turn reconnect then brings the avatar)."""
+    load_threshold: str = "0.9"
+    """The dispatch worker's ``--load-threshold`` (its default). Whatever it is, LiveKit (1.13.5)
+    drops a dispatch while the only worker reports a CPU load near 1 (its affinity is
+    ``1 - load``; no retry): on a 2-core machine the page's boot does that. Hence ``settle_s``,
+    and the page's no-turn reconnect, which asks for a new dispatch."""
 
 
 # The app in the page: run once in the harness namespace (web/dev/player_harness.py: player,
@@ -347,11 +347,14 @@ class SoakPage:
         self.cdp.send("HeapProfiler.collectGarbage")
         heap = self.cdp.send("Runtime.getHeapUsage")
         wasm = self.page.evaluate("window.harness.pyodide._module.HEAP8.length")
+        # JS objects Python holds references to (Pyodide's hiwire table), where this build exposes it
+        refs = self.page.evaluate("(() => { const m = window.harness.pyodide._module;"
+                                  " return typeof m._hiwire_num_refs === 'function' ? m._hiwire_num_refs() : null; })()")
         dom = self.page.evaluate("({nodes: document.getElementsByTagName('*').length, "
                                  "audio: document.querySelectorAll('audio').length})")
         return {"js_heap_mb": heap["usedSize"] / MB, "js_heap_total_mb": heap["totalSize"] / MB,
                 "js_backing_mb": heap.get("backingStorageSize", 0) / MB,
-                "pyodide_heap_mb": wasm / MB, **inside, "dom_nodes": dom["nodes"], "audio_in_dom": dom["audio"]}
+                "pyodide_heap_mb": wasm / MB, "js_refs_from_python": refs, **inside, "dom_nodes": dom["nodes"], "audio_in_dom": dom["audio"]}
 
 
 def open_page(browser, app, server, cfg: SoakConfig, soak_id: str) -> SoakPage:
@@ -442,7 +445,7 @@ def run_soak(cfg: SoakConfig, workdir: Path, *, playwright=None,
             chromium_pid = _browser_pid(browser)
             page = open_page(browser, app, server, cfg, soak_id)
             # let the page's boot settle first: LiveKit drops a dispatch while the only worker
-            # reports a CPU load near 1 (no retry; the page's no-turn reconnect would recover it)
+            # reports a CPU load near 1 (see SoakConfig.load_threshold)
             time.sleep(cfg.settle_s)
             page.run("await soak_connect()")
             started = time.monotonic()
@@ -490,6 +493,7 @@ def run_soak(cfg: SoakConfig, workdir: Path, *, playwright=None,
                     samples.append(_sample(page, worker, chromium_pid, last_status, elapsed))
                     _record(workdir, samples[-1], progress)
                 time.sleep(1.0)
+            ended_ms = time.time() * 1000  # the page's last look at its turns
             last_status = poll()
             samples.append(_sample(page, worker, chromium_pid, last_status, time.monotonic() - started))
             console = page.console[-50:]
@@ -503,7 +507,7 @@ def run_soak(cfg: SoakConfig, workdir: Path, *, playwright=None,
         server.stop()
     time.sleep(0.5)
     return build_report(cfg, samples, disruptions, page_turns, worker.sent_turns(), actions, page_errors,
-                        console, off_loopback, t0_ms, worker.tail(15), soak_id)
+                        console, off_loopback, t0_ms, worker.tail(15), soak_id, ended_ms=ended_ms)
 
 
 def _browser_pid(browser) -> int | None:
@@ -579,17 +583,23 @@ def _kill_job_mid_turn(page: SoakPage, worker: DispatchWorker, poll, elapsed: fl
 
 
 def build_report(cfg: SoakConfig, samples, disruptions, page_turns, sent_turns, actions, page_errors, console,
-                 off_loopback, t0_ms, worker_tail, soak_id) -> dict:
+                 off_loopback, t0_ms, worker_tail, soak_id, *, ended_ms: float | None = None) -> dict:
     warmup_s = cfg.warmup_min * 60
     rendered = match_turns(sent_turns, page_turns)
     windows = [(d.at_ms, d.recovered_ms if d.recovered_ms is not None else float("inf")) for d in disruptions]
+    unplanned = unplanned_reconnects(actions, windows, page_turns, cfg)
+    windows += [(u["from_ms"], u["recovered_ms"] or float("inf")) for u in unplanned]
 
     def disrupted(turn: dict) -> bool:
         start, end = turn["start_ms"], turn["end_ms"] or turn["start_ms"]
         return any(start <= b and end >= a for a, b in windows)
 
     completed = [t for t in sent_turns if t["completed"]]
-    clean = [t for t in completed if not disrupted(t)]
+    # a turn that ended less than 3 s before the page's last look (or after it) may still be
+    # playing there: it was cut by the end of the run, not missed
+    if ended_ms is None:
+        ended_ms = t0_ms + samples[-1]["t_s"] * 1000 if samples else float("inf")
+    clean = [t for t in completed if not disrupted(t) and (t["end_ms"] or t["start_ms"]) < ended_ms - 3000]
     missing = [t for t in clean if (t["room"], t["label"]) not in rendered]
     short = [{**t, "rendered": rendered[(t["room"], t["label"])]["frames"]} for t in clean
              if (t["room"], t["label"]) in rendered and rendered[(t["room"], t["label"])]["frames"] < t["frames"]]
@@ -600,12 +610,14 @@ def build_report(cfg: SoakConfig, samples, disruptions, page_turns, sent_turns, 
     report = {
         "soak_id": soak_id,
         "samples_t0_ms": t0_ms,
+        "ended_ms": ended_ms,
         "config": asdict(cfg),
         "duration_s": samples[-1]["t_s"] if samples else 0,
         "growth_after_warmup": {
             "js_heap_mb": growth(samples, lambda s: s["js_heap_mb"], warmup_s),
             "pyodide_heap_mb": growth(samples, lambda s: s["pyodide_heap_mb"], warmup_s),
             "python_objects": growth(samples, lambda s: s["py_objects"], warmup_s),
+            "js_refs_from_python": growth(samples, lambda s: s.get("js_refs_from_python"), warmup_s),
             "worker_main_rss_mb": growth(samples, lambda s: s["worker"]["main_mb"], warmup_s),
             "worker_tree_rss_mb": growth(samples, lambda s: s["worker"]["total_mb"], warmup_s),
             "chromium_rss_mb": growth(samples, lambda s: s["chromium_rss_mb"], warmup_s),
@@ -614,6 +626,7 @@ def build_report(cfg: SoakConfig, samples, disruptions, page_turns, sent_turns, 
         "diagnostics": {k: {"min": min(s["diagnostics"][k] for s in samples),
                             "max": max(s["diagnostics"][k] for s in samples),
                             "last": samples[-1]["diagnostics"][k]} for k in diag_keys},
+        "unplanned_reconnects": unplanned,
         "disruptions": [{**asdict(d), "recovery_s": None if d.recovered_ms is None
                          else round((d.recovered_ms - d.at_ms) / 1000, 2)} for d in disruptions],
         "turns": {
@@ -627,6 +640,9 @@ def build_report(cfg: SoakConfig, samples, disruptions, page_turns, sent_turns, 
             "missing": missing[:20], "fewer_frames": short[:20],
             "frames_sent_outside_disruptions": frames_sent, "frames_rendered_of_those": frames_rendered,
             "page_end_reasons": _count(t["reason"] for t in page_turns),
+            "clean": [{"room": t["room"], "label": t["label"], "start_ms": t["start_ms"], "sent": t["frames"],
+                       "rendered": rendered[(t["room"], t["label"])]["frames"]
+                       if (t["room"], t["label"]) in rendered else None} for t in clean],
         },
         "page": {"stalls": samples[-1]["stalls"] if samples else 0, "actions": actions, "errors": page_errors,
                  "console": console, "off_loopback": off_loopback},
@@ -636,6 +652,23 @@ def build_report(cfg: SoakConfig, samples, disruptions, page_turns, sent_turns, 
         "worker_turns": sent_turns,
     }
     return report
+
+
+def unplanned_reconnects(actions: list[list], windows: list[tuple[float, float]], page_turns: list[dict],
+                         cfg: SoakConfig) -> list[dict]:
+    """The page's reconnects that no restart or kill explains (a stall on a starved machine, a
+    dispatch LiveKit dropped): each with the span it disrupted, from what made the page decide
+    (3 s of stall, the silence it waited for) to the first frame rendered after it."""
+    out = []
+    for name, at_ms, why in actions:
+        if name != "reconnect" or any(a <= at_ms <= b for a, b in windows):
+            continue
+        before = 4000.0 if why == "stalled" else (2 * cfg.turn_every_s + 5) * 1000 if why == "no turn" else 1000.0
+        firsts = [t["first_frame_ms"] for t in page_turns if t["first_frame_ms"] is not None and t["first_frame_ms"] > at_ms]
+        recovered = min(firsts) if firsts else None
+        out.append({"at_ms": at_ms, "why": why, "from_ms": at_ms - before, "recovered_ms": recovered,
+                    "recovery_s": None if recovered is None else round((recovered - at_ms) / 1000, 2)})
+    return out
 
 
 def match_turns(sent_turns: list[dict], page_turns: list[dict], max_latency_ms: float = 2000.0) -> dict:
@@ -666,6 +699,19 @@ def _count(values) -> dict:
     for v in values:
         out[str(v)] = out.get(str(v), 0) + 1
     return out
+
+
+def reanalyze(report: dict) -> dict:
+    """The report again from a saved one's raw data (samples, turns, actions, disruptions), with
+    this version's analysis."""
+    cfg = SoakConfig(**{k: v for k, v in report["config"].items() if k in SoakConfig.__dataclass_fields__})
+    disruptions = [Disruption(d["kind"], d["at_ms"], d["t_s"], d["detail"], d["recovered_ms"])
+                   for d in report["disruptions"]]
+    t0_ms = report.get("samples_t0_ms") or (disruptions[0].at_ms - disruptions[0].t_s * 1000)
+    page = report["page"]
+    return build_report(cfg, report["samples"], disruptions, report["page_turns"], report["worker_turns"],
+                        page["actions"], page["errors"], page["console"], page["off_loopback"], t0_ms,
+                        report["worker_tail"], report["soak_id"], ended_ms=report.get("ended_ms"))
 
 
 def plot(report: dict, path: Path) -> None:
@@ -721,13 +767,19 @@ def main() -> None:
     parser.add_argument("--job-restart-every-min", type=float, default=20.0, help="0: never")
     parser.add_argument("--sample-every-s", type=float, default=30.0)
     parser.add_argument("--warmup-min", type=float, default=5.0)
-    parser.add_argument("--load-threshold", default="inf",
+    parser.add_argument("--load-threshold", default="0.9",
                         help="the dispatch worker's --load-threshold (default: %(default)s; see SoakConfig)")
     parser.add_argument("--graceful-livekit", action="store_true", help="SIGTERM the server instead of SIGKILL")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="memory over time (PNG)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the logs here (default: a temporary one)")
+    parser.add_argument("--reanalyze", type=Path, default=None, metavar="REPORT",
+                        help="run nothing: rebuild the report (and plot) from a saved --out JSON")
     args = parser.parse_args()
+    if args.reanalyze:
+        report = reanalyze(json.loads(args.reanalyze.read_text()))
+        _write(report, args)
+        return
     cfg = SoakConfig(minutes=args.minutes, turn_every_s=args.turn_every_s,
                      livekit_restart_every_min=args.livekit_restart_every_min,
                      job_restart_every_min=args.job_restart_every_min, sample_every_s=args.sample_every_s,
@@ -736,6 +788,10 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
         report = run_soak(cfg, workdir)
+    _write(report, args)
+
+
+def _write(report: dict, args: argparse.Namespace) -> None:
     text = json.dumps(report, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
