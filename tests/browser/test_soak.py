@@ -1,7 +1,7 @@
 """A short soak (bench/soak.py, issue "Many visitors, long sessions"): one page, about 3 minutes, a
 turn every 5 s, one LiveKit crash and one killed avatar job inside it, on the real stack.
 
-Takes about 4 minutes (Chromium and Pyodide boot, a 10 s settle, 3 minutes of turns).
+Takes about 3.5 minutes (Chromium and Pyodide boot, a 10 s settle, 3 minutes of turns).
 """
 
 from __future__ import annotations
