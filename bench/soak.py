@@ -73,11 +73,12 @@ class SoakConfig:
     text: str = TEXT
     settle_s: float = 10.0
     """Seconds between the page's boot and its first connect."""
-    load_threshold: str = "0.9"
-    """The dispatch worker's ``--load-threshold`` (its default). Whatever it is, LiveKit (1.13.5)
-    drops a dispatch while the only worker reports a CPU load near 1 (its affinity is
-    ``1 - load``; no retry): on a 2-core machine the page's boot does that. Hence ``settle_s``,
-    and the page's no-turn reconnect, which asks for a new dispatch."""
+    load_threshold: str = "1.0"
+    """The dispatch worker's ``--load-threshold`` (its default). LiveKit (1.13.5) drops a dispatch
+    while the only worker reports a load near 1 (its affinity is ``1 - load``; no retry). The load
+    used to be the host's CPU, which the page's boot drove there; it is now sessions over
+    ``--max-sessions``. ``settle_s`` and the page's no-turn reconnect (a new dispatch) stay, as an
+    app's safety net."""
 
 
 # The app in the page: run once in the harness namespace (web/dev/player_harness.py: player,
@@ -444,8 +445,7 @@ def run_soak(cfg: SoakConfig, workdir: Path, *, playwright=None,
                                          args=[*CHROMIUM_ARGS, "--enable-precise-memory-info"])
             chromium_pid = _browser_pid(browser)
             page = open_page(browser, app, server, cfg, soak_id)
-            # let the page's boot settle first: LiveKit drops a dispatch while the only worker
-            # reports a CPU load near 1 (see SoakConfig.load_threshold)
+            # let the page's boot settle first (see SoakConfig.load_threshold)
             time.sleep(cfg.settle_s)
             page.run("await soak_connect()")
             started = time.monotonic()
@@ -767,7 +767,7 @@ def main() -> None:
     parser.add_argument("--job-restart-every-min", type=float, default=20.0, help="0: never")
     parser.add_argument("--sample-every-s", type=float, default=30.0)
     parser.add_argument("--warmup-min", type=float, default=5.0)
-    parser.add_argument("--load-threshold", default="0.9",
+    parser.add_argument("--load-threshold", default="1.0",
                         help="the dispatch worker's --load-threshold (default: %(default)s; see SoakConfig)")
     parser.add_argument("--graceful-livekit", action="store_true", help="SIGTERM the server instead of SIGKILL")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
