@@ -207,7 +207,9 @@ class LiveKitProvider:
         if jsutil.in_browser():
             import js
 
-            counts["audio_elements_in_page"] = int(js.document.querySelectorAll("audio[data-avatar-identity]").length)
+            document = getattr(js.globalThis, "document", None)  # none in Pyodide under Node (the tests)
+            if document is not None:
+                counts["audio_elements_in_page"] = int(document.querySelectorAll("audio[data-avatar-identity]").length)
             hook = getattr(js.globalThis, "__avatarplayerPcHook", None)
             counts["pc_hook_listeners"] = int(hook.listeners.length) if hook is not None else 0
         return counts
