@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as bench/soak.py: the repository is not on the path
 
-from tools.realstack import CHROMIUM_ARGS, REALTIME
+from tools.realstack import CHROMIUM_ARGS, REALTIME, is_loopback_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 AGENT_NAME = "soak-avatar"
@@ -189,22 +189,6 @@ async def soak_connect():
     SOAK["connected_ms"] = now_ms()
     globals()["_soak_watchdog_task"] = asyncio.ensure_future(soak_watchdog())
 '''
-
-
-def is_loopback_url(url: str) -> bool:
-    """Loopback hosts, and URLs that never leave the browser (data:, blob:, about:, ...)."""
-    import ipaddress
-
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme in ("data", "blob", "about", "chrome", "chrome-extension", "devtools"):
-        return True
-    host = (parts.hostname or "").strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # ----------------------------------------------------------------------------- the worker

@@ -4,6 +4,7 @@ recording harness page (web/dev/player.html or pyscript-player.html), and readin
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import statistics
@@ -44,6 +45,21 @@ CHROMIUM_ARGS = [
 # SCHED_FIFO pacing (root or CAP_SYS_NICE): on a loaded 2-core machine a normal-priority worker
 # sends frames up to ~60 ms late, in bursts; the test is about the player, not the scheduler.
 REALTIME = ["--realtime"] if os.geteuid() == 0 else []
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for loopback hosts and for URLs that never leave the browser (data:, blob:, about:):
+    the requests a page of the tests and benchmarks may make (any other fails them)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("data", "blob", "about", "chrome", "chrome-extension", "devtools"):
+        return True
+    host = (parts.hostname or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass

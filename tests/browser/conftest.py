@@ -11,13 +11,9 @@ and a browser suite that silently skips proves nothing.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import struct
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
 import wave
 from dataclasses import dataclass, field
@@ -29,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 from tools import bootstrap
 from tools.devstack import LiveKitServer
-from tools.realstack import CHROMIUM_ARGS
+from tools.realstack import CHROMIUM_ARGS, is_loopback_url
 from tools.httpserve import StaticServer
 from tools.webapp import build_app
 
@@ -139,20 +135,6 @@ def browser(playwright_instance, browser_args: list[str]):
     browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=browser_args)
     yield browser
     browser.close()
-
-
-def is_loopback_url(url: str) -> bool:
-    """True for loopback hosts and for URLs that never leave the browser (data:, blob:, about:)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme in ("data", "blob", "about", "chrome", "chrome-extension", "devtools"):
-        return True
-    host = (parts.hostname or "").strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def own_browser_page(playwright_instance, args: list[str]):
