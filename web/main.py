@@ -119,7 +119,7 @@ def show_state(state: str) -> None:
     badge.dataset.state = state
     element("connect").disabled = state not in ("disconnected", "failed")
     element("disconnect").disabled = state not in ("connected", "reconnecting")
-    element("reconnect").disabled = state not in ("connected", "failed") or visit["session"] is None
+    element("reconnect").disabled = state not in ("connected", "failed")
     mic = element("mic")
     if mic is not None and getattr(mic.dataset, "state", None) != "busy":
         mic.disabled = state != "connected"
