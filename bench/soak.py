@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as bench/soak.py: the repository is not on the path
 
+from tools.devstack import end_process_group
 from tools.realstack import CHROMIUM_ARGS, REALTIME, is_loopback_url
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -271,17 +272,7 @@ class DispatchWorker:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):  # the job processes, whatever is left
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(process.pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.1)
-            if sig is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, sig)
+        end_process_group(process.pid)  # the job processes, whatever is left
 
     def sent_turns(self) -> list[dict]:
         """Every turn of every session, from the per-room send logs ``sent-<room>.jsonl``: room,
