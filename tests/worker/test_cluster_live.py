@@ -27,6 +27,8 @@ from livekit import api, rtc
 
 from tools.devstack import LiveKitCluster, LiveKitServer
 
+from .test_worker_live import wait_for
+
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = 480  # 10 ms
 
@@ -55,14 +57,6 @@ def sine_frames(hz: float = 440.0, amplitude: int = 8000) -> list[rtc.AudioFrame
                                     for i in range(FRAME_SAMPLES)))
         frames.append(rtc.AudioFrame(samples.tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES))
     return frames
-
-
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class Listener:

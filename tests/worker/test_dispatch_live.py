@@ -22,6 +22,8 @@ from avatarplayer.wire.datamsg import MOTION_TOPIC
 from avatarplayer.wire.motion import decode_packet
 from tools.devstack import LiveKitServer, end_process_group
 
+from .test_worker_live import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 AVATAR = "avatar-worker"
 
@@ -114,13 +116,6 @@ class Visitor:
         await self.room.disconnect()
 
 
-async def until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        await asyncio.sleep(0.1)
-
-
 def test_speech_replay_and_agents_modes_run_as_dispatched_sessions_that_end_with_their_room(tmp_path: Path):
     rec = tmp_path / "rec"
     assert record_main(["--text", "A recorded greeting.", "--frames", "40", "--seed", "3", "--out", str(rec)]) == 0
@@ -157,10 +152,10 @@ async def _modes(server: LiveKitServer, workers: list[DispatchWorker]) -> None:
     await agent_room.join()
 
     for name, visitor in visitors.items():
-        await until(lambda v=visitor: len(v.frames) >= 30 and v.loud_audio >= 10, 40,
+        await wait_for(lambda v=visitor: len(v.frames) >= 30 and v.loud_audio >= 10, 40,
                     f"{name}: the avatar's motion and voice")
         assert len(visitor.avatars) == 1 and visitor.avatars[0][1] == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
-    await until(lambda: agent_room.avatars, 30, "agents: the avatar")
+    await wait_for(lambda: agent_room.avatars, 30, "agents: the avatar")
     assert agent_room.avatars[0][2].get("lk.publish_on_behalf") == "agent-7", agent_room.avatars
     assert f"a session in room 'visit-speech'" in speech.log() and "visit-speech" not in replay.log()
 
@@ -192,7 +187,7 @@ def test_a_job_that_crashes_mid_turn_leaves_its_worker_serving_and_a_new_dispatc
 async def _crash(server: LiveKitServer, worker: DispatchWorker) -> None:
     visitor = Visitor(server, "visit-crash", "avatar-crash")
     await visitor.join()
-    await until(lambda: len(visitor.frames) >= 30, 40, "the first avatar's frames")
+    await wait_for(lambda: len(visitor.frames) >= 30, 40, "the first avatar's frames")
     first = visitor.avatars[0][0]
     await asyncio.sleep(2.0)
     assert len(visitor.frames) <= 31, "frames went on after the crash"
@@ -202,6 +197,6 @@ async def _crash(server: LiveKitServer, worker: DispatchWorker) -> None:
         await lk.room.remove_participant(api.RoomParticipantIdentity(room="visit-crash", identity=AVATAR))
         await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="avatar-crash",
                                                                               room="visit-crash"))
-    await until(lambda: any(sid != first for sid, _ in visitor.frames), 40, "the fresh avatar's frames")
+    await wait_for(lambda: any(sid != first for sid, _ in visitor.frames), 40, "the fresh avatar's frames")
     assert visitor.avatars[-1][0] != first
     await visitor.leave()
