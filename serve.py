@@ -254,6 +254,9 @@ class Worker:
         self.restarts = 0
         self.registered = threading.Event()
         """A dispatch worker told it is registered: LiveKit sends it jobs from now on."""
+        from avatar_worker.dispatch import REGISTERED  # (the venv's: serve.py runs in it by now)
+
+        self.registered_line = f" {REGISTERED} "
 
     def start(self) -> None:
         # a process group of its own: a dispatch worker's job processes (and multiprocessing's
@@ -267,7 +270,7 @@ class Worker:
         for line in process.stdout:
             if self.quiet_pacing and " INFO avatar_worker.pacing: " in line:
                 continue  # "tick N late by X ms": one line per late frame on a busy machine
-            if " registered with the server as agent " in line:  # avatar_worker.dispatch.REGISTERED
+            if self.registered_line in line:
                 self.registered.set()
             print(f"[{self.label}] {line.rstrip()}", flush=True)
 
