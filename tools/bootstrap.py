@@ -6,7 +6,7 @@ node_modules), and records a stamp holding a hash of its inputs, so a second run
 changed costs well under a second.
 
     python3 tools/bootstrap.py core      # venv + test deps + npm packages + Pyodide wheels
-    python3 tools/bootstrap.py browser   # core + Debian chromium + LiveKit server (issue 3 stack)
+    python3 tools/bootstrap.py browser   # core + Debian chromium and firefox-esr + geckodriver + LiveKit server
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ TOOLS_BIN = ROOT / ".tools" / "bin"
 
 LIVEKIT_SERVER_VERSION = "v1.13.5"
 LIVEKIT_SERVER_MODULE = "github.com/livekit/livekit-server/cmd/server"
+GECKODRIVER_VERSION = "0.37.1"  # WebDriver for Firefox ESR (tools/firefox.py); crates.io ships its source
 APT_PACKAGES = ("chromium", "chromium-driver", "ffmpeg", "espeak-ng", "sox", "iproute2",
-                "redis-server")  # redis-server: the multi-node LiveKit cluster (tools/devstack.py)
+                "redis-server",  # the multi-node LiveKit cluster (tools/devstack.py)
+                "firefox-esr")  # the second browser engine (tools/firefox.py, `--browser firefox`)
 MIN_PYTHON = (3, 11)
 
 
@@ -176,6 +178,26 @@ def ensure_livekit_server() -> Path:
     return binary
 
 
+def geckodriver_binary() -> Path:
+    return TOOLS_BIN / "geckodriver"
+
+
+def ensure_geckodriver() -> Path:
+    """geckodriver built from crates.io at the pinned version with its own lockfile (Mozilla's
+    GitHub releases are not a registry this project may download from)."""
+    binary = geckodriver_binary()
+    digest = _digest("geckodriver", GECKODRIVER_VERSION)
+    if _fresh("geckodriver", digest) and binary.exists():
+        return binary
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    if not Path(cargo).exists():
+        sys.exit("cargo is needed to build geckodriver (Rust from rustup): none on PATH or in ~/.cargo/bin")
+    run([cargo, "install", "--quiet", "--locked", "--root", str(TOOLS_BIN.parent), "geckodriver",
+         "--version", GECKODRIVER_VERSION])
+    _mark("geckodriver", digest)
+    return binary
+
+
 def core() -> Path:
     ensure_apt(("ffmpeg",))  # tests decode the carrier's VP8 key frame with libvpx
     python = ensure_venv()
@@ -188,6 +210,7 @@ def browser() -> Path:
     python = core()
     ensure_apt()
     ensure_livekit_server()
+    ensure_geckodriver()
     ensure_web_wheels()
     return python
 

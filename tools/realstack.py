@@ -181,9 +181,9 @@ def wait_for(page, predicate, timeout_s: float, poll_s: float = 0.5) -> HarnessR
 @contextlib.contextmanager
 def impaired_browser(playwright, server, app, workdir: Path, *, profile: str | dict = "perfect", seed: int = 1,
                      args: list[str] | None = None, max_duration_s: float = 900.0) -> Iterator[tuple]:
-    """Chromium in a private network namespace whose only way to the LiveKit server and the web
-    app is the impairment relay (tools/netimpair.py): ``yield (browser, link)``; ``link.outage(s)``
-    cuts it. The page uses the usual URLs: inside the namespace the relay answers on the same
+    """Chromium (or Firefox, given a ``tools.firefox.FirefoxEngine``) in a private network namespace
+    whose only way to the LiveKit server and the web app is the impairment relay
+    (tools/netimpair.py): ``yield (browser, link)``; ``link.outage(s)`` cuts it. The page uses the usual URLs: inside the namespace the relay answers on the same
     loopback ports (signalling, the web app, the SFU's UDP port) as the servers outside."""
     from .netimpair import ImpairedLink, NetNamespace, chromium_wrapper
 
@@ -192,8 +192,12 @@ def impaired_browser(playwright, server, app, workdir: Path, *, profile: str | d
             ns, udp=[f"127.0.0.1:{server.udp_port}"], tcp=[f"127.0.0.1:{server.port}", f"127.0.0.1:{app.port}"],
             profile=profile, seed=seed, max_duration_s=max_duration_s,
             stats_file=workdir / "relay-stats.json") as link:
-        browser = playwright.chromium.launch(executable_path=str(chromium_wrapper(ns, workdir)), headless=True,
-                                             args=list(CHROMIUM_ARGS if args is None else args))
+        args = list(CHROMIUM_ARGS if args is None else args)
+        if getattr(playwright, "name", None) == "firefox":  # tools.firefox.FirefoxEngine: the Firefox lane
+            browser = playwright.launch(args, netns=ns)
+        else:
+            browser = playwright.chromium.launch(executable_path=str(chromium_wrapper(ns, workdir)), headless=True,
+                                                 args=args)
         try:
             yield browser, link
         finally:

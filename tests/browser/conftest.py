@@ -1,8 +1,12 @@
-"""Fixtures for real-stack browser tests: a LiveKit server, a static file server, Chromium.
+"""Fixtures for real-stack browser tests: a LiveKit server, a static file server, a browser.
 
-Everything runs on loopback. Missing pieces (the server binary, Chromium, Playwright) FAIL the
-test instead of skipping it: `python3 run_tests.py` installs them (tools/bootstrap.py browser),
-and a browser suite that silently skips proves nothing.
+Everything runs on loopback. Missing pieces (the server binary, Chromium, Firefox, Playwright,
+Selenium) FAIL the test instead of skipping it: `python3 run_tests.py` installs them
+(tools/bootstrap.py browser), and a browser suite that silently skips proves nothing.
+
+The browser is Debian's Chromium through Playwright, or with ``--browser firefox`` Firefox ESR
+through Selenium (tools/firefox.py), whose pages answer the same Playwright calls. Tests describe
+a browser of their own by Chromium's flags (``browser_args``); on Firefox they become preferences.
 
     def test_x(livekit_server, static_server, browser_page):
         token = livekit_server.token("viewer", room="r1")
@@ -28,8 +32,16 @@ from tools.devstack import LiveKitServer
 from tools.realstack import CHROMIUM_ARGS, is_loopback_url
 from tools.httpserve import StaticServer
 from tools.webapp import build_app
+from tools import firefox
 
 CHROMIUM = Path("/usr/bin/chromium")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    engine = config.getoption("--browser")
+    if engine == "firefox" and firefox.FIREFOX.exists():
+        return f"browser: {firefox.version()}, geckodriver {bootstrap.GECKODRIVER_VERSION} (Selenium, WebDriver BiDi)"
+    return f"browser: {engine}"
 
 
 
@@ -116,9 +128,16 @@ def browser_args(fake_audio_wav: Path) -> list[str]:
 
 
 @pytest.fixture(scope="package")
-def playwright_instance():
+def playwright_instance(request: pytest.FixtureRequest):
     """Package-scoped on purpose: Playwright's sync API runs an asyncio loop in the main thread
-    while it lives, and asyncio.run() in any test collected after tests/browser would fail."""
+    while it lives, and asyncio.run() in any test collected after tests/browser would fail.
+
+    With ``--browser firefox`` this is a :class:`tools.firefox.FirefoxEngine` instead: whatever
+    launches a browser from it (``own_browser_page``, ``tools.realstack.impaired_browser``)
+    launches Firefox."""
+    if request.config.getoption("--browser") == "firefox":
+        yield firefox.FirefoxEngine()
+        return
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -129,7 +148,12 @@ def playwright_instance():
 
 @pytest.fixture(scope="package")
 def browser(playwright_instance, browser_args: list[str]):
-    """Debian Chromium (never a Playwright download), headless, off-network."""
+    """Debian Chromium (never a Playwright download), headless, off-network; or Firefox ESR."""
+    if isinstance(playwright_instance, firefox.FirefoxEngine):
+        browser = _launch_firefox(playwright_instance, browser_args)
+        yield browser
+        browser.close()
+        return
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run `python3 tools/bootstrap.py browser`", pytrace=False)
     browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=browser_args)
@@ -137,10 +161,20 @@ def browser(playwright_instance, browser_args: list[str]):
     browser.close()
 
 
+def _launch_firefox(engine: firefox.FirefoxEngine, args: list[str]) -> firefox.FirefoxBrowser:
+    try:
+        return engine.launch(args)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 def own_browser_page(playwright_instance, args: list[str]):
-    """A Chromium of its own, for flags that must differ from the shared browser's (autoplay
+    """A browser of its own, for flags that must differ from the shared browser's (autoplay
     policy, no fake permission UI). Returns ``(browser, page)``; close the browser when done.
     Requests off loopback are collected in ``page.off_loopback``."""
+    if isinstance(playwright_instance, firefox.FirefoxEngine):
+        browser = _launch_firefox(playwright_instance, args)
+        return browser, browser.new_context(viewport={"width": 1100, "height": 820}).new_page()
     browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
     page = browser.new_context(viewport={"width": 1100, "height": 820}).new_page()
     page.off_loopback = []

@@ -17,6 +17,8 @@ from tools.webapp import build_app
 
 from .parity import assert_in_order, explain, new_room, open_harness, py, wait_for
 
+pytestmark = pytest.mark.firefox  # the Firefox lane runs these too
+
 
 class SilentServer:
     """Accepts TCP connections and never answers: a connect that can only time out."""

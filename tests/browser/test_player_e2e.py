@@ -19,6 +19,8 @@ from .parity import frames_vs_script
 
 CLIENTS = ["2.23.0", "2.16.1"]
 
+pytestmark = pytest.mark.firefox  # the Firefox lane runs these too
+
 
 @pytest.fixture
 def room():
