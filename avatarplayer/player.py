@@ -109,6 +109,10 @@ class ProviderSink(Protocol):
     def on_data(self, payload: bytes, topic: str | None, identity: str | None) -> None: ...
 
 
+CLOSE_TIMEOUT_S = 5.0
+"""How long closing the room may take before the player goes on without it (a livekit-client
+stuck in its own reconnect may never finish closing)."""
+
 AUDIO_STATS_EVERY = 12
 """Ticks between two reads of the audio receiver's statistics (about twice a second). Where its
 audio plays (the synchronization source) is read as often as the playout clock asks
@@ -145,6 +149,7 @@ class AvatarPlayer:
         max_buffer_delay_ms: float = MAX_BUFFER_DELAY_MS,
         stall_timeout_ms: float = STALL_TIMEOUT_MS,
         connect_timeout_s: float = 15.0,
+        reconnect_timeout_s: float = 30.0,
         sync: str = "audio",
         sync_offset_ms: float = 0.0,
         clock: Callable[[], float] | None = None,
@@ -161,11 +166,16 @@ class AvatarPlayer:
         options.milliseconds("stall_timeout_ms", stall_timeout_ms, low=1, high=600_000)
         if isinstance(connect_timeout_s, bool) or not isinstance(connect_timeout_s, (int, float)) or connect_timeout_s <= 0:
             raise ValueError(f"connect_timeout_s must be a positive number of seconds, got {connect_timeout_s!r}")
+        if (isinstance(reconnect_timeout_s, bool) or not isinstance(reconnect_timeout_s, (int, float))
+                or reconnect_timeout_s <= 0):
+            raise ValueError(f"reconnect_timeout_s must be a positive number of seconds, got {reconnect_timeout_s!r}")
         if sync not in tuple(SyncMode):
             raise ValueError(f"sync must be one of {', '.join(repr(m.value) for m in SyncMode)}, got {sync!r}")
         options.milliseconds("sync_offset_ms", sync_offset_ms, low=-1000, high=1000)
         self.provider = provider
         self.connect_timeout_s = float(connect_timeout_s)
+        self.reconnect_timeout_s = float(reconnect_timeout_s)
+        self._reconnect_watch: asyncio.Future | None = None
         self._clock = clock or _default_clock
         self._events = EventEmitter(self.logger)
         self._pipeline = MotionPipeline(enable_jitter_buffer=enable_jitter_buffer,
@@ -343,7 +353,9 @@ class AvatarPlayer:
 
     async def _safe_close(self) -> None:
         try:
-            await self.provider.close()
+            await asyncio.wait_for(self.provider.close(), CLOSE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self.logger.warning("closing the room took over %g s: left behind", CLOSE_TIMEOUT_S)
         except Exception:
             self.logger.exception("closing the room failed")
 
@@ -352,6 +364,7 @@ class AvatarPlayer:
             return
         self.logger.info("connection state %s -> %s", self._state.value, state.value)
         self._state = state
+        self._watch_reconnecting()
         self._events.emit(PlayerEvent.CONNECTION_STATE_CHANGED, state.value)
 
     # ------------------------------------------------------------------- provider callbacks
@@ -377,6 +390,34 @@ class AvatarPlayer:
             self._events.emit(PlayerEvent.ERROR, error)
         if state is ConnectionState.DISCONNECTED:
             self._events.emit(PlayerEvent.DISCONNECTED)
+
+    def _watch_reconnecting(self) -> None:
+        """Runs on every state change: while ``reconnecting``, a deadline; any other state ends it."""
+        if self._state is ConnectionState.RECONNECTING:
+            if self._reconnect_watch is None or self._reconnect_watch.done():
+                self._reconnect_watch = asyncio.ensure_future(self._give_up_reconnecting())
+        elif self._reconnect_watch is not None:
+            self._reconnect_watch.cancel()
+            self._reconnect_watch = None
+
+    async def _give_up_reconnecting(self) -> None:
+        """livekit-client's reconnect never ended (Firefox: its signal connection can wait
+        forever once the server restarts): after ``reconnect_timeout_s`` the room is closed, the
+        state is ``failed`` and an ``error`` (cause ``"reconnect-timeout"``) says so, so that the
+        app can :meth:`reconnect`."""
+        await asyncio.sleep(self.reconnect_timeout_s)
+        if self._state is not ConnectionState.RECONNECTING or self._closing:
+            return
+        self._reconnect_watch = None
+        error = ConnectError(f"still reconnecting after {self.reconnect_timeout_s:g} s: gave up",
+                             "reconnect-timeout")
+        self.logger.warning("%s", error)
+        self._closing = True  # the room's own events while it closes are not the player's
+        self._dispatch(self._pipeline.close(self._clock(), "disconnect"))
+        await self._ticker.stop()
+        await self._safe_close()
+        self._set_state(ConnectionState.FAILED)
+        self._events.emit(PlayerEvent.ERROR, error)
 
     def on_audio_stats(self, stats: AudioStats) -> None:
         """The avatar audio receiver's counters (the provider reads them about twice a second):

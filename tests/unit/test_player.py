@@ -151,6 +151,36 @@ def test_room_reconnecting_and_back_counts_a_reconnect_without_duplicate_states(
     assert summary.reconnect_count == 1
 
 
+def test_a_reconnect_that_never_ends_fails_after_reconnect_timeout_s_and_reconnect_starts_afresh():
+    """livekit-client stuck in ``reconnecting`` (Firefox after a server restart): the player gives
+    up, closes the room, goes ``failed`` with a ``reconnect-timeout`` error; reconnect() works."""
+    async def main():
+        player, provider, _, states = make(reconnect_timeout_s=0.2)
+        errors = []
+        player.on("error", errors.append)
+        await player.connect(url="ws://127.0.0.1:7880", token="t")
+        provider.sink.on_room_state(ConnectionState.RECONNECTING)
+        await asyncio.sleep(0.1)
+        failed_early = player.connection_state
+        await asyncio.sleep(0.3)
+        failed = (player.connection_state, provider.closed, list(errors))
+        await player.reconnect()
+        connected = player.connection_state
+        provider.sink.on_room_state(ConnectionState.RECONNECTING)  # this time it comes back in time
+        provider.sink.on_room_state(ConnectionState.CONNECTED)
+        await asyncio.sleep(0.3)
+        await player.disconnect()
+        return failed_early, failed, connected, states, errors
+
+    failed_early, (state, closed, errors_then), connected, states, errors = asyncio.run(main())
+    assert failed_early == "reconnecting"
+    assert state == "failed" and closed == 1
+    assert [(type(e).__name__, e.cause) for e in errors_then] == [("ConnectError", "reconnect-timeout")]
+    assert connected == "connected" and len(errors) == 1  # the watch ended with the second reconnect
+    assert states == ["connecting", "connected", "reconnecting", "failed", "disconnected", "connecting", "connected",
+                      "reconnecting", "connected", "disconnected"]
+
+
 def test_frames_reach_the_renderer_in_order_at_tick_time_and_handler_errors_are_isolated(caplog):
     async def main():
         player, provider, renderer, _ = make()
@@ -214,6 +244,8 @@ def test_a_raising_renderer_is_counted_and_playback_continues():
         (dict(max_buffer_delay_ms="80"), "max_buffer_delay_ms"),
         (dict(max_buffer_delay_ms=-5), "max_buffer_delay_ms"),
         (dict(connect_timeout_s=0), "connect_timeout_s"),
+        (dict(reconnect_timeout_s=-1), "reconnect_timeout_s"),
+        (dict(reconnect_timeout_s=True), "reconnect_timeout_s"),
         (dict(sync="video"), "sync"),
         (dict(sync=True), "sync"),
         (dict(sync_offset_ms=5000), "sync_offset_ms"),
