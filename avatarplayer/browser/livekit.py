@@ -312,6 +312,10 @@ class LiveKitProvider:
         proxy = create_proxy(self._on_video_receiver)
         self._proxies.append(proxy)
         entry = {"onVideoReceiver": proxy, "pipeSenders": self._mode() == "streams"}
+        if self._mode() == "script" and not _has_encoded_streams():
+            track_proxy = create_proxy(self._on_video_track)
+            self._proxies.append(track_proxy)
+            entry["onVideoTrack"] = track_proxy
         if self._mode() == "script":
             audio_proxy = create_proxy(self._on_audio_receiver)
             self._proxies.append(audio_proxy)
@@ -327,6 +331,18 @@ class LiveKitProvider:
             self.tap.attach_to_receiver(receiver)
         except Exception:
             self.log.exception("attaching the transform to a new video receiver failed")
+
+    def _on_video_track(self, receiver: Any) -> None:
+        """A task after the ``track`` event of a video receiver: give it a new transform. Only
+        where the browser lacks createEncodedStreams (Firefox): there a transform set inside the
+        ``track`` event never sees a frame, and one set now does. Chromium runs the first one,
+        and is left alone (see js/pc_hook.js)."""
+        if self.carrier == "data":
+            return
+        try:
+            self.tap.attach_again(receiver)
+        except Exception:
+            self.log.exception("attaching the transform to a negotiated video receiver failed")
 
     def _on_audio_receiver(self, receiver: Any) -> None:
         """An audio transceiver was just created: watch its packets arrive (lip sync)."""
@@ -347,7 +363,7 @@ class LiveKitProvider:
             return self.transform_mode
         if hasattr(js, "RTCRtpScriptTransform"):
             return "script"
-        if hasattr(js, "RTCRtpReceiver") and hasattr(js.RTCRtpReceiver.prototype, "createEncodedStreams"):
+        if _has_encoded_streams():
             return "streams"
         return "data"
 
@@ -561,3 +577,10 @@ class LiveKitProvider:
         self._room_handlers.clear()
         if self._shared_room is None:
             self.room = None
+
+
+def _has_encoded_streams() -> bool:
+    """Chromium's createEncodedStreams (Firefox and Safari have only RTCRtpScriptTransform)."""
+    import js
+
+    return hasattr(js, "RTCRtpReceiver") and hasattr(js.RTCRtpReceiver.prototype, "createEncodedStreams")

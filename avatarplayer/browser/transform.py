@@ -141,6 +141,22 @@ class MotionTap:
         self.log.info("motion transform attached (%s, #%d)", self.mode, attach_id)
         return attach_id
 
+    def attach_again(self, receiver: Any) -> None:
+        """Replace ``receiver``'s transform with a new one (Firefox: see js/pc_hook.js). When it
+        is the motion track's, its packets now come from the new one."""
+        old = getattr(receiver, "avatarplayerAttachId", None)
+        new = self.attach_to_receiver(receiver, replace=True)
+        if old is None:
+            return
+        if old in self._pending:
+            self._pending[new] = self._pending.pop(old)
+        if self.attach_id == old:
+            self.attach_id = new
+            self._attached_at_ms = jsutil.now_ms()
+            self._last_rtp_frames = None
+        self._receivers.pop(old, None)
+        self._close_channel(old)  # its transform was replaced: nothing comes through it any more
+
     def attach_track(self, track: Any) -> bool:
         """The motion track was subscribed: make sure its receiver has a running transform, and
         deliver the packets held for it. False when it could not (the provider was told why).
@@ -338,16 +354,19 @@ class MotionTap:
                 dead.append(attach_id)
         for attach_id in dead:
             del self._receivers[attach_id]
-            port = self._ports.pop(attach_id, None)
-            if port is not None:
-                port.onmessage = None
-                port.close()
-            self._acknowledged.discard(attach_id)
-            self._packets.pop(attach_id, None)
-            self._pending.pop(attach_id, None)
+            self._close_channel(attach_id)
         if dead:
             self.log.info("closed the channels of %d transform(s) on receivers that are gone", len(dead))
         return len(dead)
+
+    def _close_channel(self, attach_id: int) -> None:
+        port = self._ports.pop(attach_id, None)
+        if port is not None:
+            port.onmessage = None
+            port.close()
+        self._acknowledged.discard(attach_id)
+        self._packets.pop(attach_id, None)
+        self._pending.pop(attach_id, None)
 
     def request_stats(self) -> None:
         """Ask every attached transform for its counters (answers arrive asynchronously)."""

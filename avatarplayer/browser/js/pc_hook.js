@@ -7,6 +7,11 @@
 // page, before livekit-client connects, and offer every new video receiver to the provider:
 // ``addTransceiver`` covers the recvonly sections livekit-client >= 2.17 pre-adds on its single
 // connection, the ``track`` event the transceivers the SFU offers on a subscriber connection.
+// Firefox differs for video: a script transform set on a receiver inside its ``track`` event (while
+// setRemoteDescription runs) never sees a frame, and one set a task later does (Firefox 153 ESR,
+// livekit-client 2.23.0: without it, the transform watchdog had to re-attach after a second, every
+// time). So where the provider asks for it (``onVideoTrack``: browsers without createEncodedStreams),
+// a video receiver from a ``track`` event is offered again from a zero-delay timer.
 // Audio receivers get an observer (frames pass through untouched) that reports when the audio's
 // packets arrive, for lip sync (avatarplayer/sync.py).
 // Each provider adds itself to ``listeners`` while it is open; new receivers go to the one that
@@ -20,12 +25,16 @@
     const i = hook.listeners.indexOf(entry);
     if (i >= 0) hook.listeners.splice(i, 1);
   };
-  const offer = (receiver) => {
+  const offer = (receiver, negotiated) => {
     if (!receiver || !receiver.track || hook.offered.has(receiver)) return;
     const kind = receiver.track.kind;
     if (kind !== "video" && kind !== "audio") return;
     hook.offered.add(receiver);
     const listener = current();
+    if (negotiated && kind === "video" && listener && listener.onVideoTrack) {
+      // once setRemoteDescription is over (see onVideoTrack above)
+      setTimeout(() => { if (current() === listener) listener.onVideoTrack(receiver); }, 0);
+    }
     if (!listener) return;
     if (kind === "video") listener.onVideoReceiver(receiver);
     else if (listener.onAudioReceiver) listener.onAudioReceiver(receiver);
@@ -45,7 +54,7 @@
   class AvatarPlayerPeerConnection extends Native {
     constructor(...args) {
       super(...args);
-      this.addEventListener("track", (event) => offer(event.receiver));
+      this.addEventListener("track", (event) => offer(event.receiver, true));
     }
     addTransceiver(trackOrKind, init) {
       const transceiver = super.addTransceiver(trackOrKind, init);
