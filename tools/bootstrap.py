@@ -31,7 +31,8 @@ LIVEKIT_SERVER_MODULE = "github.com/livekit/livekit-server/cmd/server"
 GECKODRIVER_VERSION = "0.37.1"  # WebDriver for Firefox ESR (tools/firefox.py); crates.io ships its source
 APT_PACKAGES = ("chromium", "chromium-driver", "ffmpeg", "espeak-ng", "sox", "iproute2",
                 "redis-server",  # the multi-node LiveKit cluster (tools/devstack.py)
-                "firefox-esr")  # the second browser engine (tools/firefox.py, `--browser firefox`)
+                "firefox-esr",  # the second browser engine (tools/firefox.py, `--browser firefox`)
+                "pulseaudio")  # a null sink: Firefox's audio output on a machine without a sound card
 MIN_PYTHON = (3, 11)
 
 

@@ -24,6 +24,10 @@ turns the ones that change behaviour into Firefox preferences. Firefox has no wa
 file as its fake microphone: its fake device is a tone, whatever ``--use-file-for-fake-audio-capture``
 says.
 
+Headless Firefox on a machine without a sound card has no audio output, and then no running
+``AudioContext`` (Chromium fakes one): each Firefox gets a PulseAudio daemon of its own with one null
+sink (:class:`NullAudio`), so the avatar's voice is played, and heard by the tests' audio tap.
+
 Every request the page makes is reported by BiDi's ``network.beforeRequestSent`` (the off-loopback
 check of the fixtures), console lines by ``log.entryAdded``.
 """
@@ -31,8 +35,11 @@ check of the fixtures), console lines by ``log.entryAdded``.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -128,7 +135,8 @@ class FirefoxBrowser:
     ``netns``: a :class:`tools.netimpair.NetNamespace` to run geckodriver and Firefox in; the
     WebDriver and BiDi ports are then forwarded from this namespace into it."""
 
-    def __init__(self, *, prefs: dict[str, Any] | None = None, netns: Any = None, headless: bool = True) -> None:
+    def __init__(self, *, prefs: dict[str, Any] | None = None, netns: Any = None, headless: bool = True,
+                 log_dir: Path | None = None) -> None:
         from selenium import webdriver
         from selenium.webdriver.firefox.options import Options
 
@@ -144,12 +152,20 @@ class FirefoxBrowser:
             options.set_preference(name, value)
         self._forwards: list[_PortForward] = []
         self._geckodriver: subprocess.Popen | None = None
+        self.audio = NullAudio()
+        self.log_dir = Path(log_dir) if log_dir is not None else self.audio.directory
         self._handlers: dict[str, Callable[[str, Any], None]] = {}  # context -> page's event sink
         self._lock = threading.Lock()
         if netns is None:
             from selenium.webdriver.firefox.service import Service
 
-            self.driver = webdriver.Firefox(options=options, service=Service(executable_path=str(GECKODRIVER)))
+            try:
+                self.driver = webdriver.Firefox(options=options, service=Service(
+                    executable_path=str(GECKODRIVER), env=dict(os.environ, **self.audio.env),
+                    log_output=str(self.log_dir / "geckodriver.log")))
+            except BaseException:
+                self.audio.close()
+                raise
         else:
             self.driver = self._start_in_namespace(netns, options)
         self.driver.set_script_timeout(600)
@@ -164,10 +180,12 @@ class FirefoxBrowser:
         from .devstack import free_port
 
         port, bidi_port = free_port(), free_port()
-        self._geckodriver = subprocess.Popen(
-            netns.wrap([str(GECKODRIVER), "--host", "127.0.0.1", "--port", str(port), "--websocket-port",
-                        str(bidi_port)]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.geckodriver_log = self.log_dir / "geckodriver.log"
+        with self.geckodriver_log.open("wb") as log:
+            self._geckodriver = subprocess.Popen(
+                netns.wrap([str(GECKODRIVER), "--host", "127.0.0.1", "--port", str(port), "--websocket-port",
+                            str(bidi_port)]),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ, **self.audio.env))
         self._forwards = [_PortForward(netns, port), _PortForward(netns, bidi_port)]
         deadline = time.monotonic() + 30
         while True:
@@ -207,6 +225,7 @@ class FirefoxBrowser:
             self._geckodriver.wait(timeout=10)
         for forward in self._forwards:
             forward.close()
+        self.audio.close()
 
 
 class FirefoxContext:
@@ -264,6 +283,7 @@ class FirefoxPage:
         self.closed = False
         self._listeners: dict[str, list[Callable]] = {}
         self._console_waiters: list[tuple[Callable, threading.Event]] = []
+        self._preload_scripts: list[str] = []
         with context.browser._lock:
             context.browser._handlers[self.handle] = self._on_event
         self.on("request", self._check_loopback)
@@ -364,9 +384,12 @@ class FirefoxPage:
             context=self.handle, viewport={"width": int(size["width"]), "height": int(size["height"])})
 
     def add_init_script(self, script: str) -> None:
-        self._browser.driver.script.add_preload_script(f"() => {{\n{script}\n}}", contexts=[self.handle])
+        added = self._browser.driver.script.add_preload_script(f"() => {{\n{script}\n}}", contexts=[self.handle])
+        self._preload_scripts.append(added["script"] if isinstance(added, dict) else added)
 
     def close(self) -> None:
+        """Close the tab. A browser keeps one tab open: the last one is replaced by a fresh one
+        (its init scripts and state must not reach the next page)."""
         if self.closed:
             return
         self.closed = True
@@ -375,14 +398,15 @@ class FirefoxPage:
             browser._handlers.pop(self.handle, None)
         with contextlib.suppress(Exception):
             driver = browser.driver
-            if len(driver.window_handles) == 1:  # the last tab: keep the window, blank it
+            for script in self._preload_scripts:
+                driver.script.remove_preload_script(script=script)
+            driver.switch_to.window(self.handle)
+            if len(driver.window_handles) == 1:
+                driver.switch_to.new_window("tab")
+                browser._spare_tab = driver.current_window_handle
                 driver.switch_to.window(self.handle)
-                driver.get("about:blank")
-                browser._spare_tab = self.handle
-            else:
-                driver.switch_to.window(self.handle)
-                driver.close()
-                driver.switch_to.window(driver.window_handles[0])
+            driver.close()
+            driver.switch_to.window(driver.window_handles[0])
         if self in self.context.pages:
             self.context.pages.remove(self)
 
@@ -478,6 +502,49 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class NullAudio:
+    """A PulseAudio daemon of its own, with a null sink as the default output: where a headless
+    Firefox plays sound on a machine without a sound card. It listens on a Unix socket only
+    (which also reaches a Firefox inside a network namespace); ``env`` points a client at it."""
+
+    def __init__(self, timeout_s: float = 15.0) -> None:
+        binary = shutil.which("pulseaudio")
+        if binary is None:
+            raise RuntimeError("pulseaudio is missing (Firefox's audio output): run `python3 tools/bootstrap.py browser`")
+        self.directory = Path(tempfile.mkdtemp(prefix="avp-pulse-"))
+        self.socket = self.directory / "native"
+        script = self.directory / "default.pa"
+        script.write_text("load-module module-null-sink sink_name=avatarplayer\n"
+                          f"load-module module-native-protocol-unix auth-anonymous=1 socket={self.socket}\n"
+                          "set-default-sink avatarplayer\n")
+        self.log = self.directory / "pulseaudio.log"
+        env = dict(os.environ, HOME=str(self.directory), XDG_RUNTIME_DIR=str(self.directory),
+                   XDG_CONFIG_HOME=str(self.directory))
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [binary, "-n", "-F", str(script), "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no",
+                 "--disallow-exit", "--disable-shm"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while not self.socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                self.close()
+                raise RuntimeError(f"pulseaudio did not start:\n{tail}")
+            time.sleep(0.05)
+        self.env = {"PULSE_SERVER": f"unix:{self.socket}"}
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 class _PortForward:
     """Forwards ``127.0.0.1:port`` of this namespace to the same port inside ``netns`` (where
     geckodriver and Firefox run), one thread pair per connection."""
@@ -499,11 +566,17 @@ class _PortForward:
             except OSError:
                 client.close()
                 continue
+            inner.settimeout(None)  # the connect's time-out would end an idle connection after 10 s
             self.sockets += [client, inner]
             for a, b in ((client, inner), (inner, client)):
                 threading.Thread(target=_pump, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave it there,
+        # holding a file descriptor number that the next listener may reuse (and then it would
+        # accept that listener's connections and forward them into this, dead, namespace)
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for sock in self.sockets:
             with contextlib.suppress(OSError):
@@ -527,5 +600,6 @@ class FirefoxEngine:
 
     name = "firefox"
 
-    def launch(self, args: Sequence[str] = (), *, netns: Any = None) -> FirefoxBrowser:
-        return FirefoxBrowser(prefs=prefs_for_chromium_args(args), netns=netns)
+    def launch(self, args: Sequence[str] = (), *, netns: Any = None, log_dir: Path | None = None) -> FirefoxBrowser:
+        """``log_dir``: where geckodriver's log (Firefox's own output included) is kept."""
+        return FirefoxBrowser(prefs=prefs_for_chromium_args(args), netns=netns, log_dir=log_dir)

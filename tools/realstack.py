@@ -194,7 +194,7 @@ def impaired_browser(playwright, server, app, workdir: Path, *, profile: str | d
             stats_file=workdir / "relay-stats.json") as link:
         args = list(CHROMIUM_ARGS if args is None else args)
         if getattr(playwright, "name", None) == "firefox":  # tools.firefox.FirefoxEngine: the Firefox lane
-            browser = playwright.launch(args, netns=ns)
+            browser = playwright.launch(args, netns=ns, log_dir=workdir)
         else:
             browser = playwright.chromium.launch(executable_path=str(chromium_wrapper(ns, workdir)), headless=True,
                                                  args=args)

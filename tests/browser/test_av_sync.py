@@ -59,7 +59,8 @@ def check_turn(session, why: str) -> list[int]:
     return seqs
 
 
-@pytest.mark.parametrize("profile", ["perfect", "wifi", "4g", "bad"])
+@pytest.mark.parametrize("profile", [pytest.param("perfect", marks=pytest.mark.firefox),
+                                     pytest.param("wifi", marks=pytest.mark.firefox), "4g", "bad"])
 def test_the_face_follows_the_voice(playwright_instance, livekit_server, app, tmp_path, profile):
     session = play(playwright_instance, livekit_server, app, tmp_path, profile)
     why = explain(session)

@@ -130,6 +130,7 @@ def wait_demo(page, demo: Demo, expression: str, timeout_s: float, what: str) ->
                     f"window.demo = {state}\n--- serve.py ---\n{demo.log_tail()}", pytrace=False)
 
 
+@pytest.mark.firefox
 def test_demo_page_connects_speaks_and_disconnects(demo: Demo, browser_page, browser_log, tmp_path: Path):
     page = browser_page
     page.set_viewport_size({"width": 1100, "height": 820})
@@ -278,6 +279,7 @@ def spread(samples: list[dict], region: str) -> float:
     return max(grid_distance(a, b) for i, a in enumerate(grids) for b in grids[i + 1:])
 
 
+@pytest.mark.firefox
 def test_the_face_blinks_in_idle_and_its_mouth_moves_with_speech(demo: Demo, browser_page, tmp_path: Path):
     """Pixels, not counters: a face that does not move fails. In idle the eye region changes (a
     blink) while the mouth stays still; while the avatar speaks the mouth region changes far more
@@ -374,6 +376,7 @@ def test_talking_to_the_avatar_through_the_microphone(demo: Demo, playwright_ins
     assert not state["errors"] and not page.off_loopback, (state["errors"], page.off_loopback)
 
 
+@pytest.mark.firefox
 def test_the_page_explains_blocked_sound_and_a_denied_microphone(demo: Demo, playwright_instance, browser_args):
     """A browser that blocks autoplay and denies the microphone: the page says so, and the
     "Enable sound" button (a user gesture calling start_audio()) brings the sound back."""
