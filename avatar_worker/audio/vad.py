@@ -188,6 +188,23 @@ class VoiceActivityDetector:
         """Onset of the current utterance, None outside one."""
         return self._onset * self._block_s if self._state == "speech" else None
 
+    @property
+    def silent_s(self) -> float:
+        """Unvoiced audio since the current utterance's last voiced block (0 outside one)."""
+        return self._silent * self._block_s if self._state == "speech" else 0.0
+
+    def current(self) -> tuple[bytes, float] | None:
+        """The current utterance as it would end if the silence under way lasts (``end_ms``
+        reached with no voiced block in between): its audio and its ``end_s``; None outside one.
+        The audio is what the :class:`Utterance` will hold once the tail is in (the demo agent
+        recognises it ahead, while the detector waits out the end of the silence)."""
+        if self._state != "speech":
+            return None
+        s = self.settings
+        keep_until = min(self._blocks, self._last_voiced + 1 + math.ceil(s.tail_ms / s.block_ms))
+        audio = b"".join(self._audio[: max(0, keep_until - self._audio_first)])
+        return audio, (self._last_voiced + 1) * self._block_s
+
     def thresholds(self) -> tuple[float, float]:
         """(on, off) thresholds in dBFS for the current noise floor."""
         s = self.settings
