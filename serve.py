@@ -128,9 +128,13 @@ examples:
     avatar.add_argument("--text", default=None,
                         help="the greeting (espeak-ng, offline); default: the demo agent's own")
     avatar.add_argument("--voice", default=None, help="espeak-ng voice, e.g. en-us (default: espeak-ng's)")
-    avatar.add_argument("--reply", choices=("echo", "speak", "both"), default="both",
-                        help="how the avatar answers what you say: your words played back, a spoken "
-                             "sentence, or both (default: %(default)s)")
+    avatar.add_argument("--reply", choices=("policy", "echo", "speak", "both"), default="policy",
+                        help="how the avatar answers what you say: an answer to the words it recognised, "
+                             "your words played back, a spoken sentence, or a sentence then the playback "
+                             "(default: %(default)s)")
+    avatar.add_argument("--asr", choices=("whisper", "sphinx", "none"), default="whisper",
+                        help="offline speech recognition: faster-whisper tiny.en, pocketsphinx, or none "
+                             "(then --reply echo, speak or both) (default: %(default)s)")
     avatar.add_argument("--no-worker", action="store_true",
                         help="do not start the avatar worker (run your own in the room)")
     avatar.add_argument("--worker-log-level", default="info", choices=("debug", "info", "warning", "error"),
@@ -241,7 +245,7 @@ class Worker:
         where = (["--room", args.room] if args.rooms == "shared" else
                  ["--dispatch", AGENT_NAME, "--max-sessions", str(args.sessions_per_worker)])
         self.cmd = [sys.executable, "-m", "avatar_worker", "--mode", "demo", *where,
-                    "--reply", args.reply, "--log-level", args.worker_log_level, "--realtime"]
+                    "--reply", args.reply, "--asr", args.asr, "--log-level", args.worker_log_level, "--realtime"]
         self.label = "worker" if index == 0 else f"worker{index + 1}"
         if args.text:
             self.cmd += ["--text", args.text]

@@ -19,6 +19,7 @@ it). docs/avatar-worker.md compares the two on this project's test sentences.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -28,7 +29,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 __all__ = ["ASR_CHOICES", "AsrName", "ASR_RATE", "Recognition", "Recognizer", "SphinxRecognizer",
-           "WhisperRecognizer", "make_recognizer", "resample_to", "words"]
+           "WhisperRecognizer", "make_recognizer", "resample_to", "shared_recognizer", "words"]
 
 AsrName = Literal["whisper", "sphinx", "none"]
 ASR_CHOICES: tuple[AsrName, ...] = ("whisper", "sphinx", "none")
@@ -158,3 +159,14 @@ def make_recognizer(name: AsrName) -> Recognizer | None:
     if name == "none":
         return None
     raise ValueError(f"asr must be one of {', '.join(ASR_CHOICES)}, got {name!r}")
+
+
+@functools.cache
+def shared_recognizer(name: AsrName) -> Recognizer | None:
+    """This process's recogniser called ``name``, loaded once and warmed up with one recognition
+    (the first call into a model is the slowest). A dispatched worker loads it in its idle
+    processes (``prewarm``), so a session finds it ready. Blocking."""
+    recognizer = make_recognizer(name)
+    if recognizer is not None:
+        recognizer.transcribe(bytes(ASR_RATE), ASR_RATE)  # 0.5 s of silence
+    return recognizer

@@ -67,7 +67,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..asr import Recognition, Recognizer, make_recognizer
+from ..asr import Recognition, Recognizer, shared_recognizer
 from ..audio import pcm as pcm_audio
 from ..dialogue import DialoguePolicy
 from ..agent_data import AGENT_TOPIC, AgentMessages, agent_status, user_transcript_chunk
@@ -230,7 +230,10 @@ class DemoAgent:
         self._wall = wall_clock
         self.greeting: Speech | None = None
         self.recognizer = recognizer
-        """Loaded in :meth:`prepare` (``--asr``) unless given."""
+        """Loaded from :meth:`prepare` on (``--asr``) unless given."""
+        self.asr_on = recognizer is not None or (config.asr != "none" and config.mode == "demo")
+        """Utterances are recognised (the recogniser may still be loading: recognitions queue
+        behind the load in the recogniser's thread)."""
         self.policy = DialoguePolicy(clock=wall_clock)
         self._speech_cache: dict[str, bytes] = {}
         """The policy's fixed replies, synthesised in :meth:`prepare`."""
@@ -260,20 +263,18 @@ class DemoAgent:
     # ---------------------------------------------------------------------- ModeRunner
 
     async def prepare(self) -> None:
-        """Before joining: load or synthesize the greeting (raises on a bad file), load the
-        recogniser, synthesise the policy's fixed replies."""
+        """Before joining: load or synthesize the greeting (raises on a bad file). The recogniser
+        loads and the policy's fixed replies are synthesised in the recogniser's thread while the
+        worker joins (recognitions queue behind them)."""
         config = self.config
         text = config.text if config.wav is None else None
-        loading = None
-        if self.recognizer is None and config.asr != "none":
-            loading = asyncio.get_running_loop().run_in_executor(self._asr_pool, self._load_recognizer)
+        loop = asyncio.get_running_loop()
+        if self.recognizer is None and self.asr_on:
+            loop.run_in_executor(self._asr_pool, self._load_recognizer)
+        if self.reply_mode == "policy":
+            loop.run_in_executor(self._asr_pool, self._synthesize_fixed_replies)
         self.greeting = await asyncio.to_thread(load_speech, wav=config.wav, text=text or GREETING,
                                                 voice=config.voice)
-        if self.reply_mode == "policy":
-            for reply in self.policy.fixed_replies():
-                self._speech_cache[reply] = await asyncio.to_thread(pcm_audio.synthesize, reply, voice=config.voice)
-        if loading is not None:
-            await loading
         log.info("demo: greeting %s, %.2f s; replies: %s; recogniser: %s; VAD start %d ms, end %d ms, max %.1f s; "
                  "barge-in %s", self.greeting.source, self.greeting.duration_s, self.reply_mode, config.asr,
                  config.vad_start_ms, config.vad_end_ms, config.max_utterance_s,
@@ -281,10 +282,26 @@ class DemoAgent:
 
     def _load_recognizer(self) -> None:
         started = time.perf_counter()
-        self.recognizer = make_recognizer(self.config.asr)
-        if self.recognizer is not None:
-            self.recognizer.transcribe(bytes(2 * pcm_audio.SAMPLE_RATE // 2), pcm_audio.SAMPLE_RATE)  # warm up
-            log.info("demo: %s recogniser ready in %.2f s", self.config.asr, time.perf_counter() - started)
+        try:
+            self.recognizer = shared_recognizer(self.config.asr)
+        except Exception:
+            log.exception("demo: the %s recogniser did not load; answering without recognition", self.config.asr)
+            self.asr_on = False
+            return
+        log.info("demo: %s recogniser ready after %.2f s", self.config.asr, time.perf_counter() - started)
+
+    def _synthesize_fixed_replies(self) -> None:
+        try:
+            for reply in self.policy.fixed_replies():
+                self._speech_cache[reply] = pcm_audio.synthesize(reply, voice=self.config.voice)
+        except pcm_audio.AudioError as exc:
+            log.error("demo: could not synthesise the fixed replies ahead: %s", exc)  # then each when needed
+
+    def _transcribe(self, pcm: bytes) -> Recognition:
+        """In the recogniser's thread, behind the load."""
+        if self.recognizer is None:
+            raise RuntimeError("no recogniser")
+        return self.recognizer.transcribe(pcm, pcm_audio.SAMPLE_RATE)
 
     def install(self, publisher: Publisher, messages: MessageSender, observers: list[Any]) -> None:
         """Hook into every room (remote audio), and add the agent messages as a turn observer."""
@@ -457,7 +474,7 @@ class DemoAgent:
                 self._utterance_ended(listener, event)
         if self._barge_in_due(listener):
             self._barge_in(listener)
-        if self.recognizer is not None and listener.vad.in_speech and not listener.recognizing:
+        if self.asr_on and listener.vad.in_speech and not listener.recognizing:
             self._recognize_ahead(listener)
 
     # ---------------------------------------------------------------------- recognising
@@ -483,9 +500,7 @@ class DemoAgent:
             future.add_done_callback(lambda done: self._partial(listener, heard_as, done))
 
     def _recognize(self, listener: _Listener | None, pcm: bytes) -> asyncio.Future[Recognition]:
-        assert self.recognizer is not None
-        future = asyncio.get_running_loop().run_in_executor(self._asr_pool, self.recognizer.transcribe, pcm,
-                                                            pcm_audio.SAMPLE_RATE)
+        future = asyncio.get_running_loop().run_in_executor(self._asr_pool, self._transcribe, pcm)
         if listener is not None:
             listener.recognizing = True
 
@@ -536,7 +551,7 @@ class DemoAgent:
                 self._send(user_transcript_chunk(listener.partial_text, number, final=True))
             return
         recognition = None
-        if self.recognizer is not None:
+        if self.asr_on:
             if guess is not None and guess[0] == utterance.end_s:
                 recognition = guess[1]
                 self.stats["guesses_used"] += 1
