@@ -85,7 +85,7 @@ class FakePublisher:
 
 
 def make_agent(recognizer: Any = None, **kwargs: Any) -> tuple[DemoAgent, FakeTransport, RecordingSink, Any]:
-    settings = dict(mode="demo", reply="echo", lead_in_ms=0, tail_ms=0)
+    settings = dict(mode="demo", reply="echo", asr="none", lead_in_ms=0, tail_ms=0)
     settings.update(kwargs)
     agent = DemoAgent(WorkerConfig(LiveKitSettings("ws://x", "k", "s", "r"), **settings), recognizer=recognizer)
     transport = FakeTransport(others=["user"])
@@ -298,7 +298,7 @@ def feed_live(agent: DemoAgent, listener: Any, pcm_bytes: bytes, frame_s: float 
 
 def test_policy_reply_to_recognised_words_with_partials() -> None:
     recognizer = ScriptedRecognizer("what time is it please tell me now")
-    agent, transport, sink, streamer = make_agent(recognizer, reply="policy")
+    agent, transport, sink, streamer = make_agent(recognizer, reply="policy", asr="whisper")
     agent.policy = DialoguePolicy(clock=lambda: 1_700_000_000.0)
 
     async def script() -> None:
@@ -324,7 +324,7 @@ def test_policy_reply_to_recognised_words_with_partials() -> None:
 
 
 def test_policy_says_when_it_did_not_understand() -> None:
-    agent, transport, sink, streamer = make_agent(ScriptedRecognizer(""), reply="policy")
+    agent, transport, sink, streamer = make_agent(ScriptedRecognizer(""), reply="policy", asr="whisper")
 
     async def script() -> None:
         agent.hear(agent.listen("user", "TR_mic"), SPEECH)
