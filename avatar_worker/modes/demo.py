@@ -108,7 +108,7 @@ STALE_S = 5.0
 """An utterance still waiting this long after it ended is dropped (the moment has passed)."""
 PARTIAL_EVERY_S = 1.0
 """Speech between two partial recognitions of an utterance under way."""
-SPECULATE_AFTER_MS = 250
+SPECULATE_AFTER_MS = 150
 """Silence after the last voiced block before the utterance is recognised ahead of its end."""
 ReplyMode = Literal["policy", "echo", "speak", "both"]
 
