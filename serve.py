@@ -12,7 +12,8 @@ What it does, in order:
 2. re-executes itself with ``.venv/bin/python`` (the venv has livekit-api and the worker's SDK);
 3. starts a loopback-only LiveKit server (or uses an external one, see ``--external``);
 4. starts the avatar worker as the demo agent: it greets whoever joins (espeak-ng, offline),
-   listens to their microphone (voice-activity detection) and answers each utterance, sending
+   listens to their microphone (voice-activity detection, offline speech recognition with
+   Whisper tiny.en) and answers what they said (a small dialogue policy), sending
    ``agent_status`` and ``transcript_chunk`` data messages. By default every visitor gets a room
    and an avatar of their own: ``--workers N`` worker processes register with LiveKit as an agent
    (``avatar_worker/dispatch.py``), and LiveKit dispatches a session to one of them, by load, for
