@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait-for-participant", action="store_true",
                      help="start the first turn only once someone else joined and subscribed")
     run.add_argument("--lead-in-ms", type=_non_negative_int, default=1500,
-                     help="idle heartbeats after the participant arrived, before the first turn")
+                     help="idle heartbeats after the participant arrived, before the first turn (not in demo "
+                          "mode: it greets once the visitor subscribed)")
     run.add_argument("--no-transition", dest="transition", action="store_false",
                      help="start turns without a TRANSITION packet")
     run.add_argument("--redundant", action="store_true", help="REDUNDANT packets (carry the previous two frames)")

@@ -1,4 +1,4 @@
-# Over 400 lines: DemoAgent is one state machine (listen, hear, reply) whose parts share its state; only the reply texts (~50 lines) would split off.
+# Over 400 lines: DemoAgent is one state machine (listen, recognise, reply) whose parts share its state; the replies are in demo_replies.py.
 """Demo mode (``--mode demo``): a tiny voice agent that needs no cloud service.
 
 - **Greeting.** When someone joins (any participant that is not an agent), the avatar greets
@@ -58,14 +58,13 @@ first chunk); ``turn`` counts the worker's turns (the greeting is turn 1).
 
 from __future__ import annotations
 
-import array
 import asyncio
 import concurrent.futures
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ..asr import Recognition, Recognizer, shared_recognizer
 from ..audio import pcm as pcm_audio
@@ -74,6 +73,7 @@ from ..agent_data import AGENT_TOPIC, AgentMessages, agent_status, user_transcri
 from ..config import WorkerConfig
 from ..transport.messaging import MessageSender
 from ..motion_gen import MotionGenerator
+from .demo_replies import LEAD_INS, SPEAK_REPLIES, ReplyMode, compose_reply, normalize, policy_reply, spoken_for
 from .speech import Speech, load_speech, plan_speech_turn
 from ..audio.vad import Utterance, VadSettings, VoiceActivityDetector
 
@@ -88,90 +88,14 @@ __all__ = ["GREETING", "LEAD_INS", "SPEAK_REPLIES", "DemoAgent", "compose_reply"
 log = logging.getLogger("avatar_worker.demo")  # the name it always logged under (serve.py, tests filter on it)
 
 GREETING = "Hello! I'm the avatarplayer demo. Say something and I will answer."
-SPEAK_REPLIES = (
-    "You spoke for {seconds} seconds.",
-    "I heard {seconds} seconds of your voice. Say something else!",
-    "Thank you! That was {seconds} seconds of speech.",
-    "Nice! {seconds} seconds. I am only a demo, but I am listening.",
-)
-"""``--reply speak``: one per utterance, in turn."""
-LEAD_INS = (
-    "You spoke for {seconds} seconds. Here is what I heard.",
-    "I heard this.",
-    "Here is what you said.",
-)
-"""``--reply both``: spoken before the echo, one per utterance, in turn."""
-ECHO_GAP_S = 0.2
-"""Silence between the lead-in and the echo."""
 REJOIN_GRACE_S = 3.0
+"""Someone back within this time after leaving (a network blip) is not greeted again."""
 STALE_S = 5.0
 """An utterance still waiting this long after it ended is dropped (the moment has passed)."""
 PARTIAL_EVERY_S = 1.0
 """Speech between two partial recognitions of an utterance under way."""
 SPECULATE_AFTER_MS = 150
 """Silence after the last voiced block before the utterance is recognised ahead of its end."""
-ReplyMode = Literal["policy", "echo", "speak", "both"]
-
-
-# ------------------------------------------------------------------------ composing replies
-
-
-def normalize(pcm: bytes, *, peak: float = 0.7, max_gain: float = 8.0) -> bytes:
-    """int16 PCM scaled so its peak is ``peak`` of full scale (gain at most ``max_gain``)."""
-    samples = array.array("h")
-    samples.frombytes(pcm[: len(pcm) - len(pcm) % 2])
-    if not samples:
-        return b""
-    top = max(max(samples), -min(samples))
-    if top == 0:
-        return samples.tobytes()
-    gain = min(max_gain, peak * 32767 / top)
-    if abs(gain - 1.0) < 0.01:
-        return samples.tobytes()
-    return array.array("h", (max(-32768, min(32767, int(s * gain))) for s in samples)).tobytes()
-
-
-def _seconds(utterance: Utterance) -> str:
-    return f"{utterance.duration_s:.1f}"
-
-
-def policy_reply(text: str, policy: DialoguePolicy, *, voice: str | None = None,
-                 cache: dict[str, bytes] | None = None,
-                 synthesize: Callable[..., bytes] = pcm_audio.synthesize) -> Speech:
-    """The dialogue policy's answer to the recognised ``text`` as speech (synthesised, or from
-    ``cache``: text → 48 kHz PCM). Blocking: run it in a thread."""
-    reply = policy.reply(text)
-    pcm = cache.get(reply.text) if cache is not None else None
-    if pcm is None:
-        pcm = synthesize(reply.text, voice=voice)
-    frames = pcm_audio.split_frames(pcm)
-    if not frames:
-        raise pcm_audio.AudioError("an empty reply")
-    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), f"reply ({reply.intent})", reply.text)
-
-
-def compose_reply(utterance: Utterance, mode: ReplyMode, index: int, *, voice: str | None = None,
-                  synthesize: Callable[..., bytes] = pcm_audio.synthesize) -> Speech:
-    """The reply to ``utterance`` (48 kHz PCM) as speech; ``index`` picks the sentence (0, 1, ...).
-    Blocking (synthesis, envelope): run it in a thread."""
-    seconds = _seconds(utterance)
-    echo_text = f"(your {seconds} seconds, played back)"
-    pieces: list[bytes] = []
-    if mode == "speak":
-        text = SPEAK_REPLIES[index % len(SPEAK_REPLIES)].format(seconds=seconds)
-        pieces.append(synthesize(text, voice=voice))
-    else:
-        if mode == "both":
-            lead = LEAD_INS[index % len(LEAD_INS)].format(seconds=seconds)
-            pieces += [synthesize(lead, voice=voice), bytes(2 * round(ECHO_GAP_S * pcm_audio.SAMPLE_RATE))]
-            text = f"{lead} {echo_text}"
-        else:
-            text = echo_text
-        pieces.append(normalize(utterance.pcm))
-    frames = pcm_audio.split_frames(b"".join(pieces))
-    if not frames:
-        raise pcm_audio.AudioError("an empty reply")
-    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), f"reply ({mode})", text)
 
 
 # ------------------------------------------------------------------------------ the agent
@@ -609,8 +533,8 @@ class DemoAgent:
             if number is None:
                 self._transcripts += 1
                 number = self._transcripts
-            shown = f"({_seconds(utterance)} s of speech)" if text is None else \
-                text or f"({_seconds(utterance)} s, no words recognised)"
+            shown = f"({spoken_for(utterance)} s of speech)" if text is None else \
+                text or f"({spoken_for(utterance)} s, no words recognised)"
             self._send(user_transcript_chunk(shown, number))
             try:
                 if self.reply_mode == "policy":

@@ -7,7 +7,6 @@ on the participant's clock: greeting after the join, first avatar audio after th
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
