@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -125,7 +126,11 @@ class WhisperRecognizer:
 
 
 class SphinxRecognizer:
-    """pocketsphinx 5 with its bundled US-English model (acoustic model, dictionary, 3-gram LM)."""
+    """pocketsphinx 5 with its bundled US-English model (acoustic model, dictionary, 3-gram LM).
+
+    A decoder holds one utterance at a time: calls are serialised with a lock (sessions of a
+    ``--job-executor thread`` worker share one recogniser, :func:`shared_recognizer`). A Whisper
+    model takes concurrent calls by itself (CTranslate2 queues them)."""
 
     name = "sphinx"
 
@@ -135,6 +140,7 @@ class SphinxRecognizer:
         started = time.perf_counter()
         self.decoder = Decoder(samprate=ASR_RATE, loglevel="FATAL")
         self.load_s = time.perf_counter() - started
+        self._lock = threading.Lock()
 
     def transcribe(self, pcm: bytes, sample_rate: int) -> Recognition:
         started = time.perf_counter()
@@ -142,11 +148,12 @@ class SphinxRecognizer:
         if audio.size < ASR_RATE // 10:  # pocketsphinx raises on an empty utterance
             return Recognition("", time.perf_counter() - started, audio.size / ASR_RATE)
         decoder = self.decoder
-        decoder.start_utt()
-        decoder.process_raw(_int16(audio), no_search=False, full_utt=True)
-        decoder.end_utt()
-        hyp = decoder.hyp()
-        text = hyp.hypstr if hyp is not None else ""
+        with self._lock:
+            decoder.start_utt()
+            decoder.process_raw(_int16(audio), no_search=False, full_utt=True)
+            decoder.end_utt()
+            hyp = decoder.hyp()
+            text = hyp.hypstr if hyp is not None else ""
         return Recognition(text, time.perf_counter() - started, audio.size / ASR_RATE)
 
 

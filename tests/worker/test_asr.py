@@ -79,3 +79,16 @@ def test_whisper_loads_offline_from_the_wheel(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert words(out.stdout) == ["what", "can", "you", "do"], out.stdout
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").rglob("*.bin"))
+
+
+def test_one_sphinx_recogniser_from_two_threads() -> None:
+    """Sessions of a thread-executor worker share one recogniser: concurrent calls give the same
+    words as one after the other (pocketsphinx's decoder holds one utterance at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sphinx = SphinxRecognizer()
+    clips = [spoken(s) for s in SENTENCES[:2]]
+    alone = [sphinx.transcribe(c, pcm_audio.SAMPLE_RATE).text for c in clips]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda c: sphinx.transcribe(c, pcm_audio.SAMPLE_RATE).text, clips * 2))
+    assert together == alone * 2
