@@ -5,8 +5,9 @@
   them: ``--text`` (espeak-ng) or ``--wav``, by default :data:`GREETING`, synthesised in
   :meth:`DemoAgent.prepare`. The greeting waits until a viewer subscribed to the motion track (up
   to 10 s), and no longer: the player attaches its frame transform when the receiver is created,
-  before the subscription completes, so there is no lead-in (``--lead-in-ms`` is not used in
-  this mode). Someone who leaves and is back within :data:`REJOIN_GRACE_S` (a network blip)
+  before the subscription completes, so there is no lead-in. Only a visitor who finds others in
+  the room (``--rooms shared``) waits ``--lead-in-ms``: the SDK reports a track's first
+  subscription only, so theirs has no signal. Someone who leaves and is back within :data:`REJOIN_GRACE_S` (a network blip)
   is not greeted again, nor is anyone already greeted when the worker itself rejoins.
 - **Listening.** The worker subscribes to the microphone of every participant that is not an
   agent (so never to its own audio, nor another avatar's) and runs a
@@ -334,7 +335,13 @@ class DemoAgent:
     async def _greet_when_ready(self, identity: str) -> None:
         try:
             if self.publisher is not None:
+                company = [p for p in self.publisher.other_participants()
+                           if p.identity != identity and not _is_agent(p)]
                 await self.publisher.wait_for_viewer()  # the first viewer's subscription, <= 10 s
+                if company:
+                    # a shared room: the track was subscribed before, and the SDK reports only a
+                    # track's first subscription, so this visitor's has no signal: the lead-in
+                    await asyncio.sleep(self.config.lead_in_ms / 1000)
             self.events.put_nowait(("greet", identity))
         finally:
             if self._greeting_tasks.get(identity) is asyncio.current_task():

@@ -72,6 +72,12 @@ def test_compose_echo_speak_both() -> None:
 # ------------------------------------------------------------------------------ the agent
 
 
+class FakeParticipant:
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.kind = 0  # PARTICIPANT_KIND_STANDARD
+
+
 class FakePublisher:
     def __init__(self) -> None:
         self.hooks: list[Any] = []
@@ -79,6 +85,9 @@ class FakePublisher:
 
     def other_identities(self) -> list[str]:
         return list(self.others)
+
+    def other_participants(self) -> list[Any]:
+        return [FakeParticipant(identity) for identity in self.others]
 
     async def wait_for_viewer(self) -> None:
         return None
@@ -336,3 +345,22 @@ def test_policy_says_when_it_did_not_understand() -> None:
     reply = "".join(m["data"]["text"] for m in agent_messages(transport)
                     if m["type"] == "transcript_chunk" and m["data"]["role"] == "agent")
     assert reply.startswith("Sorry, I did not understand")
+
+
+def test_a_visitor_alone_is_greeted_at_once_one_in_company_after_the_lead_in() -> None:
+    agent, transport, sink, streamer = make_agent(lead_in_ms=300)
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        agent.arrived("user")  # alone in the room: its subscription is the signal
+        assert await asyncio.wait_for(agent.events.get(), 1) == ("greet", "user")
+        assert loop.time() - started < 0.1
+        agent.publisher.others = ["user", "second"]  # type: ignore[union-attr]
+        started = loop.time()
+        agent.arrived("second")  # the track was subscribed already: no signal for this one
+        assert await asyncio.wait_for(agent.events.get(), 1) == ("greet", "second")
+        assert loop.time() - started >= 0.3
+        await agent.close()
+
+    asyncio.run(go())
