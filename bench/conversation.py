@@ -2,7 +2,7 @@
 """Conversation benchmark: the demo agent's recognisers, and a spoken conversation timed by the
 visitor. Prints JSON.
 
-    .venv/bin/python bench/conversation.py                  # both parts, ~2 minutes
+    .venv/bin/python bench/conversation.py                  # both parts, ~5 minutes
     .venv/bin/python bench/conversation.py --quick          # fewer sentences and visitors, ~1 minute
     .venv/bin/python bench/conversation.py --part asr       # only the recogniser comparison (no server)
     .venv/bin/python bench/conversation.py --out bench/out/conversation.json
