@@ -197,12 +197,12 @@ def _own_room_filter(record: logging.LogRecord) -> bool:
 
 
 def _prewarm(template: WorkerConfig, _process: object) -> None:
-    """In each new session process, before a job comes: the demo's speech recogniser is loaded
-    there (about a second for Whisper), not while a visitor waits for the greeting."""
-    if template.mode == "demo" and template.asr != "none":
-        from .asr import shared_recognizer
+    """In each new session process, before a job comes: the demo's speech recogniser (about a
+    second for Whisper), its greeting and fixed replies, not while a visitor waits for them."""
+    if template.mode == "demo":
+        from .modes.demo import prewarm
 
-        shared_recognizer(template.asr)
+        prewarm(template)
 
 
 def serve(template: WorkerConfig, options: DispatchOptions) -> int:

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -97,6 +98,35 @@ PARTIAL_EVERY_S = 1.0
 """Speech between two partial recognitions of an utterance under way."""
 SPECULATE_AFTER_MS = 150
 """Silence after the last voiced block before the utterance is recognised ahead of its end."""
+
+
+@functools.lru_cache(maxsize=64)
+def synthesized(text: str, voice: str | None) -> bytes:
+    """espeak-ng's 48 kHz PCM for ``text``, once per process: the greeting and the policy's fixed
+    replies are ready before anyone joins (a dispatched worker makes them in its idle processes,
+    :func:`prewarm`). Blocking."""
+    return pcm_audio.synthesize(text, voice=voice)
+
+
+def greeting_speech(config: WorkerConfig) -> Speech:
+    """The greeting of ``config``: its ``--wav`` (read each time), else ``--text`` or
+    :data:`GREETING` (synthesised once per process). Blocking."""
+    if config.wav is not None:
+        return load_speech(wav=config.wav)
+    text = config.text or GREETING
+    frames = pcm_audio.split_frames(synthesized(text, config.voice))
+    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), f"espeak-ng: {text[:40]!r}", text)
+
+
+def prewarm(config: WorkerConfig) -> None:
+    """Load what a session of ``config`` needs before a visitor comes (a dispatched worker's idle
+    processes): the recogniser, the greeting and the fixed replies. Blocking."""
+    if config.asr != "none":
+        shared_recognizer(config.asr)
+    greeting_speech(config)
+    if config.reply == "policy":
+        for reply in DialoguePolicy.fixed_replies():
+            synthesized(reply, config.voice)
 
 
 # ------------------------------------------------------------------------------ the agent
@@ -192,14 +222,12 @@ class DemoAgent:
         loads and the policy's fixed replies are synthesised in the recogniser's thread while the
         worker joins (recognitions queue behind them)."""
         config = self.config
-        text = config.text if config.wav is None else None
         loop = asyncio.get_running_loop()
         if self.recognizer is None and self.asr_on:
             loop.run_in_executor(self._asr_pool, self._load_recognizer)
         if self.reply_mode == "policy":
             loop.run_in_executor(self._asr_pool, self._synthesize_fixed_replies)
-        self.greeting = await asyncio.to_thread(load_speech, wav=config.wav, text=text or GREETING,
-                                                voice=config.voice)
+        self.greeting = await asyncio.to_thread(greeting_speech, config)
         log.info("demo: greeting %s, %.2f s; replies: %s; recogniser: %s; VAD start %d ms, end %d ms, max %.1f s; "
                  "barge-in %s", self.greeting.source, self.greeting.duration_s, self.reply_mode, config.asr,
                  config.vad_start_ms, config.vad_end_ms, config.max_utterance_s,
@@ -218,7 +246,7 @@ class DemoAgent:
     def _synthesize_fixed_replies(self) -> None:
         try:
             for reply in self.policy.fixed_replies():
-                self._speech_cache[reply] = pcm_audio.synthesize(reply, voice=self.config.voice)
+                self._speech_cache[reply] = synthesized(reply, self.config.voice)
         except pcm_audio.AudioError as exc:
             log.error("demo: could not synthesise the fixed replies ahead: %s", exc)  # then each when needed
 
