@@ -12,7 +12,8 @@ What it does, in order:
 2. re-executes itself with ``.venv/bin/python`` (the venv has livekit-api and the worker's SDK);
 3. starts a loopback-only LiveKit server (or uses an external one, see ``--external``);
 4. starts the avatar worker as the demo agent: it greets whoever joins (espeak-ng, offline),
-   listens to their microphone (voice-activity detection) and answers each utterance, sending
+   listens to their microphone (voice-activity detection, offline speech recognition with
+   Whisper tiny.en) and answers what they said (a small dialogue policy), sending
    ``agent_status`` and ``transcript_chunk`` data messages. By default every visitor gets a room
    and an avatar of their own: ``--workers N`` worker processes register with LiveKit as an agent
    (``avatar_worker/dispatch.py``), and LiveKit dispatches a session to one of them, by load, for
@@ -128,9 +129,13 @@ examples:
     avatar.add_argument("--text", default=None,
                         help="the greeting (espeak-ng, offline); default: the demo agent's own")
     avatar.add_argument("--voice", default=None, help="espeak-ng voice, e.g. en-us (default: espeak-ng's)")
-    avatar.add_argument("--reply", choices=("echo", "speak", "both"), default="both",
-                        help="how the avatar answers what you say: your words played back, a spoken "
-                             "sentence, or both (default: %(default)s)")
+    avatar.add_argument("--reply", choices=("policy", "echo", "speak", "both"), default="policy",
+                        help="how the avatar answers what you say: an answer to the words it recognised, "
+                             "your words played back, a spoken sentence, or a sentence then the playback "
+                             "(default: %(default)s)")
+    avatar.add_argument("--asr", choices=("whisper", "sphinx", "none"), default="whisper",
+                        help="offline speech recognition: faster-whisper tiny.en, pocketsphinx, or none "
+                             "(then --reply echo, speak or both) (default: %(default)s)")
     avatar.add_argument("--no-worker", action="store_true",
                         help="do not start the avatar worker (run your own in the room)")
     avatar.add_argument("--worker-log-level", default="info", choices=("debug", "info", "warning", "error"),
@@ -241,7 +246,7 @@ class Worker:
         where = (["--room", args.room] if args.rooms == "shared" else
                  ["--dispatch", AGENT_NAME, "--max-sessions", str(args.sessions_per_worker)])
         self.cmd = [sys.executable, "-m", "avatar_worker", "--mode", "demo", *where,
-                    "--reply", args.reply, "--log-level", args.worker_log_level, "--realtime"]
+                    "--reply", args.reply, "--asr", args.asr, "--log-level", args.worker_log_level, "--realtime"]
         self.label = "worker" if index == 0 else f"worker{index + 1}"
         if args.text:
             self.cmd += ["--text", args.text]

@@ -22,7 +22,8 @@ Packages and modules, by responsibility:
 - :mod:`~avatar_worker.modes` one module per mode and the table of them:
   :mod:`~avatar_worker.modes.scripted` (deterministic payloads, fault injection),
   :mod:`~avatar_worker.modes.speech` (WAV / espeak-ng playback),
-  :mod:`~avatar_worker.modes.demo` (greets, listens, answers),
+  :mod:`~avatar_worker.modes.demo` (greets, listens, answers; its speech recognisers in
+  :mod:`~avatar_worker.asr`, its replies in :mod:`~avatar_worker.dialogue`),
   :mod:`~avatar_worker.modes.replay` (a recorded animation, byte for byte; ``REPLAY.md``;
   :mod:`~avatar_worker.record` writes one), :mod:`~avatar_worker.modes.agents` (the LiveKit
   Agents avatar contract; its wire protocol in :mod:`~avatar_worker.modes.agents_wire`, its

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait-for-participant", action="store_true",
                      help="start the first turn only once someone else joined and subscribed")
     run.add_argument("--lead-in-ms", type=_non_negative_int, default=1500,
-                     help="idle heartbeats after the participant arrived, before the first turn")
+                     help="idle heartbeats after the participant arrived, before the first turn (not in demo "
+                          "mode: it greets once the visitor subscribed)")
     run.add_argument("--no-transition", dest="transition", action="store_false",
                      help="start turns without a TRANSITION packet")
     run.add_argument("--redundant", action="store_true", help="REDUNDANT packets (carry the previous two frames)")
@@ -211,9 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     speech.add_argument("--avatar-id", default="")
 
     demo = p.add_argument_group("demo mode (--text / --wav / --voice: the greeting)")
-    demo.add_argument("--reply", choices=("echo", "speak", "both"), default="both",
-                      help="answer an utterance with the user's own audio played back, a short espeak-ng "
-                           "sentence, or a spoken lead-in then the echo (default: %(default)s)")
+    demo.add_argument("--reply", choices=("policy", "echo", "speak", "both"), default="policy",
+                      help="answer an utterance with the dialogue policy's answer to the recognised words, "
+                           "the user's own audio played back, a short espeak-ng sentence, or a spoken "
+                           "lead-in then the echo (default: %(default)s)")
+    demo.add_argument("--asr", choices=("whisper", "sphinx", "none"), default="whisper",
+                      help="offline speech recognition of what users say: faster-whisper tiny.en, "
+                           "pocketsphinx, or none (the transcript shows how long they spoke) "
+                           "(default: %(default)s)")
     demo.add_argument("--vad-start-ms", type=_positive_int, default=150,
                       help="loud audio that starts an utterance (default: %(default)s)")
     demo.add_argument("--vad-end-ms", type=_positive_int, default=600,
@@ -289,6 +295,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         repeat_every_s=args.repeat_every_s,
         avatar_id=args.avatar_id,
         reply=args.reply,
+        asr=args.asr,
         vad_start_ms=args.vad_start_ms,
         vad_end_ms=args.vad_end_ms,
         max_utterance_s=args.max_utterance_s,

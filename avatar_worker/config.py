@@ -103,9 +103,13 @@ class WorkerConfig:
     avatar_id: str = ""
 
     # demo mode (avatar_worker/modes/demo.py); wav / text / voice give the greeting
-    reply: Literal["echo", "speak", "both"] = "both"
-    """What the demo answers an utterance with: the user's own audio played back, a short spoken
-    sentence, or a spoken lead-in then the echo."""
+    reply: Literal["policy", "echo", "speak", "both"] = "policy"
+    """What the demo answers an utterance with: the dialogue policy's answer to the recognised
+    words (:mod:`avatar_worker.dialogue`), the user's own audio played back, a short spoken
+    sentence about its length, or a spoken lead-in then the echo."""
+    asr: Literal["whisper", "sphinx", "none"] = "whisper"
+    """The demo's speech recogniser (:mod:`avatar_worker.asr`); ``none``: the transcript shows how
+    long the user spoke."""
     vad_start_ms: int = 150
     vad_end_ms: int = 600
     max_utterance_s: float = 10.0
@@ -156,8 +160,13 @@ class WorkerConfig:
         if self.mode == "demo" and self.repeat_every_s is not None:
             raise ValueError("demo mode greets each participant once and answers what they say: "
                              "it takes no repeat_every_s (--repeat-every-s)")
-        if self.reply not in ("echo", "speak", "both"):
-            raise ValueError(f"reply must be 'echo', 'speak' or 'both', got {self.reply!r}")
+        if self.reply not in ("policy", "echo", "speak", "both"):
+            raise ValueError(f"reply (--reply) must be 'policy', 'echo', 'speak' or 'both', got {self.reply!r}")
+        if self.asr not in ("whisper", "sphinx", "none"):
+            raise ValueError(f"asr (--asr) must be 'whisper', 'sphinx' or 'none', got {self.asr!r}")
+        if self.mode == "demo" and self.reply == "policy" and self.asr == "none":
+            raise ValueError("the dialogue policy (--reply policy) answers recognised words: it needs --asr "
+                             "whisper or sphinx (or choose --reply echo, speak or both with --asr none)")
         if self.vad_start_ms < 10 or self.vad_end_ms < 10:
             raise ValueError("vad_start_ms and vad_end_ms must be >= 10")
         if not self.vad_start_ms / 1000 <= self.max_utterance_s <= 60:

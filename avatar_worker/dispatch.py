@@ -196,6 +196,15 @@ def _own_room_filter(record: logging.LogRecord) -> bool:
     return "job_ctx.connect()" not in record.getMessage()
 
 
+def _prewarm(template: WorkerConfig, _process: object) -> None:
+    """In each new session process, before a job comes: the demo's speech recogniser (about a
+    second for Whisper), its greeting and fixed replies, not while a visitor waits for them."""
+    if template.mode == "demo":
+        from .modes.demo import prewarm
+
+        prewarm(template)
+
+
 def serve(template: WorkerConfig, options: DispatchOptions) -> int:
     """Register with the LiveKit server at ``template.livekit.url`` and run sessions until SIGINT
     or SIGTERM; then running sessions are shut down cleanly. Returns the exit status."""
@@ -219,6 +228,7 @@ def serve(template: WorkerConfig, options: DispatchOptions) -> int:
         job_executor_type=agents.JobExecutorType(options.executor),
         shutdown_process_timeout=20.0,
         initialize_process_timeout=PROCESS_START_S,
+        prewarm_fnc=functools.partial(_prewarm, template),
     )
 
     async def main() -> None:

@@ -164,11 +164,12 @@ def on_agent_status(message) -> None:
 
 
 def on_transcript(chunk) -> None:
-    """Chunks of one speaker's turn extend its last line until a final one closes it."""
+    """Chunks of one speaker's turn go on its last line until a final one closes it: the agent's
+    pieces add up; a user chunk holds everything recognised so far, so it replaces the line."""
     role = chunk.role or "agent"
     last = transcript_lines[-1] if transcript_lines else None
     if last is not None and last["role"] == role and not last["final"]:
-        last["text"] = (last["text"] + " " + chunk.text).strip()
+        last["text"] = chunk.text.strip() if role == "user" else (last["text"] + " " + chunk.text).strip()
         last["final"] = chunk.final
     else:
         transcript_lines.append({"role": role, "text": chunk.text, "final": chunk.final})

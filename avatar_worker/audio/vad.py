@@ -15,8 +15,11 @@ How it decides, per block of ``block_ms`` (10 ms):
 - **hysteresis**: a block is *loud* at ``on_margin_db`` above the floor (at least
   ``min_on_dbfs``) and *voiced* at ``off_margin_db`` above it (at least ``min_off_dbfs``);
 - an utterance **starts** once loud blocks add up to ``start_ms`` within a run of at most
-  ``2 * start_ms`` without a block that is not even voiced in between (onset: the first loud
-  block of that run);
+  ``2 * start_ms`` without more than ``onset_gap_ms`` of blocks that are not even voiced in
+  between (onset: the first loud block of that run). The gap is allowed because speech has
+  short silences inside words: the closure before a stop consonant ("wha-t t-ime") is 20 to
+  80 ms, and espeak-ng makes it digital silence; a run that such a gap reset would start the
+  utterance a syllable or two late, and the recogniser would miss its first words;
 - it **ends** after ``end_ms`` of blocks that are not voiced (end: the last voiced block), or
   when it reaches ``max_utterance_ms`` (then the detector waits for ``end_ms`` of silence
   before anything new can start, so one long monologue is one utterance).
@@ -66,6 +69,8 @@ class VadSettings:
     """Longest utterance: a longer one is cut here (``reason`` ``"max_length"``)."""
     pre_roll_ms: int = 200
     """Audio kept from before the onset."""
+    onset_gap_ms: int = 100
+    """Longest unvoiced gap inside an onset run (stop closures between syllables)."""
     tail_ms: int = 200
     """Audio kept after the last voiced block (at most ``end_ms``)."""
     on_margin_db: float = 12.0
@@ -92,8 +97,8 @@ class VadSettings:
             raise ValueError("max_utterance_ms must be >= start_ms")
         if self.on_margin_db < self.off_margin_db:
             raise ValueError("on_margin_db must be >= off_margin_db (hysteresis)")
-        if min(self.pre_roll_ms, self.tail_ms, self.warmup_ms) < 0:
-            raise ValueError("pre_roll_ms, tail_ms and warmup_ms must be >= 0")
+        if min(self.pre_roll_ms, self.tail_ms, self.warmup_ms, self.onset_gap_ms) < 0:
+            raise ValueError("pre_roll_ms, tail_ms, warmup_ms and onset_gap_ms must be >= 0")
 
     @property
     def block_samples(self) -> int:
@@ -155,6 +160,8 @@ class VoiceActivityDetector:
         self._loud = 0
         self._run_start: int | None = None
         """Block index of the first loud block of the current run (idle)."""
+        self._gap = 0
+        """Unvoiced blocks in a row inside the current run (idle)."""
         self._onset = 0
         self._audio: list[bytes] = []
         self._audio_first = 0
@@ -187,6 +194,23 @@ class VoiceActivityDetector:
     def onset_s(self) -> float | None:
         """Onset of the current utterance, None outside one."""
         return self._onset * self._block_s if self._state == "speech" else None
+
+    @property
+    def silent_s(self) -> float:
+        """Unvoiced audio since the current utterance's last voiced block (0 outside one)."""
+        return self._silent * self._block_s if self._state == "speech" else 0.0
+
+    def current(self) -> tuple[bytes, float] | None:
+        """The current utterance as it would end if the silence under way lasts (``end_ms``
+        reached with no voiced block in between): its audio and its ``end_s``; None outside one.
+        The audio is what the :class:`Utterance` will hold once the tail is in (the demo agent
+        recognises it ahead, while the detector waits out the end of the silence)."""
+        if self._state != "speech":
+            return None
+        s = self.settings
+        keep_until = min(self._blocks, self._last_voiced + 1 + math.ceil(s.tail_ms / s.block_ms))
+        audio = b"".join(self._audio[: max(0, keep_until - self._audio_first)])
+        return audio, (self._last_voiced + 1) * self._block_s
 
     def thresholds(self) -> tuple[float, float]:
         """(on, off) thresholds in dBFS for the current noise floor."""
@@ -226,6 +250,7 @@ class VoiceActivityDetector:
         self._pre.clear()
         self._loud = 0
         self._run_start = None
+        self._gap = 0
         self._silent = 0
         self._voiced_blocks = 0
 
@@ -255,9 +280,13 @@ class VoiceActivityDetector:
                 if self._run_start is None:
                     self._run_start = index
                 self._loud += 1
-            elif not voiced:
-                self._loud = 0
-                self._run_start = None
+            if voiced:
+                self._gap = 0
+            else:
+                self._gap += 1
+                if self._gap * s.block_ms > s.onset_gap_ms:
+                    self._loud = 0
+                    self._run_start = None
             if self._loud * s.block_ms >= s.start_ms and self._run_start is not None:
                 return self._start(index)
             return None
@@ -313,6 +342,7 @@ class VoiceActivityDetector:
         self._voiced_blocks = self._loud  # the run's loud blocks (blocks between off and on not counted)
         self._loud = 0
         self._run_start = None
+        self._gap = 0
         self._pre.clear()
         self.utterances += 1
         return SpeechStarted(self._onset * self._block_s, self._blocks * self._block_s)

@@ -1,20 +1,33 @@
-# Over 400 lines: DemoAgent is one state machine (listen, hear, reply) whose parts share its state; only the reply texts (~50 lines) would split off.
+# Over 400 lines: DemoAgent is one state machine (listen, recognise, reply) whose parts share its state; the replies are in demo_replies.py.
 """Demo mode (``--mode demo``): a tiny voice agent that needs no cloud service.
 
 - **Greeting.** When someone joins (any participant that is not an agent), the avatar greets
-  them: ``--text`` (espeak-ng) or ``--wav``, by default :data:`GREETING`. The first greeting waits
-  until a viewer subscribed to the motion track (up to 10 s), every greeting then waits
-  ``--lead-in-ms`` (the browser attaches its frame transform only after it learns of the
-  subscription). Someone who leaves and is back within :data:`REJOIN_GRACE_S` (a network blip)
+  them: ``--text`` (espeak-ng) or ``--wav``, by default :data:`GREETING`, synthesised in
+  :meth:`DemoAgent.prepare`. The greeting waits until a viewer subscribed to the motion track (up
+  to 10 s), and no longer: the player attaches its frame transform when the receiver is created,
+  before the subscription completes, so there is no lead-in. Only a visitor who finds others in
+  the room (``--rooms shared``) waits ``--lead-in-ms``: the SDK reports a track's first
+  subscription only, so theirs has no signal. Someone who leaves and is back within :data:`REJOIN_GRACE_S` (a network blip)
   is not greeted again, nor is anyone already greeted when the worker itself rejoins.
 - **Listening.** The worker subscribes to the microphone of every participant that is not an
   agent (so never to its own audio, nor another avatar's) and runs a
   :class:`avatar_worker.audio.vad.VoiceActivityDetector` per track (``--vad-start-ms``,
   ``--vad-end-ms``, ``--max-utterance-s``).
-- **Replying.** For each utterance: a ``transcript_chunk`` with role ``user`` (there is no
-  speech recognition, so its text is its length, ``"(2.3 s of speech)"``), ``agent_status``
-  ``thinking``, then a reply turn (``--reply``):
+- **Recognising** (``--asr``, :mod:`avatar_worker.asr`, in a thread of its own, never on the
+  event loop). While the user speaks, the utterance so far is recognised about every
+  :data:`PARTIAL_EVERY_S` of speech and sent as a partial ``transcript_chunk`` (role ``user``,
+  ``final: false``); once :data:`SPECULATE_AFTER_MS` of silence followed the last voiced block,
+  the utterance is recognised as it will end, so the words are usually ready when the detector
+  decides it is over (``--vad-end-ms`` later). A user chunk holds the whole text heard so far:
+  each one replaces the previous (unlike the agent's pieces, which add up). With ``--asr none``
+  the text is the utterance's length, ``"(2.3 s of speech)"``.
+- **Replying.** For each utterance: ``agent_status`` ``thinking``, the user's final
+  ``transcript_chunk``, then a reply turn (``--reply``):
 
+  - ``policy`` (default): the answer of :class:`avatar_worker.dialogue.DialoguePolicy` to the
+    recognised words (greeting, name, time, what it can do, goodbye; otherwise it repeats what
+    it understood, or says it did not understand); its fixed sentences are synthesised in
+    :meth:`DemoAgent.prepare`;
   - ``echo``: the user's own recorded utterance played back (level-normalized), the jaw moving
     with its envelope like any speech;
   - ``speak``: a short espeak-ng sentence from a small rotating set (:data:`SPEAK_REPLIES`),
@@ -31,32 +44,38 @@
 
 Data messages (reliable JSON, topic ``avatarplayer.agent``; see :mod:`avatar_worker.agent_data`)::
 
-    {"type": "transcript_chunk", "data": {"role": "user", "text": "(2.3 s of speech)",
+    {"type": "transcript_chunk", "data": {"role": "user", "text": "What time",
+                                          "utterance": 1, "final": false}}    # while speaking
+    {"type": "agent_status", "data": {"status": "thinking"}}                   # speech ended
+    {"type": "transcript_chunk", "data": {"role": "user", "text": "What time is it?",
                                           "utterance": 1, "final": true}}
-    {"type": "agent_status", "data": {"status": "thinking"}}
     {"type": "agent_status", "data": {"status": "speaking"}}           # the reply turn starts
     {"type": "transcript_chunk", "data": {"role": "agent", "text": ..., "turn": 2, "final": ...}}
     {"type": "agent_status", "data": {"status": "listening"}}          # it is over
 
-``utterance`` counts the answered utterances from 1; ``turn`` counts the worker's turns (the
-greeting is turn 1).
+``utterance`` counts the user's transcript lines from 1 (an utterance gets its number with its
+first chunk); ``turn`` counts the worker's turns (the greeting is turn 1).
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from ..asr import Recognition, Recognizer, shared_recognizer
 from ..audio import pcm as pcm_audio
+from ..dialogue import DialoguePolicy
 from ..agent_data import AGENT_TOPIC, AgentMessages, agent_status, user_transcript_chunk
 from ..config import WorkerConfig
 from ..transport.messaging import MessageSender
 from ..motion_gen import MotionGenerator
+from .demo_replies import LEAD_INS, SPEAK_REPLIES, ReplyMode, compose_reply, normalize, policy_reply, spoken_for
 from .speech import Speech, load_speech, plan_speech_turn
 from ..audio.vad import Utterance, VadSettings, VoiceActivityDetector
 
@@ -66,76 +85,48 @@ if TYPE_CHECKING:
     from ..transport.publisher import Publisher
     from ..transport.streamer import MotionStreamer, TurnResult
 
-__all__ = ["GREETING", "LEAD_INS", "SPEAK_REPLIES", "DemoAgent", "compose_reply", "normalize"]
+__all__ = ["GREETING", "LEAD_INS", "SPEAK_REPLIES", "DemoAgent", "compose_reply", "normalize", "policy_reply"]
 
 log = logging.getLogger("avatar_worker.demo")  # the name it always logged under (serve.py, tests filter on it)
 
 GREETING = "Hello! I'm the avatarplayer demo. Say something and I will answer."
-SPEAK_REPLIES = (
-    "You spoke for {seconds} seconds.",
-    "I heard {seconds} seconds of your voice. Say something else!",
-    "Thank you! That was {seconds} seconds of speech.",
-    "Nice! {seconds} seconds. I am only a demo, but I am listening.",
-)
-"""``--reply speak``: one per utterance, in turn."""
-LEAD_INS = (
-    "You spoke for {seconds} seconds. Here is what I heard.",
-    "I heard this.",
-    "Here is what you said.",
-)
-"""``--reply both``: spoken before the echo, one per utterance, in turn."""
-ECHO_GAP_S = 0.2
-"""Silence between the lead-in and the echo."""
 REJOIN_GRACE_S = 3.0
+"""Someone back within this time after leaving (a network blip) is not greeted again."""
 STALE_S = 5.0
 """An utterance still waiting this long after it ended is dropped (the moment has passed)."""
-ReplyMode = Literal["echo", "speak", "both"]
+PARTIAL_EVERY_S = 1.0
+"""Speech between two partial recognitions of an utterance under way."""
+SPECULATE_AFTER_MS = 150
+"""Silence after the last voiced block before the utterance is recognised ahead of its end."""
 
 
-# ------------------------------------------------------------------------ composing replies
+@functools.lru_cache(maxsize=64)
+def synthesized(text: str, voice: str | None) -> bytes:
+    """espeak-ng's 48 kHz PCM for ``text``, once per process: the greeting and the policy's fixed
+    replies are ready before anyone joins (a dispatched worker makes them in its idle processes,
+    :func:`prewarm`). Blocking."""
+    return pcm_audio.synthesize(text, voice=voice)
 
 
-def normalize(pcm: bytes, *, peak: float = 0.7, max_gain: float = 8.0) -> bytes:
-    """int16 PCM scaled so its peak is ``peak`` of full scale (gain at most ``max_gain``)."""
-    samples = array.array("h")
-    samples.frombytes(pcm[: len(pcm) - len(pcm) % 2])
-    if not samples:
-        return b""
-    top = max(max(samples), -min(samples))
-    if top == 0:
-        return samples.tobytes()
-    gain = min(max_gain, peak * 32767 / top)
-    if abs(gain - 1.0) < 0.01:
-        return samples.tobytes()
-    return array.array("h", (max(-32768, min(32767, int(s * gain))) for s in samples)).tobytes()
+def greeting_speech(config: WorkerConfig) -> Speech:
+    """The greeting of ``config``: its ``--wav`` (read each time), else ``--text`` or
+    :data:`GREETING` (synthesised once per process). Blocking."""
+    if config.wav is not None:
+        return load_speech(wav=config.wav)
+    text = config.text or GREETING
+    frames = pcm_audio.split_frames(synthesized(text, config.voice))
+    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), f"espeak-ng: {text[:40]!r}", text)
 
 
-def _seconds(utterance: Utterance) -> str:
-    return f"{utterance.duration_s:.1f}"
-
-
-def compose_reply(utterance: Utterance, mode: ReplyMode, index: int, *, voice: str | None = None,
-                  synthesize: Callable[..., bytes] = pcm_audio.synthesize) -> Speech:
-    """The reply to ``utterance`` (48 kHz PCM) as speech; ``index`` picks the sentence (0, 1, ...).
-    Blocking (synthesis, envelope): run it in a thread."""
-    seconds = _seconds(utterance)
-    echo_text = f"(your {seconds} seconds, played back)"
-    pieces: list[bytes] = []
-    if mode == "speak":
-        text = SPEAK_REPLIES[index % len(SPEAK_REPLIES)].format(seconds=seconds)
-        pieces.append(synthesize(text, voice=voice))
-    else:
-        if mode == "both":
-            lead = LEAD_INS[index % len(LEAD_INS)].format(seconds=seconds)
-            pieces += [synthesize(lead, voice=voice), bytes(2 * round(ECHO_GAP_S * pcm_audio.SAMPLE_RATE))]
-            text = f"{lead} {echo_text}"
-        else:
-            text = echo_text
-        pieces.append(normalize(utterance.pcm))
-    frames = pcm_audio.split_frames(b"".join(pieces))
-    if not frames:
-        raise pcm_audio.AudioError("an empty reply")
-    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), f"reply ({mode})", text)
+def prewarm(config: WorkerConfig) -> None:
+    """Load what a session of ``config`` needs before a visitor comes (a dispatched worker's idle
+    processes): the recogniser, the greeting and the fixed replies. Blocking."""
+    if config.asr != "none":
+        shared_recognizer(config.asr)
+    greeting_speech(config)
+    if config.reply == "policy":
+        for reply in DialoguePolicy.fixed_replies():
+            synthesized(reply, config.voice)
 
 
 # ------------------------------------------------------------------------------ the agent
@@ -153,6 +144,15 @@ class _Listener:
     """time.monotonic() when its current utterance started (None outside one)."""
     barged: bool = False
     """Its current utterance interrupted the avatar: answer it even if the avatar is busy."""
+    number: int | None = None
+    """The transcript number of its current utterance, once a chunk of it was sent."""
+    partial_at_s: float = 0.0
+    """Voiced time of the current utterance when its last partial recognition started."""
+    partial_text: str = ""
+    recognizing: bool = False
+    """A partial or ahead-of-time recognition of it is queued or running."""
+    guess: tuple[float, asyncio.Future[Recognition]] | None = None
+    """The current utterance recognised ahead: (its ``end_s`` then, the recognition)."""
 
 
 @dataclass
@@ -162,13 +162,19 @@ class _Heard:
     ended_wall: float
     """time.time() when the detector decided it was over."""
     queued_at: float = field(default_factory=time.monotonic)
+    number: int | None = None
+    """The transcript number its partial chunks had."""
+    recognition: asyncio.Future[Recognition] | None = None
+    """Its recognition (started ahead, or when it ended); None without a recogniser."""
+    announced: bool = False
+    """``thinking`` was sent when it ended."""
 
 
 class DemoAgent:
     """The ``demo`` mode: a :class:`avatar_worker.modes.ModeRunner` and a publisher room hook."""
 
     def __init__(self, config: WorkerConfig, *, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, recognizer: Recognizer | None = None) -> None:
         self.config = config
         self.reply_mode: ReplyMode = config.reply
         self.vad_settings = VadSettings(start_ms=config.vad_start_ms, end_ms=config.vad_end_ms,
@@ -178,6 +184,16 @@ class DemoAgent:
         self._clock = clock
         self._wall = wall_clock
         self.greeting: Speech | None = None
+        self.recognizer = recognizer
+        """Loaded from :meth:`prepare` on (``--asr``) unless given."""
+        self.asr_on = recognizer is not None or (config.asr != "none" and config.mode == "demo")
+        """Utterances are recognised (the recogniser may still be loading: recognitions queue
+        behind the load in the recogniser's thread)."""
+        self.policy = DialoguePolicy(clock=wall_clock)
+        self._speech_cache: dict[str, bytes] = {}
+        """The policy's fixed replies, synthesised in :meth:`prepare`."""
+        self._asr_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="demo-asr")
+        self._transcripts = 0
         self.publisher: Publisher | None = None
         self.messages: MessageSender | None = None
         self.streamer: MotionStreamer | None = None
@@ -193,22 +209,52 @@ class DemoAgent:
         self._speaking = False
         self._cancelled = False
         self.stats = {"greetings": 0, "speech_starts": 0, "utterances": 0, "replies": 0, "ignored": 0,
-                      "barge_ins": 0, "stale": 0}
+                      "barge_ins": 0, "stale": 0, "partials": 0, "recognitions": 0, "guesses_used": 0}
+        self.recognition_ms: list[float] = []
+        """Per recognition of a whole utterance (the last 100), in the recogniser's thread."""
         self.reply_latency_ms: list[float] = []
         """Per reply (the last 100): from the end of the user's speech to the reply turn's first tick."""
 
     # ---------------------------------------------------------------------- ModeRunner
 
     async def prepare(self) -> None:
-        """Before joining: load or synthesize the greeting (raises on a bad file)."""
+        """Before joining: load or synthesize the greeting (raises on a bad file). The recogniser
+        loads and the policy's fixed replies are synthesised in the recogniser's thread while the
+        worker joins (recognitions queue behind them)."""
         config = self.config
-        text = config.text if config.wav is None else None
-        self.greeting = await asyncio.to_thread(load_speech, wav=config.wav, text=text or GREETING,
-                                                voice=config.voice)
-        log.info("demo: greeting %s, %.2f s; replies: %s; VAD start %d ms, end %d ms, max %.1f s; barge-in %s",
-                 self.greeting.source, self.greeting.duration_s, self.reply_mode, config.vad_start_ms,
-                 config.vad_end_ms, config.max_utterance_s,
+        loop = asyncio.get_running_loop()
+        if self.recognizer is None and self.asr_on:
+            loop.run_in_executor(self._asr_pool, self._load_recognizer)
+        if self.reply_mode == "policy":
+            loop.run_in_executor(self._asr_pool, self._synthesize_fixed_replies)
+        self.greeting = await asyncio.to_thread(greeting_speech, config)
+        log.info("demo: greeting %s, %.2f s; replies: %s; recogniser: %s; VAD start %d ms, end %d ms, max %.1f s; "
+                 "barge-in %s", self.greeting.source, self.greeting.duration_s, self.reply_mode, config.asr,
+                 config.vad_start_ms, config.vad_end_ms, config.max_utterance_s,
                  f"after {config.barge_in_ms} ms" if config.barge_in_ms else "off")
+
+    def _load_recognizer(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.recognizer = shared_recognizer(self.config.asr)
+        except Exception:
+            log.exception("demo: the %s recogniser did not load; answering without recognition", self.config.asr)
+            self.asr_on = False
+            return
+        log.info("demo: %s recogniser ready after %.2f s", self.config.asr, time.perf_counter() - started)
+
+    def _synthesize_fixed_replies(self) -> None:
+        try:
+            for reply in self.policy.fixed_replies():
+                self._speech_cache[reply] = synthesized(reply, self.config.voice)
+        except pcm_audio.AudioError as exc:
+            log.error("demo: could not synthesise the fixed replies ahead: %s", exc)  # then each when needed
+
+    def _transcribe(self, pcm: bytes) -> Recognition:
+        """In the recogniser's thread, behind the load."""
+        if self.recognizer is None:
+            raise RuntimeError("no recogniser")
+        return self.recognizer.transcribe(pcm, pcm_audio.SAMPLE_RATE)
 
     def install(self, publisher: Publisher, messages: MessageSender, observers: list[Any]) -> None:
         """Hook into every room (remote audio), and add the agent messages as a turn observer."""
@@ -237,7 +283,8 @@ class DemoAgent:
 
     def summary(self) -> dict[str, Any]:
         """Extra summary keys of demo mode."""
-        return {"demo": {**self.stats, "reply_latency_ms": self.reply_latency_ms}}
+        return {"demo": {**self.stats, "reply_latency_ms": self.reply_latency_ms,
+                         "recognition_ms": self.recognition_ms}}
 
     async def close(self) -> None:
         """Stop listening and release the tasks."""
@@ -247,6 +294,7 @@ class DemoAgent:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._asr_pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------------ room hook
 
@@ -315,8 +363,13 @@ class DemoAgent:
     async def _greet_when_ready(self, identity: str) -> None:
         try:
             if self.publisher is not None:
+                company = [p for p in self.publisher.other_participants()
+                           if p.identity != identity and not _is_agent(p)]
                 await self.publisher.wait_for_viewer()  # the first viewer's subscription, <= 10 s
-            await asyncio.sleep(self.config.lead_in_ms / 1000)
+                if company:
+                    # a shared room: the track was subscribed before, and the SDK reports only a
+                    # track's first subscription, so this visitor's has no signal: the lead-in
+                    await asyncio.sleep(self.config.lead_in_ms / 1000)
             self.events.put_nowait(("greet", identity))
         finally:
             if self._greeting_tasks.get(identity) is asyncio.current_task():
@@ -372,12 +425,63 @@ class DemoAgent:
             if event.kind == "start":
                 listener.started_at = self._clock()
                 listener.barged = False
+                listener.number, listener.partial_at_s, listener.partial_text = None, 0.0, ""
+                listener.guess = None
                 self.stats["speech_starts"] += 1
                 log.info("demo: %r started speaking", listener.identity)
             else:
                 self._utterance_ended(listener, event)
         if self._barge_in_due(listener):
             self._barge_in(listener)
+        if self.asr_on and listener.vad.in_speech and not listener.recognizing:
+            self._recognize_ahead(listener)
+
+    # ---------------------------------------------------------------------- recognising
+
+    def _answerable(self, listener: _Listener) -> bool:
+        return self._busy_since is None or listener.barged
+
+    def _recognize_ahead(self, listener: _Listener) -> None:
+        """While ``listener`` speaks: a partial every :data:`PARTIAL_EVERY_S` of speech, and the
+        whole utterance once its silence began (it is usually over by then)."""
+        vad = listener.vad
+        current = vad.current()
+        if current is None or not self._answerable(listener):
+            return
+        pcm, end_s = current
+        if vad.silent_s * 1000 >= SPECULATE_AFTER_MS:
+            if listener.guess is None or listener.guess[0] != end_s:
+                listener.guess = (end_s, self._recognize(listener, pcm))
+        elif vad.silent_s == 0 and vad.voiced_s - listener.partial_at_s >= PARTIAL_EVERY_S:
+            listener.partial_at_s = vad.voiced_s
+            future = self._recognize(listener, pcm)
+            heard_as = vad.utterances
+            future.add_done_callback(lambda done: self._partial(listener, heard_as, done))
+
+    def _recognize(self, listener: _Listener | None, pcm: bytes) -> asyncio.Future[Recognition]:
+        future = asyncio.get_running_loop().run_in_executor(self._asr_pool, self._transcribe, pcm)
+        if listener is not None:
+            listener.recognizing = True
+
+            def _done(_: Any) -> None:
+                listener.recognizing = False
+
+            future.add_done_callback(_done)
+        return future
+
+    def _partial(self, listener: _Listener, utterance: int, done: asyncio.Future[Recognition]) -> None:
+        if (done.cancelled() or done.exception() is not None or not listener.vad.in_speech
+                or listener.vad.utterances != utterance):
+            return  # the utterance ended meanwhile: its final chunk says it all
+        text = done.result().text
+        if not text or text == listener.partial_text:
+            return
+        if listener.number is None:
+            self._transcripts += 1
+            listener.number = self._transcripts
+        listener.partial_text = text
+        self.stats["partials"] += 1
+        self._send(user_transcript_chunk(text, listener.number, final=False))
 
     def _barge_in_due(self, listener: _Listener) -> bool:
         return (self.barge_in_s > 0 and self._busy_since is not None and not listener.barged
@@ -396,13 +500,30 @@ class DemoAgent:
     def _utterance_ended(self, listener: _Listener, utterance: Utterance) -> None:
         listener.started_at = None
         barged, listener.barged = listener.barged, False
+        number, listener.number = listener.number, None
+        guess, listener.guess = listener.guess, None
         log.info("demo: %r spoke %.2f s (%s)", listener.identity, utterance.duration_s, utterance.reason)
         if self._busy_since is not None and not barged:
             self.stats["ignored"] += 1
             log.info("demo: not answering: the avatar is %s", "speaking" if self._speaking else "thinking")
+            if number is not None:  # its partial line stays, closed
+                self._send(user_transcript_chunk(listener.partial_text, number, final=True))
             return
+        recognition = None
+        if self.asr_on:
+            if guess is not None and guess[0] == utterance.end_s:
+                recognition = guess[1]
+                self.stats["guesses_used"] += 1
+            else:
+                if guess is not None:
+                    guess[1].cancel()
+                recognition = self._recognize(None, utterance.pcm)
+        announced = self._busy_since is None and self.events.empty()
+        if announced:
+            self._send(agent_status("thinking"))  # at once: the user sees they were heard
         self.events.put_nowait(("utterance", _Heard(listener.identity, utterance, self._wall(),
-                                                    queued_at=self._clock())))
+                                                    queued_at=self._clock(), number=number,
+                                                    recognition=recognition, announced=announced)))
 
     # ------------------------------------------------------------------------- replying
 
@@ -418,17 +539,45 @@ class DemoAgent:
         if self.messages is not None:
             self.messages.send(message, topic=AGENT_TOPIC)
 
+    async def _heard_text(self, heard: _Heard) -> str | None:
+        """What the recogniser made of ``heard`` (None without one, or if it failed)."""
+        if heard.recognition is None:
+            return None
+        try:
+            recognition = await heard.recognition
+        except Exception:
+            log.exception("demo: speech recognition failed")
+            return None
+        self.stats["recognitions"] += 1
+        self.recognition_ms.append(round(recognition.seconds * 1000, 1))
+        del self.recognition_ms[:-100]
+        log.info("demo: heard %r (%.0f ms of recognition for %.1f s of audio)", recognition.text,
+                 recognition.seconds * 1000, recognition.audio_s)
+        return recognition.text
+
     async def _reply(self, heard: _Heard) -> None:
         utterance = heard.utterance
         index = self.stats["utterances"]
         self.stats["utterances"] += 1
-        self._send(user_transcript_chunk(f"({_seconds(utterance)} s of speech)", index + 1))
-        self._send(agent_status("thinking"))
+        if not heard.announced:
+            self._send(agent_status("thinking"))
         self._busy()
         try:
+            text = await self._heard_text(heard)
+            number = heard.number
+            if number is None:
+                self._transcripts += 1
+                number = self._transcripts
+            shown = f"({spoken_for(utterance)} s of speech)" if text is None else \
+                text or f"({spoken_for(utterance)} s, no words recognised)"
+            self._send(user_transcript_chunk(shown, number))
             try:
-                speech = await asyncio.to_thread(compose_reply, utterance, self.reply_mode, index,
-                                                 voice=self.config.voice)
+                if self.reply_mode == "policy":
+                    speech = await asyncio.to_thread(policy_reply, text or "", self.policy, voice=self.config.voice,
+                                                     cache=self._speech_cache)
+                else:
+                    speech = await asyncio.to_thread(compose_reply, utterance, self.reply_mode, index,
+                                                     voice=self.config.voice)
             except pcm_audio.AudioError as exc:
                 log.error("demo: could not compose a reply: %s", exc)
                 self._send(agent_status("listening"))

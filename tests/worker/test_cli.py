@@ -93,6 +93,19 @@ class TestCliOptions:
         assert config.audio_report == Path("heard.jsonl") and config.agent_data
         assert config.republish_after == 40 and config.republish_gap_ms == 0
 
+    def test_demo_asr_and_reply_options(self) -> None:
+        config = self.args("--mode", "demo")
+        assert config.asr == "whisper" and config.reply == "policy"
+        config = self.args("--mode", "demo", "--asr", "sphinx", "--reply", "echo")
+        assert config.asr == "sphinx" and config.reply == "echo"
+        assert self.args("--mode", "demo", "--asr", "none", "--reply", "both").asr == "none"
+        with pytest.raises(ValueError, match=r"--reply policy.*--asr"):
+            self.args("--mode", "demo", "--asr", "none")
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--room", "r", "--asr", "google"])
+        with pytest.raises(ValueError, match=r"asr \(--asr\)"):
+            WorkerConfig(LiveKitSettings("ws://x", "k", "s", "r"), mode="demo", asr="google")  # type: ignore[arg-type]
+
     @pytest.mark.parametrize("extra", [["--republish-after", "0"], ["--republish-gap-ms", "-1"]])
     def test_bad_values_exit_2(self, extra: list[str]) -> None:
         with pytest.raises(SystemExit):

@@ -13,6 +13,8 @@ import pytest
 
 from avatar_worker.audio import pcm as pcm_audio
 from avatar_worker.config import LiveKitSettings, WorkerConfig
+from avatar_worker.asr import Recognition
+from avatar_worker.dialogue import DialoguePolicy
 from avatar_worker.modes.demo import LEAD_INS, SPEAK_REPLIES, DemoAgent, compose_reply, normalize
 from avatar_worker.transport.messaging import MessageSender
 from avatar_worker.modes.speech import Speech
@@ -70,6 +72,12 @@ def test_compose_echo_speak_both() -> None:
 # ------------------------------------------------------------------------------ the agent
 
 
+class FakeParticipant:
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.kind = 0  # PARTICIPANT_KIND_STANDARD
+
+
 class FakePublisher:
     def __init__(self) -> None:
         self.hooks: list[Any] = []
@@ -78,14 +86,17 @@ class FakePublisher:
     def other_identities(self) -> list[str]:
         return list(self.others)
 
+    def other_participants(self) -> list[Any]:
+        return [FakeParticipant(identity) for identity in self.others]
+
     async def wait_for_viewer(self) -> None:
         return None
 
 
-def make_agent(**kwargs: Any) -> tuple[DemoAgent, FakeTransport, RecordingSink, Any]:
-    settings = dict(mode="demo", reply="echo", lead_in_ms=0, tail_ms=0)
+def make_agent(recognizer: Any = None, **kwargs: Any) -> tuple[DemoAgent, FakeTransport, RecordingSink, Any]:
+    settings = dict(mode="demo", reply="echo", asr="none", lead_in_ms=0, tail_ms=0)
     settings.update(kwargs)
-    agent = DemoAgent(WorkerConfig(LiveKitSettings("ws://x", "k", "s", "r"), **settings))
+    agent = DemoAgent(WorkerConfig(LiveKitSettings("ws://x", "k", "s", "r"), **settings), recognizer=recognizer)
     transport = FakeTransport(others=["user"])
     observers: list[Any] = []
     publisher = FakePublisher()
@@ -156,9 +167,9 @@ def test_greets_then_answers_an_utterance() -> None:
     agent_text = [m["data"] for m in messages if m["type"] == "transcript_chunk" and m["data"]["role"] == "agent"]
     assert "".join(c["text"] for c in agent_text if c["turn"] == 1) == "Hello there friend."
     assert "".join(c["text"] for c in agent_text if c["turn"] == 2) == "(your 1.2 seconds, played back)"
-    # order: the user's chunk, thinking, then the reply turn
+    # order: thinking as the speech ended, the user's chunk, then the reply turn
     kinds = [(m["type"], m["data"].get("role") or m["data"].get("status")) for m in messages]
-    assert kinds.index(("transcript_chunk", "user")) + 1 == kinds.index(("agent_status", "thinking"))
+    assert kinds.index(("agent_status", "thinking")) + 1 == kinds.index(("transcript_chunk", "user"))
     assert agent.stats["greetings"] == 1 and agent.stats["replies"] == 1 and agent.stats["utterances"] == 1
     assert len(agent.reply_latency_ms) == 1
     # the reply played the (normalized) utterance: 200 ms pre-roll + 1.2 s + 200 ms tail = 40 frames
@@ -251,3 +262,122 @@ def test_greeting_rules() -> None:
         await agent.close()
 
     asyncio.run(go())
+
+
+# ------------------------------------------------------------------ recognition and policy
+
+
+class ScriptedRecognizer:
+    """Says ``text`` cut to as many words as the audio has half-seconds (a growing utterance gets
+    a growing partial), after ``delay_s`` in the recogniser's thread; records what it was given."""
+
+    name = "scripted"
+
+    def __init__(self, text: str, delay_s: float = 0.02) -> None:
+        self.text = text
+        self.delay_s = delay_s
+        self.calls: list[float] = []
+
+    def transcribe(self, pcm: bytes, sample_rate: int) -> Recognition:
+        import threading
+        import time
+
+        assert threading.current_thread() is not threading.main_thread(), "recognising on the event loop"
+        audio_s = len(pcm) / 2 / sample_rate
+        self.calls.append(audio_s)
+        time.sleep(self.delay_s)
+        words = self.text.split()
+        return Recognition(" ".join(words[: max(1, int(audio_s / 0.5))]), self.delay_s, audio_s)
+
+
+def user_chunks(transport: FakeTransport) -> list[dict[str, Any]]:
+    return [m["data"] for m in agent_messages(transport)
+            if m["type"] == "transcript_chunk" and m["data"]["role"] == "user"]
+
+
+def feed_live(agent: DemoAgent, listener: Any, pcm_bytes: bytes, frame_s: float = 0.02):
+    """Feed ``pcm_bytes`` in 20 ms pieces at twice real time (a live track, fast): a partial
+    recognition (20 ms in the scripted recogniser) has the time to come back while the
+    utterance goes on, even on a busy machine."""
+    async def go() -> None:
+        step = round(frame_s * 48000) * 2
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for n, start in enumerate(range(0, len(pcm_bytes), step)):
+            agent.hear(listener, pcm_bytes[start:start + step])
+            await asyncio.sleep(max(0.0, started + (n + 1) * frame_s / 2 - loop.time()))
+    return go()
+
+
+def test_policy_reply_to_recognised_words_with_partials() -> None:
+    recognizer = ScriptedRecognizer("what time is it please tell me now")
+    agent, transport, sink, streamer = make_agent(recognizer, reply="policy", asr="whisper")
+    agent.policy = DialoguePolicy(clock=lambda: 1_700_000_000.0)
+
+    async def script() -> None:
+        listener = agent.listen("user", "TR_mic")
+        await feed_live(agent, listener, pcm((0.5, None, -65.0), (3.2, -22.0, -65.0), (0.9, None, -65.0)))
+        await until(lambda: len(statuses(transport)) == 3 and statuses(transport)[-1] == "listening")
+
+    run_agent(agent, streamer, script)
+    chunks = user_chunks(transport)
+    assert [c["final"] for c in chunks][-1] is True and all(not c["final"] for c in chunks[:-1])
+    assert len(chunks) >= 3, chunks  # partials every second of speech, then the final
+    assert {c["utterance"] for c in chunks} == {1}
+    partials = [c["text"] for c in chunks[:-1]]
+    assert all(len(a.split()) < len(b.split()) for a, b in zip(partials, partials[1:])), partials
+    assert chunks[-1]["text"].startswith("what time is it")
+    assert agent.stats["guesses_used"] == 1 and agent.stats["recognitions"] == 1 and agent.stats["partials"] >= 2
+    reply = [m["data"]["text"] for m in agent_messages(transport)
+             if m["type"] == "transcript_chunk" and m["data"]["role"] == "agent"]
+    import time
+    local = time.localtime(1_700_000_000.0)
+    assert "".join(reply) == f"It is {local.tm_hour % 12 or 12}:{local.tm_min:02d} {'a.m.' if local.tm_hour < 12 else 'p.m.'}"
+    assert statuses(transport) == ["thinking", "speaking", "listening"]
+
+
+def test_policy_says_when_it_did_not_understand() -> None:
+    agent, transport, sink, streamer = make_agent(ScriptedRecognizer(""), reply="policy", asr="whisper")
+
+    async def script() -> None:
+        agent.hear(agent.listen("user", "TR_mic"), SPEECH)
+        await until(lambda: statuses(transport)[-1:] == ["listening"])
+
+    run_agent(agent, streamer, script)
+    assert user_chunks(transport) == [{"role": "user", "text": "(1.2 s, no words recognised)", "utterance": 1,
+                                       "final": True}]
+    reply = "".join(m["data"]["text"] for m in agent_messages(transport)
+                    if m["type"] == "transcript_chunk" and m["data"]["role"] == "agent")
+    assert reply.startswith("Sorry, I did not understand")
+
+
+def test_a_visitor_alone_is_greeted_at_once_one_in_company_after_the_lead_in() -> None:
+    agent, transport, sink, streamer = make_agent(lead_in_ms=300)
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        agent.arrived("user")  # alone in the room: its subscription is the signal
+        assert await asyncio.wait_for(agent.events.get(), 1) == ("greet", "user")
+        assert loop.time() - started < 0.25
+        agent.publisher.others = ["user", "second"]  # type: ignore[union-attr]
+        started = loop.time()
+        agent.arrived("second")  # the track was subscribed already: no signal for this one
+        assert await asyncio.wait_for(agent.events.get(), 1) == ("greet", "second")
+        assert loop.time() - started >= 0.3
+        await agent.close()
+
+    asyncio.run(go())
+
+
+def test_the_greeting_and_fixed_replies_are_synthesised_once_per_process() -> None:
+    from avatar_worker.modes.demo import GREETING, greeting_speech, prewarm, synthesized
+
+    config = WorkerConfig(LiveKitSettings("ws://x", "k", "s", "r"), mode="demo", asr="none", reply="both")
+    synthesized.cache_clear()
+    prewarm(config)  # what a dispatched worker's idle process does
+    misses = synthesized.cache_info().misses
+    assert misses == 1  # the greeting only: --reply both has no fixed replies
+    speech = greeting_speech(config)
+    assert speech.text == GREETING and len(speech.frames) > 50
+    assert synthesized.cache_info().misses == misses  # a session's prepare() finds it ready

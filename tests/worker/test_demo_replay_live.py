@@ -83,8 +83,8 @@ def test_demo_greets_listens_and_replies(livekit_server: LiveKitServer, tmp_path
     """The worker greets a participant who joins, hears its microphone, and answers the utterance:
     user transcript, thinking, a reply turn (speaking, agent transcript, listening)."""
     log_path = tmp_path / "sent.jsonl"
-    worker = start_worker(livekit_server, tmp_path, "--room", "demo", "--mode", "demo", "--lead-in-ms", "500",
-                          "--max-replies", "1", "--exit-when-done", "--send-log", str(log_path))
+    worker = start_worker(livekit_server, tmp_path, "--room", "demo", "--mode", "demo", "--reply", "both",
+                          "--asr", "none", "--max-replies", "1", "--exit-when-done", "--send-log", str(log_path))
     speech = pcm_audio.synthesize(UTTERANCE_TEXT)  # 48 kHz mono
     samples = array.array("h", speech)
     loud = [i for i, x in enumerate(samples) if abs(x) > 300]
@@ -126,9 +126,9 @@ def test_demo_greets_listens_and_replies(livekit_server: LiveKitServer, tmp_path
     reply = "".join(c["text"] for c in agent_chunks if c["turn"] == 2)
     assert greeting == "Hello! I'm the avatarplayer demo. Say something and I will answer."
     assert reply.endswith(f"(your {heard_s} seconds, played back)") and "You spoke for" in reply
-    # the user's chunk comes right before "thinking"
+    # "thinking" as the speech ended, then the user's chunk
     kinds = [(m["type"], m["data"].get("role") or m["data"].get("status")) for m in messages]
-    assert kinds.index(("transcript_chunk", "user")) + 1 == kinds.index(("agent_status", "thinking"))
+    assert kinds.index(("agent_status", "thinking")) + 1 == kinds.index(("transcript_chunk", "user"))
 
     records = send_log(log_path)
     frames = [r for r in records if r["kind"] == "frame"]
@@ -145,7 +145,7 @@ def test_demo_greets_listens_and_replies(livekit_server: LiveKitServer, tmp_path
     greeting_latency = statuses[0][0] - marks["joined"]
     reply_latency = statuses[3][0] - marks["spoke_until"]
     thinking_latency = statuses[2][0] - marks["spoke_until"]
-    print(f"\ndemo: greeting 'speaking' {greeting_latency:.2f} s after the join (lead-in 0.5 s); utterance "
+    print(f"\ndemo: greeting 'speaking' {greeting_latency:.2f} s after the join; utterance "
           f"{speech_s:.2f} s heard as {heard_s} s; 'thinking' {thinking_latency:.2f} s and the reply's "
           f"'speaking' {reply_latency:.2f} s after the microphone went quiet (worker's own measure, end of voice "
           f"to first tick: {summary['demo']['reply_latency_ms']} ms)")

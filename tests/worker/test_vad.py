@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from avatar_worker.audio import pcm as pcm_audio
 from avatar_worker.audio.vad import SpeechStarted, Utterance, VadSettings, VoiceActivityDetector, level_dbfs
 
 RATE = 48_000
@@ -186,3 +187,22 @@ def test_settings_are_checked() -> None:
         VadSettings(start_ms=500, max_utterance_ms=400)
     with pytest.raises(ValueError):
         VadSettings(end_ms=0)
+
+
+def test_stop_closures_inside_the_onset_do_not_delay_it() -> None:
+    """Syllables of 60-130 ms with 30-40 ms of digital silence between them (espeak-ng's stop
+    closures: "What time is it?"): the onset is the first syllable's, not the first 150 ms of
+    unbroken voice; a gap over onset_gap_ms still resets the run."""
+    silence = bytes(2 * 48_000)
+    syllables = pcm((0.13, -20.0, -100.0)) + bytes(2 * 1440) + pcm((0.06, -30.0, -100.0), seed=2) \
+        + bytes(2 * 1920) + pcm((0.8, -22.0, -100.0), seed=3)
+    events = run(silence + syllables + silence)
+    assert [e.kind for e in events] == ["start", "utterance"]
+    assert abs(events[0].onset_s - 1.0) <= 0.02, events[0]
+    # a 150 ms gap is a pause, not a closure: the run starts over after it
+    events = run(silence + pcm((0.1, -20.0, -100.0)) + bytes(2 * 7200) + pcm((0.8, -22.0, -100.0), seed=3) + silence)
+    assert abs(events[0].onset_s - 1.25) <= 0.02, events[0]
+    # a word in the real synthesiser: the onset is at its start, not a syllable late
+    spoken = pcm_audio.synthesize("What time is it?")
+    events = run(silence + spoken + silence)
+    assert events[0].onset_s <= 1.05 and events[1].duration_s >= 0.7, events
