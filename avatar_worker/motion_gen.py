@@ -83,10 +83,11 @@ class MotionGenerator:
     def _next_blink_gap(self) -> int:
         return self._seconds(self._rng.uniform(2.0, 5.0))
 
-    def poses(self, levels: Sequence[float], mouths: Sequence[MouthShape] | None = None) -> list[Pose]:
+    def poses(self, levels: Sequence[float], mouths: Sequence[MouthShape | None] | None = None) -> list[Pose]:
         """One pose per loudness level (0..1, e.g. from :func:`avatar_worker.audio.pcm.envelope`);
         with ``mouths`` (one viseme target per level, :func:`avatar_worker.visemes.viseme_frames`)
-        the mouth takes their shapes instead of following the loudness alone."""
+        the mouth takes their shapes instead of following the loudness alone (where a target is
+        ``None``, it follows the loudness)."""
         if mouths is None:
             return [self.step(level) for level in levels]
         if len(mouths) != len(levels):

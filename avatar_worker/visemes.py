@@ -142,11 +142,12 @@ def _segments(phonemes: Sequence[_Timed]) -> list[tuple[float, float, Viseme]]:
 
 
 def viseme_frames(phonemes: Sequence[_Timed], frames: int, *, frame_ms: float = FRAME_INTERVAL_MS,
-                  lead_ms: float = LEAD_MS) -> list[MouthShape]:
+                  lead_ms: float = LEAD_MS) -> list[MouthShape | None]:
     """One target :class:`MouthShape` per frame (frame ``i`` covers ``[i, i + 1) × frame_ms`` of
-    the audio) for ``frames`` frames; frames with no phoneme are ``rest``."""
+    the audio) for ``frames`` frames; ``None`` for a frame in which no phoneme is heard (there the
+    jaw follows the loudness: e.g. a recording joined after synthesized speech)."""
     segments = _segments(phonemes)
-    out: list[MouthShape] = []
+    out: list[MouthShape | None] = []
     j = 0
     for i in range(frames):
         lo = i * frame_ms + lead_ms
@@ -175,7 +176,7 @@ def viseme_frames(phonemes: Sequence[_Timed], frames: int, *, frame_ms: float = 
             lips = lips.plus(shape.scaled(weight))
             lip_weight += weight
         if covered <= 0.0:
-            out.append(SHAPES[Viseme.REST])
+            out.append(None)
             continue
         lips = lips.scaled(1.0 / lip_weight) if lip_weight > 0 else MouthShape()
         shape = MouthShape(jaw / covered, lips.rounding, lips.spread, lips.press, lips.tuck)

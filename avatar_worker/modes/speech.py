@@ -77,7 +77,13 @@ def recorded(pcm: bytes, source: str, text: str | None = None) -> Speech:
 
 def join_speech(parts: list[Speech], source: str, *, separator: str = " ") -> Speech:
     """``parts`` one after the other (each starts on a frame boundary), their texts joined with
-    ``separator`` and their word and phoneme times moved to where each part starts."""
+    ``separator`` and their word and phoneme times moved to where each part starts. The text of a
+    part without word times (a recording) counts as one word, heard as the part starts, when the
+    parts before it had word times.
+
+    E.g. a reply: ``join_speech([speak(lead), recorded(gap, "gap"), recorded(echo, "echo",
+    "(played back)")], "reply")``: the mouth takes the lead's phonemes, then follows the echo's
+    loudness; the lead's words are captioned one by one, the echo's text as the echo starts."""
     frames: list[bytes] = []
     envelope: list[float] = []
     words: list[Word] = []
@@ -89,7 +95,10 @@ def join_speech(parts: list[Speech], source: str, *, separator: str = " ") -> Sp
         if part.text is not None:
             offset = sum(len(t) + len(separator) for t in texts)
             texts.append(part.text)
-            words += [Word(w.start + offset, w.length, w.start_ms + shift) for w in part.words]
+            if part.words:
+                words += [Word(w.start + offset, w.length, w.start_ms + shift) for w in part.words]
+            elif words:  # a recording with a text: its caption goes up as it starts
+                words.append(Word(offset, len(part.text), shift))
         phonemes += [Phoneme(p.symbol, p.start_ms + shift, p.end_ms + shift) for p in part.phonemes]
         frames += part.frames
         envelope += part.envelope

@@ -107,7 +107,7 @@ class TestVisemes:
         assert shapes[0] == SHAPES[Viseme.OPEN]
         assert shapes[2].jaw == pytest.approx(0.5 * (SHAPES[Viseme.OPEN].jaw + SHAPES[Viseme.SPREAD].jaw))  # 80..120
         assert shapes[3].spread == SHAPES[Viseme.SPREAD].spread
-        assert shapes[5] == MouthShape()  # nothing heard: rest
+        assert shapes[5] is None  # nothing heard: the loudness moves the jaw there
         ahead = viseme_frames(timeline, 6, lead_ms=20)
         assert ahead[2] == SHAPES[Viseme.SPREAD]  # the lips get there before the sound
 
@@ -179,6 +179,18 @@ class TestSpeech:
         assert joined.words[-2:] == tuple(type(w)(w.start + 4, w.length, w.start_ms + shift) for w in b.words)
         assert joined.phonemes[len(a.phonemes)].start_ms == b.phonemes[0].start_ms + shift
         assert len(joined.frames) == len(a.frames) + 5 + len(b.frames)
+
+    def test_a_reply_of_a_spoken_lead_and_an_echo(self) -> None:
+        lead = speak("Here is what I heard.")
+        echo = recorded(b"".join(speak("testing one two").frames), "echo", "(played back)")
+        reply = join_speech([lead, recorded(bytes(pcm_audio.BYTES_PER_FRAME * 5), "gap"), echo], "reply")
+        assert reply.text == "Here is what I heard. (played back)"
+        turn = asyncio.run(plan_speech_turn(reply, MotionGenerator(0), 0))
+        assert turn.words[-1] == (len("Here is what I heard. "), len(lead.frames) + 5)
+        poses = frame_poses(turn)
+        assert max(p.spread + p.pucker for p in poses[:len(lead.frames)]) > 0.5  # visemes while it speaks
+        echoed = poses[len(lead.frames) + 5:]
+        assert max(p.jaw for p in echoed) > 0.4 and all(p.spread == p.press == p.tuck == 0 for p in echoed)
 
 
 # ------------------------------------------------------------------------------ on the face
