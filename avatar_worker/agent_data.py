@@ -6,9 +6,9 @@ Reliable JSON data messages (UTF-8) to everyone, on topic ``avatarplayer.agent``
 - ``{"type": "transcript_chunk", "data": {"role": "agent", "text": ..., "turn": n, "final": b,
   "seq": s, "turn_seq": f}}`` while it plays: the turn's text in pieces that joined with ``""``
   give the text back, the last one with ``final: true``. ``seq`` is the sequence number of the
-  motion frame whose audio starts the piece, ``turn_seq`` that of the turn's first frame: the
-  player shows a piece when that frame renders, so captions keep to the face's clock
-  (:mod:`avatarplayer.captions`). Each piece goes out :data:`LEAD_FRAMES` frames before its own
+  first motion frame whose audio starts at or after the piece's first sound, ``turn_seq`` that of
+  the turn's first frame: the player shows a piece when that frame renders, so captions keep to
+  the face's clock (:mod:`avatarplayer.captions`). Each piece goes out :data:`LEAD_FRAMES` frames before its own
   (and never before the turn's first frame went out).
 
   Synthesized speech (:attr:`avatar_worker.turns.Turn.words`) is sent **word by word** (each

@@ -1,18 +1,18 @@
 """Captions on the face's clock: transcript chunks held until the frame they are spoken at renders.
 
 The avatar worker sends its own sentences word by word, a little ahead of time, each tagged with
-``seq``, the sequence number of the motion frame whose audio starts the word, and ``turn_seq``, the
-sequence number of its turn's first frame (docs/wire-format.md §5). The player releases such a
-chunk right after the renderer was handed the frame ``seq`` (or a later one: a lost frame does not
-hold its word back), so a caption never shows before the face says it. A chunk without timing is
-released on arrival, as before.
+``seq``, the sequence number of the first motion frame whose audio starts at or after the word's
+first sound, and ``turn_seq``, the sequence number of its turn's first frame
+(docs/wire-format.md §5). The player releases such a chunk right after the renderer was handed the
+frame ``seq`` (or a later one: a lost frame does not hold its word back), so a caption never shows
+before the face says it. A chunk without timing is released on arrival, as before.
 
 A turn that ends (END, TRANSITION_END, IDLE, a new START, a disconnect) before some of its words'
 frames rendered was cut short (barge-in): those words were never said, so they are **discarded**;
 a held ``final`` chunk is released with empty text (unless the turn's final chunk already went
-out), so the app's transcript line still closes. A
-chunk that arrives after its turn ended is treated the same way, and one whose frame has already
-rendered is released at once (late, never early).
+out), so the app's transcript line still closes. A chunk that arrives after its turn ended is
+treated the same way, and one whose frame has already rendered is released at once (late, never
+early).
 
 Safety valves for what the player cannot trust: a chunk held longer than :data:`MAX_HOLD_MS` (its
 frames never came: the motion stopped, or ``seq`` is far off) is released anyway, and at most

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -145,7 +146,9 @@ async def plan_speech_turn(
             frames.append(TurnFrame(message, speech.frames[i]))
         await asyncio.sleep(0)
     frame_ms = pcm_audio.SAMPLES_PER_FRAME * 1000 / pcm_audio.SAMPLE_RATE
-    words = tuple((w.start, min(last, int(w.start_ms // frame_ms))) for w in speech.words) if speech.text else ()
+    # a word's frame is the first one whose audio starts at or after the word's first sound: its
+    # caption, shown as that frame renders, never leads the voice (it may trail it by < 40 ms)
+    words = tuple((w.start, min(last, math.ceil(w.start_ms / frame_ms))) for w in speech.words) if speech.text else ()
     return build_turn(frames, first_seq, transition=transition, redundant=redundant,
                       compression=compression, label=req_id or "speech", text=speech.text, words=words)
 

@@ -159,7 +159,10 @@ class TestSpeech:
         assert turn.text == "Hello there, friend." and turn.first_seq == 500
         assert [start for start, _ in turn.words] == [0, 6, 13]
         frames = [frame for _, frame in turn.words]
-        assert frames == sorted(frames) and frames[0] == 0 and frames[-1] < turn.frames
+        assert frames == sorted(frames) and frames[-1] < turn.frames
+        # each word's frame starts at or after the word's first sound, less than a frame after it
+        for (_, frame), word in zip(turn.words, speech.words):
+            assert 0 <= frame * 40 - word.start_ms < 40, (frame, word)
 
     def test_recorded_speech_keeps_the_loudness_jaw(self) -> None:
         voice = speak("Hello there.")
