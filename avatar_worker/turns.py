@@ -85,6 +85,9 @@ class Turn:
     label: str = "turn"
     text: str | None = None
     """What the avatar says in this turn (for transcripts); ``None`` when unknown."""
+    words: tuple[tuple[int, int], ...] = ()
+    """Per word of :attr:`text`, in order: its first character and the 0-based frame of the turn
+    at which it is heard (synthesized speech); empty when unknown."""
 
     @property
     def next_seq(self) -> int:
@@ -118,6 +121,7 @@ def build_turn(
     compression: Compression = None,
     label: str = "turn",
     text: str | None = None,
+    words: Sequence[tuple[int, int]] = (),
 ) -> Turn:
     """Plan a turn: [TRANSITION], frames (START on the first, END on the last), TRANSITION_END.
 
@@ -154,4 +158,4 @@ def build_turn(
                                     msg_len=len(frame.message), msg_sha256=hashlib.sha256(frame.message).hexdigest()),),
                           frame.audio))
     ticks.append(Tick((Emission(TRANSITION_END_PACKET, "transition_end", int(Flags.TRANSITION_END)),)))
-    return Turn(tuple(ticks), first_seq, len(frames), label, text)
+    return Turn(tuple(ticks), first_seq, len(frames), label, text, tuple(words))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from .captions import CaptionClock
 from .constants import FRAME_INTERVAL_MS, JITTER_MAX_FRAMES, MAX_BUFFER_DELAY_MS, STALL_TIMEOUT_MS
 from .jitter import JitterBuffer
 from .wire.motion import Flags, MotionPacket, PacketError, decode_packet
@@ -85,6 +86,8 @@ class MotionPipeline:
         self.turns = TurnTracker(new_id)
         self.stall = StallDetector(stall_ms)
         self.clock = PlayoutClock(audio_path_ms=audio_path_ms, trim_ms=sync_offset_ms)
+        self.captions = CaptionClock()
+        """Transcript chunks waiting for their frame (the player feeds it as it renders)."""
         self.follows_audio = self.sync is SyncMode.AUDIO and enabled
         """Whether this session tries to follow the audio (it does whenever it can)."""
         self.sync_mode = SyncMode.INDEPENDENT
@@ -350,4 +353,9 @@ class MotionPipeline:
             frames_caught_up=c.caught_up,
             sync_freezes=self.clock.freezes,
             sync_mapping=self.clock.mapping_source if self.clock.follows_playout else None,
+            captions_held=self.captions.held,
+            captions_released_late=self.captions.released_late,
+            captions_discarded=self.captions.discarded,
+            captions_expired=self.captions.expired,
+            captions_timing_invalid=self.captions.timing_invalid,
         )

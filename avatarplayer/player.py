@@ -464,7 +464,8 @@ class AvatarPlayer:
         message = parse_data_message(payload, topic, identity)
         self._events.emit(PlayerEvent.DATA_MESSAGE, message)
         if isinstance(message, TranscriptChunk):
-            self._events.emit(PlayerEvent.TRANSCRIPT, message)
+            # a timed chunk waits until the frame it is spoken at renders (avatarplayer/captions.py)
+            self._captions(self._pipeline.captions.offer(message, self._clock()))
         elif isinstance(message, AgentStatus):
             self._events.emit(PlayerEvent.AGENT_STATUS, message)
 
@@ -488,20 +489,25 @@ class AvatarPlayer:
         events = self._pipeline.tick(now_ms)
         if events:
             self._dispatch(events)
+        captions = self._pipeline.captions
+        if captions.waiting:
+            self._captions(captions.expire(now_ms))
 
     def _dispatch(self, events: list) -> None:
         frames: list[bytes] = []
         conversation_id = ""
+        seq = 0
         for event in events:
             if isinstance(event, Frame):
                 if frames and event.conversation_id != conversation_id:
-                    self._render(frames, conversation_id)
+                    self._render(frames, conversation_id, seq)
                     frames = []
                 frames.append(event.message)
                 conversation_id = event.conversation_id
+                seq = event.seq
                 continue
             if frames:
-                self._render(frames, conversation_id)
+                self._render(frames, conversation_id, seq)
                 frames = []
             if isinstance(event, TurnStarted):
                 self._hook("turn_started", event.conversation_id)
@@ -509,6 +515,7 @@ class AvatarPlayer:
             elif isinstance(event, TurnEnded):
                 self._hook("turn_ended", event.conversation_id, event.reason)
                 self._events.emit(PlayerEvent.TURN_ENDED, event.conversation_id, event.reason)
+                self._captions(self._pipeline.captions.turn_ended())
             elif isinstance(event, Stalled):
                 self.logger.warning("motion stalled: no frame for %.0f ms inside a turn", self._pipeline.stall.timeout_ms)
                 self._hook("stalled")
@@ -520,14 +527,19 @@ class AvatarPlayer:
             elif isinstance(event, Transition):
                 self._hook("transition", event.message)
         if frames:
-            self._render(frames, conversation_id)
+            self._render(frames, conversation_id, seq)
 
-    def _render(self, frames: list[bytes], conversation_id: str) -> None:
+    def _render(self, frames: list[bytes], conversation_id: str, last_seq: int) -> None:
         try:
             self._renderer.yield_frames_data(frames, conversation_id)
         except Exception:
             self._pipeline.renderer_errors += 1
             self.logger.exception("the renderer raised; playback continues")
+        self._captions(self._pipeline.captions.rendered(last_seq))
+
+    def _captions(self, chunks: list[TranscriptChunk]) -> None:
+        for chunk in chunks:
+            self._events.emit(PlayerEvent.TRANSCRIPT, chunk)
 
     def _hook(self, name: str, *args: Any) -> None:
         hook = getattr(self._renderer, name, None)

@@ -91,6 +91,17 @@ class SessionSummary:
     status and any other message)."""
     control_messages_malformed: int = 0
     """Messages from the avatar on the control topic that were not small, shallow JSON objects."""
+    captions_held: int = 0
+    """Timed transcript chunks that waited for their frame to render (:mod:`avatarplayer.captions`)."""
+    captions_released_late: int = 0
+    """Timed chunks whose frame had rendered before they arrived (emitted at once)."""
+    captions_discarded: int = 0
+    """Timed chunks of a turn that ended before their frame rendered (never said: dropped; a
+    final one is emitted with empty text)."""
+    captions_expired: int = 0
+    """Timed chunks emitted without their frame: held too long, or too many held."""
+    captions_timing_invalid: int = 0
+    """Transcript chunks whose ``seq``/``turn_seq`` did not parse (emitted on arrival)."""
 
     @property
     def average_buffer_delay_ms(self) -> float:

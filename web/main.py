@@ -123,6 +123,8 @@ def show_state(state: str) -> None:
     mic = element("mic")
     if mic is not None and getattr(mic.dataset, "state", None) != "busy":
         mic.disabled = state != "connected"
+    if state in ("disconnected", "failed") and element("caption") is not None:
+        element("caption").hidden = True  # words still held were never said
 
 
 def on_state(state) -> None:
@@ -164,27 +166,41 @@ def on_agent_status(message) -> None:
 
 
 def on_transcript(chunk) -> None:
-    """Chunks of one speaker's turn go on its last line until a final one closes it: the agent's
-    pieces add up; a user chunk holds everything recognised so far, so it replaces the line."""
+    """Chunks of one speaker's turn go on its last line until a final one closes it. The avatar's
+    own words come one at a time, each as the face says it (the player holds them until their
+    frame renders): they add up, and also show as a subtitle over the face. A user chunk holds
+    everything recognised so far, so it replaces the line."""
     role = chunk.role or "agent"
     last = transcript_lines[-1] if transcript_lines else None
     if last is not None and last["role"] == role and not last["final"]:
-        last["text"] = chunk.text.strip() if role == "user" else (last["text"] + " " + chunk.text).strip()
+        last["text"] = chunk.text.strip() if role == "user" else (last["text"] + " " + chunk.text.strip()).strip()
         last["final"] = chunk.final
     else:
-        transcript_lines.append({"role": role, "text": chunk.text, "final": chunk.final})
+        last = {"role": role, "text": chunk.text.strip(), "final": chunk.final}
+        transcript_lines.append(last)
     del transcript_lines[:-12]
     items = element("transcript")
     items.innerHTML = ""
     for line in transcript_lines:
         li = document.createElement("li")
         li.dataset.role = line["role"]
+        li.dataset.final = "true" if line["final"] else "false"
         who = document.createElement("strong")
         who.textContent = "You" if line["role"] == "user" else "Avatar"
         li.append(who, " " + line["text"])
         items.append(li)
     items.scrollTop = items.scrollHeight
     demo.transcript = js.JSON.parse(json.dumps(transcript_lines))
+    if role == "agent":
+        show_caption(last["text"], last["final"])
+
+
+def show_caption(text: str, final: bool) -> None:
+    """The avatar's current line under her face; it fades out 2 s after its last word."""
+    caption = element("caption")
+    caption.textContent = text
+    caption.hidden = not text
+    caption.classList.toggle("done", final)
 
 
 player.on("agent-status", on_agent_status)

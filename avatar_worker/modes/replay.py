@@ -49,6 +49,7 @@ from ..config import WorkerConfig
 from ..motion_gen import MotionGenerator
 from .speech import Speech
 from ..turns import Turn, TurnFrame, build_turn
+from ..visemes import viseme_frames
 
 __all__ = [
     "AUDIO_FILE",
@@ -200,9 +201,9 @@ def load_recording(directory: str | Path, *, check: bool = True) -> Recording:
 
 def speech_messages(speech: Speech, generator: MotionGenerator, *, frames: int | None = None,
                     req_id: str = "", avatar_id: str = "") -> tuple[list[bytes], bytes]:
-    """The worker's own motion for ``speech`` (as in speech mode): one message per frame, the
-    last with ``end``, and the frames' audio as one PCM string. ``frames`` cuts or pads (with
-    silence) the speech to that many frames."""
+    """The worker's own motion for ``speech`` (as in speech mode, mouth shapes from its phonemes
+    when it has them): one message per frame, the last with ``end``, and the frames' audio as one
+    PCM string. ``frames`` cuts or pads (with silence) the speech to that many frames."""
     pieces = list(speech.frames)
     levels = list(speech.envelope)
     if frames is not None:
@@ -211,8 +212,9 @@ def speech_messages(speech: Speech, generator: MotionGenerator, *, frames: int |
         pieces = (pieces + [pcm_audio.SILENCE] * frames)[:frames]
         levels = (levels + [0.0] * frames)[:frames]
     last = len(pieces) - 1
+    mouths = viseme_frames(speech.phonemes, len(pieces)) if speech.phonemes else None
     messages = [build_message(pose, req_id=req_id, end=i == last, avatar_id=avatar_id)
-                for i, pose in enumerate(generator.poses(levels))]
+                for i, pose in enumerate(generator.poses(levels, mouths))]
     return messages, b"".join(pieces)
 
 

@@ -95,6 +95,12 @@ class FacePose:
     """Brows, -1 lowered .. 1 raised."""
     breath: float = 0.0
     """Chest and shoulders, 0 exhaled .. 1 inhaled."""
+    spread: float = 0.0
+    """Lip corners drawn back (a wide, thin mouth: i, e), 0 .. 1."""
+    press: float = 0.0
+    """Lips pressed together (m, b, p), 0 .. 1."""
+    tuck: float = 0.0
+    """Lower lip tucked under the upper teeth (f, v), 0 .. 1."""
 
     @property
     def blink(self) -> float:
@@ -129,7 +135,9 @@ def pose_from_flame(flame: Mapping[str, Sequence[float]], *, jaw_full_open: floa
     Mapping: mouth from ``jaw_pose[0]``; eyelids from ``eye_lid``; gaze from ``eye_pose`` (both eyes
     averaged); head from ``rotation`` plus a part of ``neck_pose``. The leading ``expression``
     components are read the way the avatar worker drives them: ``[3]`` a slow mood (lip corners),
-    ``[1]`` negative while the jaw opens (lips rounding), ``[2]`` speech onsets (brows lift).
+    ``[1]`` negative for rounded lips (pucker), ``[2]`` speech onsets (brows lift), and the mouth
+    shapes of phonemes (visemes): ``[4]`` lip spread, ``[5]`` lip press, ``[6]`` lower-lip tuck,
+    0..1 each (docs/wire-format.md, "Mouth shapes").
     """
     empty: Sequence[float] = ()
     jaw = flame.get("jaw_pose", empty)
@@ -144,7 +152,7 @@ def pose_from_flame(flame: Mapping[str, Sequence[float]], *, jaw_full_open: floa
         eye_pitch, eye_yaw = (_at(eyes, 0) + _at(eyes, 3)) * 0.5, (_at(eyes, 1) + _at(eyes, 4)) * 0.5
     else:
         eye_pitch, eye_yaw = _at(eyes, 0), _at(eyes, 1)
-    e0, e1, e2, e3 = (_at(expression, i) for i in range(4))
+    e0, e1, e2, e3, e4, e5, e6 = (_at(expression, i) for i in range(7))
     return FacePose(
         jaw=_clamp(_at(jaw, 0) / jaw_full_open, 0.0, 1.0),
         blink_left=_clamp(lid_left, 0.0, 1.0),
@@ -157,6 +165,9 @@ def pose_from_flame(flame: Mapping[str, Sequence[float]], *, jaw_full_open: floa
         smile=_clamp(2.5 * e3 + 0.2 * e0),
         pucker=max(0.0, min(1.0, -1.6 * e1)),
         brow=_clamp(3.0 * e2 + 0.25 * e0),
+        spread=_clamp(e4, 0.0, 1.0),
+        press=_clamp(e5, 0.0, 1.0),
+        tuck=_clamp(e6, 0.0, 1.0),
     )
 
 

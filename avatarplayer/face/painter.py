@@ -317,19 +317,23 @@ class FacePainter:
 
     def _mouth(self, P: Project, pose: FacePose) -> None:
         jaw, smile, pucker = pose.jaw, pose.smile, pose.pucker
+        spread, press, tuck = pose.spread, pose.press, pose.tuck
         my = 66.0
-        h = 30.0 * jaw
-        w = 28.5 * (1.0 - 0.18 * pucker) * (1.0 - 0.08 * jaw) + 2.5 * smile
-        corner = my - 5.0 * smile - 2.0 + 0.18 * h
+        h = 30.0 * jaw * (1.0 - press)    # pressed lips stay shut
+        # rounded lips (o, u) draw together and push forward; spread ones (i, e) pull back and wide
+        w = 28.5 * (1.0 - 0.38 * pucker) * (1.0 - 0.08 * jaw) + 2.5 * smile + 7.0 * spread
+        corner = my - 5.0 * smile - 1.5 * spread - 2.0 + 0.18 * h
         upper = my - 0.1 * h           # inner edge of the upper lip, at the middle
-        lower = my + 0.9 * h           # inner edge of the lower lip
-        tu = 7.5 + 1.5 * pucker        # lip thickness
-        tl = 9.5 + 1.5 * pucker - 0.08 * h
-        lx, ly = P(-w, corner, 54)
-        rx, ry = P(w, corner, 54)
-        ucx, ucy = P(0, 2.0 * upper - corner, 74)
-        dcx, dcy = P(0, 2.0 * lower - corner, 72)
-        if h > 0.8:
+        lower = my + 0.9 * h + 4.5 * tuck  # inner edge of the lower lip; tucked (f, v), the upper teeth show
+        thin = (1.0 - 0.3 * spread) * (1.0 - 0.4 * press)  # spread and pressed lips look thinner
+        lip_z = 4.0 * pucker           # protrusion
+        tu = (7.5 + 3.0 * pucker) * thin   # lip thickness
+        tl = (9.5 + 3.0 * pucker - 0.08 * h) * thin * (1.0 - 0.35 * tuck)
+        lx, ly = P(-w, corner, 54 + lip_z)
+        rx, ry = P(w, corner, 54 + lip_z)
+        ucx, ucy = P(0, 2.0 * upper - corner, 74 + lip_z)
+        dcx, dcy = P(0, 2.0 * lower - corner, 72 + lip_z)
+        if lower - upper > 0.8:
             self._begin()
             self._move(lx, ly)
             self._quad(ucx, ucy, rx, ry)
@@ -340,7 +344,7 @@ class FacePainter:
             self._clip()
             tx, ty = P(0, upper, 74)
             self._fs(TEETH)
-            self._fill_rect(tx - w, ty - 6, 2 * w, 6 + min(7.0, 0.4 * h))
+            self._fill_rect(tx - w, ty - 6, 2 * w, 6 + min(7.0, 0.4 * h) + 5.0 * tuck)
             bx, by = P(0, lower + 1, 70)
             self._begin()
             self._ellipse(bx, by, 0.6 * w, max(2.0, 0.4 * h), 0, 0, TAU)

@@ -59,11 +59,19 @@ class DataMessage:
 @dataclass(frozen=True, slots=True)
 class TranscriptChunk(DataMessage):
     """``{"type": "transcript_chunk", "data": {"text": ..., "role": ..., "final": ...}}``.
-    ``data`` may also be the text itself."""
+    ``data`` may also be the text itself.
+
+    Timed chunks also carry ``seq`` (the motion frame at which the text is heard) and ``turn_seq``
+    (its turn's first frame), u32 sequence numbers: the player emits them when that frame renders
+    (:mod:`avatarplayer.captions`). ``timing_error`` says why timing fields were not usable (the
+    chunk is then untimed)."""
 
     text: str = ""
     role: str | None = None
     final: bool = False
+    seq: int | None = None
+    turn_seq: int | None = None
+    timing_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +96,37 @@ def parse_data_message(payload: bytes, topic: str | None = None,
             return TranscriptChunk(type=kind, data=data, text=data, **base)
         if isinstance(data, dict) and isinstance(data.get("text", ""), str):
             role = data.get("role")
+            seq, turn_seq, error = _timing(data)
             return TranscriptChunk(type=kind, data=data, text=data.get("text", ""),
                                    role=role if isinstance(role, str) else None,
-                                   final=data.get("final") is True, **base)
+                                   final=data.get("final") is True, seq=seq, turn_seq=turn_seq,
+                                   timing_error=error, **base)
     elif kind == "agent_status":
         status = data.get("status") if isinstance(data, dict) else data
         if isinstance(status, str):
             return AgentStatus(type=kind, data=data, status=status, **base)
     return DataMessage(type=kind, data=data, **base)
+
+
+def _u32(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
+        return None
+    return value
+
+
+def _timing(data: dict) -> tuple[int | None, int | None, str | None]:
+    """``seq`` and ``turn_seq`` of a transcript chunk, or why they are not usable."""
+    if "seq" not in data and "turn_seq" not in data:
+        return None, None, None
+    seq, turn_seq = _u32(data.get("seq")), data.get("turn_seq", data.get("seq"))
+    if seq is None:
+        return None, None, "bad-seq"
+    turn_seq = _u32(turn_seq)
+    if turn_seq is None:
+        return None, None, "bad-turn-seq"
+    if (seq - turn_seq) & 0xFFFFFFFF >= 0x80000000:
+        return None, None, "seq-before-turn"
+    return seq, turn_seq, None
 
 
 def parse_json(payload: bytes) -> Any:

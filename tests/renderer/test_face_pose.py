@@ -85,10 +85,23 @@ def test_leading_expression_components_move_lips_and_brows():
     assert pose.smile == -1.0 and pose.brow == -1.0 and 0.0 <= pose.pucker <= 1.0
 
 
+def test_mouth_shapes_of_phonemes_come_from_expression_4_to_6():
+    flame = neutral()
+    flame["expression"][4:7] = [0.8, 0.0, 0.0]
+    assert pose_from_flame(flame).spread == pytest.approx(0.8)
+    flame["expression"][4:7] = [0.0, 1.0, 0.0]
+    assert pose_from_flame(flame).press == 1.0
+    flame["expression"][4:7] = [0.0, 0.0, 0.6]
+    assert pose_from_flame(flame).tuck == pytest.approx(0.6)
+    flame["expression"][4:7] = [-3.0, 7.0, math.nan]
+    pose = pose_from_flame(flame)
+    assert (pose.spread, pose.press, pose.tuck) == (0.0, 1.0, 0.0)
+
+
 def test_every_value_stays_in_range_for_wild_input():
     flame = {name: [(-1) ** i * 50.0 for i in range(size)] for name, size in FLAME_FIELDS.items()}
     pose = pose_from_flame(flame)
-    for name in ("jaw", "blink_left", "blink_right", "pucker"):
+    for name in ("jaw", "blink_left", "blink_right", "pucker", "spread", "press", "tuck"):
         assert 0.0 <= getattr(pose, name) <= 1.0
     for name in ("gaze_x", "gaze_y", "smile", "brow"):
         assert -1.0 <= getattr(pose, name) <= 1.0

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from avatarplayer.face.model import FacePose
-from avatarplayer.face.painter import MOUTH_INSIDE, NOSE_SHINE, SCLERA, FacePainter
+from avatarplayer.face.painter import LIP_LOWER, LIP_UPPER, MOUTH_INSIDE, NOSE_SHINE, SCLERA, TEETH, FacePainter
 
 
 def paint(pose, width=480, height=480, background=True):
@@ -23,6 +23,7 @@ def fills(calls):
     FacePose(jaw=1.0, blink_left=1.0, blink_right=0.5, gaze_x=1.0, gaze_y=-1.0, pitch=0.6, yaw=-0.8, roll=0.6,
              smile=-1.0, pucker=1.0, brow=1.0, breath=1.0),
     FacePose(jaw=0.5, gaze_x=-1.0, gaze_y=1.0, pitch=-0.6, yaw=0.8, roll=-0.6, smile=1.0, brow=-1.0),
+    FacePose(jaw=1.0, pucker=1.0, spread=1.0, press=0.5, tuck=1.0, smile=-1.0),
 ])
 def test_every_call_is_well_formed_finite_and_balanced(pose):
     calls = paint(pose)
@@ -38,6 +39,32 @@ def test_every_call_is_well_formed_finite_and_balanced(pose):
 def test_an_open_mouth_shows_its_inside_and_a_closed_one_does_not():
     assert MOUTH_INSIDE in fills(paint(FacePose(jaw=0.6)))
     assert MOUTH_INSIDE not in fills(paint(FacePose(jaw=0.0)))
+
+
+def lip_box(calls):
+    """Width and height of the two lips' paths."""
+    xs, ys = [], []
+    for i, (name, args) in enumerate(calls):
+        if name == "fillStyle" and args[0] in (LIP_UPPER, LIP_LOWER):
+            j = i
+            while calls[j][0] != "beginPath":
+                j -= 1
+            for name2, args2 in calls[j:i]:
+                if name2 in ("moveTo", "quadraticCurveTo"):
+                    xs += args2[0::2]
+                    ys += args2[1::2]
+    return max(xs) - min(xs), max(ys) - min(ys)
+
+
+def test_mouth_shapes_rounded_narrow_spread_wide_pressed_thin_tucked_shows_teeth():
+    rest_w, rest_h = lip_box(paint(FacePose()))
+    round_w, round_h = lip_box(paint(FacePose(jaw=0.3, pucker=1.0)))
+    spread_w, spread_h = lip_box(paint(FacePose(jaw=0.3, spread=1.0)))
+    assert round_w < 0.8 * rest_w < spread_w * 0.8
+    assert round_h / round_w > 2 * spread_h / spread_w
+    pressed_w, pressed_h = lip_box(paint(FacePose(jaw=0.3, press=1.0)))
+    assert pressed_h < rest_h and MOUTH_INSIDE not in fills(paint(FacePose(jaw=0.3, press=1.0)))
+    assert TEETH not in fills(paint(FacePose())) and TEETH in fills(paint(FacePose(tuck=1.0)))
 
 
 def test_closed_eyes_show_no_whites():

@@ -228,10 +228,12 @@ def test_data_carrier_flag_and_agent_messages(livekit_server: LiveKitServer, tmp
     agent = viewer.json_on("avatarplayer.agent")
     assert agent == [
         {"type": "agent_status", "data": {"status": "speaking"}},
-        {"type": "transcript_chunk", "data": {"role": "agent", "text": "turn 1", "turn": 1, "final": True}},
+        {"type": "transcript_chunk", "data": {"role": "agent", "text": "turn 1", "turn": 1, "final": True,
+                                              "seq": 0, "turn_seq": 0}},
         {"type": "agent_status", "data": {"status": "listening"}},
         {"type": "agent_status", "data": {"status": "speaking"}},
-        {"type": "transcript_chunk", "data": {"role": "agent", "text": "turn 2", "turn": 2, "final": True}},
+        {"type": "transcript_chunk", "data": {"role": "agent", "text": "turn 2", "turn": 2, "final": True,
+                                              "seq": 40, "turn_seq": 40}},
         {"type": "agent_status", "data": {"status": "listening"}},
     ]
     assert all(kind == rtc.DataPacketKind.KIND_RELIABLE for _, _, kind in viewer.on_topic("avatarplayer.agent"))
@@ -244,7 +246,8 @@ def test_data_carrier_flag_and_agent_messages(livekit_server: LiveKitServer, tmp
 
 
 def test_agent_messages_in_speech_mode(livekit_server: LiveKitServer, tmp_path: Path) -> None:
-    """In speech mode the transcript is the spoken text, in a few chunks, the last one final."""
+    """In speech mode the transcript is the spoken text, word by word, each word with the frame it
+    is heard at, the last one final."""
     text = "One two three four five six seven."
     worker = start_worker(livekit_server, tmp_path, "--room", "speech", "--text", text, "--agent-data",
                           "--wait-for-participant", "--lead-in-ms", "500", "--exit-when-done")
@@ -255,8 +258,10 @@ def test_agent_messages_in_speech_mode(livekit_server: LiveKitServer, tmp_path: 
     agent = viewer.json_on("avatarplayer.agent")
     chunks = [m["data"] for m in agent if m["type"] == "transcript_chunk"]
     assert agent[0]["data"]["status"] == "speaking" and agent[-1]["data"]["status"] == "listening"
-    assert len(chunks) == 3 and "".join(c["text"] for c in chunks) == text
-    assert [c["final"] for c in chunks] == [False, False, True] and {c["turn"] for c in chunks} == {1}
+    assert [c["text"] for c in chunks] == ["One ", "two ", "three ", "four ", "five ", "six ", "seven."]
+    assert [c["final"] for c in chunks] == [False] * 6 + [True] and {c["turn"] for c in chunks} == {1}
+    seqs = [c["seq"] for c in chunks]
+    assert seqs == sorted(seqs) and seqs[0] == chunks[0]["turn_seq"] and seqs[-1] - seqs[0] > 25
     times = [t for t, _, _ in viewer.on_topic("avatarplayer.agent")]
     assert times[-1] - times[0] > 1.0  # spread over the utterance, not sent at once
 
