@@ -4,6 +4,7 @@ the real AvatarPlayer in Pyodide. Prints JSON.
 
     .venv/bin/python bench/e2e.py [--frames 1500] [--runs 3] [--lk 2.23.0] [--page pyodide|pyscript]
     .venv/bin/python bench/e2e.py --network all [--runs 3] [--frames 750] [--redundant]   # A/V sync
+    .venv/bin/python bench/e2e.py --browser firefox [...]   # the same on Firefox ESR (tools/firefox.py)
 
 With ``--network PROFILE`` (repeatable; ``all`` = perfect, wifi, 4g, bad, outage) each run is a
 sync-pulse turn (a click on every 25th frame) played through the impairment relay
@@ -31,6 +32,7 @@ first frame <= boot + 800 ms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -44,6 +46,37 @@ sys.path.insert(0, str(ROOT))  # run as bench/e2e.py: the repository is not on t
 
 from tools import bootstrap  # noqa: E402
 from tools.realstack import CHROMIUM_ARGS, harness_url, percentile, start_worker, wait_for  # noqa: E402
+
+@contextlib.contextmanager
+def browser_engine(name: str):
+    """Playwright (Chromium) or a tools.firefox.FirefoxEngine: what tools.realstack.impaired_browser
+    and :func:`launch` take."""
+    if name == "firefox":
+        from tools.firefox import FirefoxEngine
+
+        yield FirefoxEngine()
+    else:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            yield pw
+
+
+def launch(engine, name: str):
+    if name == "firefox":
+        return engine.launch(CHROMIUM_ARGS)
+    return engine.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+
+
+def browser_version(name: str) -> str:
+    if name == "firefox":
+        from tools.firefox import version
+
+        return version()
+    import subprocess
+
+    return subprocess.run(["/usr/bin/chromium", "--version"], capture_output=True, text=True).stdout.strip()
+
 
 TARGETS = {"latency_p95_ms": 100.0, "interval_stdev_ms": 3.0, "python_ms_per_frame": 0.3, "first_frame_over_boot_ms": 800.0}
 
@@ -181,7 +214,6 @@ def sync_run(server, app, browser, link, workdir: Path, frames: int, profile: st
 
 def network_main(args: argparse.Namespace) -> None:
     from tools.devstack import LiveKitServer
-    from playwright.sync_api import sync_playwright
     from tools.realstack import impaired_browser
     from tools.webapp import build_app
 
@@ -190,7 +222,7 @@ def network_main(args: argparse.Namespace) -> None:
     results: dict[str, list[dict]] = {}
     failures: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp, LiveKitServer(Path(tmp) / "lk") as server, \
-            build_app(server, rooms=r"bench-[a-z0-9]+", dev=True) as app, sync_playwright() as pw:
+            build_app(server, rooms=r"bench-[a-z0-9]+", dev=True) as app, browser_engine(args.browser) as pw:
         for profile in profiles:
             results[profile] = []
             for i in range(args.runs):
@@ -249,7 +281,8 @@ def network_main(args: argparse.Namespace) -> None:
     if "outage" in summary:
         met["outage"]["recovery"] = (summary["outage"]["recovery_offset_s"] or 1e9) <= SYNC_TARGETS["recovery_s"]
     plot = plot_offsets(results, ROOT / "bench" / "out" / "av-sync.png")
-    report = {"config": {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(args).items()},
+    report = {"config": {k: (v if not isinstance(v, Path) else str(v)) for k, v in vars(args).items()}
+              | {"browser_version": browser_version(args.browser)},
               "median": summary, "targets": SYNC_TARGETS, "target_met": met, "plot": plot, "failed_runs": failures,
               "runs": results}
     text = json.dumps(report, indent=1)
@@ -296,6 +329,8 @@ def main() -> None:
     parser.add_argument("--mode", default="auto", choices=["auto", "script", "streams", "data"],
                         help="motion carrier: the transforms, or the data-packet carrier")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--browser", default="chromium", choices=("chromium", "firefox"),
+                        help="Debian's Chromium (Playwright) or Firefox ESR (Selenium, tools/firefox.py)")
     parser.add_argument("--network", action="append", choices=(*PROFILES, "all"),
                         help="A/V sync through the impairment relay with this profile (repeatable, or all)")
     parser.add_argument("--redundant", action="store_true", help="the worker sends REDUNDANT packets (--network)")
@@ -311,13 +346,12 @@ def main() -> None:
         network_main(args)
         return
     from tools.devstack import LiveKitServer
-    from playwright.sync_api import sync_playwright
     from tools.webapp import build_app
 
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp, LiveKitServer(Path(tmp) / "lk") as server, \
-            build_app(server, rooms=r"bench-[a-z0-9]+", dev=True) as app, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            build_app(server, rooms=r"bench-[a-z0-9]+", dev=True) as app, browser_engine(args.browser) as engine:
+        browser = launch(engine, args.browser)
         for i in range(args.runs):
             runs.append(one_run(server, app, browser, args.frames, args.lk, args.page, Path(tmp) / f"run{i}",
                                 args.mode, args.sync))
@@ -355,7 +389,8 @@ def main() -> None:
         "python_ms_per_frame": summary["python_ms_per_frame"] <= TARGETS["python_ms_per_frame"],
         "first_frame_over_boot_ms": summary["first_frame_over_boot_ms"] <= TARGETS["first_frame_over_boot_ms"],
     }
-    report = {"config": vars(args) | {"out": str(args.out) if args.out else None}, "median": summary,
+    report = {"config": vars(args) | {"out": str(args.out) if args.out else None,
+                                      "browser_version": browser_version(args.browser)}, "median": summary,
               "targets": TARGETS, "target_met": met, "runs": runs}
     text = json.dumps(report, indent=1)
     print(text)
