@@ -280,6 +280,9 @@ class AvatarPlayer:
         self._set_state(ConnectionState.CONNECTING)
         try:
             await asyncio.wait_for(self.provider.open(self, cfg.url, cfg.token), self.connect_timeout_s)
+            audio_path_ms = getattr(self.provider, "audio_path_ms", None)
+            if isinstance(audio_path_ms, (int, float)) and not isinstance(audio_path_ms, bool):
+                self._pipeline.clock.audio_path_ms = float(audio_path_ms)  # this browser's (sync.py)
         except BaseException as exc:
             error = _connect_error(exc, cfg, self.connect_timeout_s)
             await self._safe_close()

@@ -64,7 +64,7 @@ from collections import deque
 from dataclasses import dataclass
 
 __all__ = ["AudioStats", "PlayoutClock", "SyncMode", "SyncReason", "RtpUnwrapper",
-           "AUDIO_PATH_MS", "MAX_AUDIO_DELAY_MS"]
+           "AUDIO_PATH_MS", "AUDIO_PATH_MS_FIREFOX", "MAX_AUDIO_DELAY_MS"]
 
 VIDEO_CLOCK_KHZ = 90.0
 """Video RTP timestamps tick at 90 kHz."""
@@ -78,6 +78,12 @@ source sends each 40 ms chunk in 10 ms steps and Opus packs 20 ms per packet, th
 output path to the Web Audio output on headless Chromium 156. Measured as a whole, not derived:
 the median A/V offset over the benchmark's sessions and profiles (docs/sync.md).
 ``sync_offset_ms`` adds to it for other devices (Bluetooth adds 100+ ms)."""
+
+AUDIO_PATH_MS_FIREFOX = 20.0
+""":data:`AUDIO_PATH_MS` on Firefox, measured the same way (headless Firefox 153 ESR, Web Audio
+output to a PulseAudio null sink): with 60 ms the face was 35-43 ms late there, so what follows
+the synchronization source's delivery is about 40 ms shorter than on Chromium. The provider
+picks it (:class:`~avatarplayer.browser.livekit.LiveKitProvider`)."""
 
 MAX_AUDIO_DELAY_MS = 1500.0
 """An audio delay beyond this is not a jitter buffer any more but a fault: sync is given up."""

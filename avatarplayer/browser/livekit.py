@@ -18,6 +18,7 @@ once per packet as one ``ArrayBuffer``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -120,6 +121,10 @@ class LiveKitProvider:
         self.lk: Any = None
         """The livekit-client module, once loaded."""
         self._sink: Any = None
+        self._audio_retried = False
+        self.audio_path_ms: float | None = None
+        """What follows the audio's delivery in this browser, for lip sync (None: the player's
+        default, measured on Chromium); set when the room opens (see :func:`_audio_path_ms`)."""
         self._proxies: list[Any] = []
         self._room_handlers: list[tuple[str, Any]] = []
         self._resolved_mode = transform_mode
@@ -257,6 +262,8 @@ class LiveKitProvider:
             # the player. Release it, or its listeners would stay on the room and run twice.
             await self.close()
         self._sink = sink
+        self._audio_retried = False  # once per connection: see _audio_status
+        self.audio_path_ms = _audio_path_ms()
         parent = getattr(sink, "logger", None)
         self.log = parent.getChild("livekit") if isinstance(parent, logging.Logger) else _log
         for part in (self.trust, self.audio_out, self.microphone, self.data_requests, self.tap):
@@ -450,8 +457,25 @@ class LiveKitProvider:
 
     def _audio_status(self) -> None:
         room = self.room
-        if room is not None and self._sink is not None and hasattr(self._sink, "on_audio_playback"):
-            self._sink.on_audio_playback(bool(room.canPlaybackAudio))
+        if room is None or self._sink is None or not hasattr(self._sink, "on_audio_playback"):
+            return
+        can_play = bool(room.canPlaybackAudio)
+        if not can_play and not self._audio_retried and _autoplay_allowed():
+            # livekit-client gives its new AudioContext 200 ms to run, and says "blocked" when it
+            # is not running yet. Firefox takes longer to open its audio output, with autoplay
+            # allowed: start it once more instead of telling the app that sound is blocked.
+            self._audio_retried = True
+            asyncio.ensure_future(self._start_allowed_audio(room))
+            return
+        self._sink.on_audio_playback(can_play)
+
+    async def _start_allowed_audio(self, room: Any) -> None:
+        try:
+            await room.startAudio()
+        except Exception as exc:
+            self.log.info("starting the audio again failed: %s", exc)
+        if room is self.room:
+            self._audio_status()
 
     # ------------------------------------------------------------------------- data messages
 
@@ -584,3 +608,30 @@ def _has_encoded_streams() -> bool:
     import js
 
     return hasattr(js, "RTCRtpReceiver") and hasattr(js.RTCRtpReceiver.prototype, "createEncodedStreams")
+
+
+def _autoplay_allowed() -> bool:
+    """The page may start an AudioContext without a user gesture, as the browser says through the
+    Autoplay Policy Detection API (Firefox has it; where it is missing: not known, so False)."""
+    import js
+
+    navigator = getattr(js, "navigator", None)
+    policy = getattr(navigator, "getAutoplayPolicy", None) if navigator is not None else None
+    if policy is None:
+        return False
+    try:
+        return str(navigator.getAutoplayPolicy("audiocontext")) == "allowed"
+    except Exception:
+        return False
+
+
+def _audio_path_ms() -> float | None:
+    """This engine's :data:`~avatarplayer.sync.AUDIO_PATH_MS`: a latency, which no feature test
+    can tell, so the engine is named by its user agent. Firefox's is measured (sync.py); any
+    other engine gets the default, measured on Chromium."""
+    import js
+
+    from ..sync import AUDIO_PATH_MS_FIREFOX
+
+    agent = str(getattr(getattr(js, "navigator", None), "userAgent", "") or "")
+    return AUDIO_PATH_MS_FIREFOX if "Firefox/" in agent else None

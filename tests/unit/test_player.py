@@ -151,6 +151,25 @@ def test_room_reconnecting_and_back_counts_a_reconnect_without_duplicate_states(
     assert summary.reconnect_count == 1
 
 
+def test_the_providers_audio_path_replaces_the_default_for_each_connection():
+    """The provider knows its browser's audio path (Firefox's is shorter): lip sync uses it."""
+    from avatarplayer.sync import AUDIO_PATH_MS
+
+    async def main():
+        provider = StandInProvider()
+        player, *_ = make(provider=provider)
+        await player.connect(url="ws://127.0.0.1:7880", token="t")
+        default = player._pipeline.clock.audio_path_ms
+        await player.disconnect()
+        provider.audio_path_ms = 20.0
+        await player.connect(url="ws://127.0.0.1:7880", token="t")
+        chosen = player._pipeline.clock.audio_path_ms
+        await player.disconnect()
+        return default, chosen
+
+    assert asyncio.run(main()) == (AUDIO_PATH_MS, 20.0)
+
+
 def test_a_reconnect_that_never_ends_fails_after_reconnect_timeout_s_and_reconnect_starts_afresh():
     """livekit-client stuck in ``reconnecting`` (Firefox after a server restart): the player gives
     up, closes the room, goes ``failed`` with a ``reconnect-timeout`` error; reconnect() works."""
