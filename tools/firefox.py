@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -55,6 +56,7 @@ FIREFOX = Path("/usr/bin/firefox-esr")
 GECKODRIVER = ROOT / ".tools" / "bin" / "geckodriver"  # tools/bootstrap.py builds it
 
 DEAD_PORT = 9  # nothing listens there: a request sent to it fails at once
+SCRIPT_TIMEOUT_S = 120  # the longest a page call (evaluate, a harness run) may take
 
 BASE_PREFS: dict[str, Any] = {
     # fake media devices without a prompt (the tests' microphone)
@@ -152,6 +154,7 @@ class FirefoxBrowser:
             options.set_preference(name, value)
         self._forwards: list[_PortForward] = []
         self._geckodriver: subprocess.Popen | None = None
+        self._group: int | None = None  # geckodriver's process group: Firefox and its helpers too
         self.audio = NullAudio()
         self.log_dir = Path(log_dir) if log_dir is not None else self.audio.directory
         self._handlers: dict[str, Callable[[str, Any], None]] = {}  # context -> page's event sink
@@ -160,15 +163,19 @@ class FirefoxBrowser:
             from selenium.webdriver.firefox.service import Service
 
             try:
-                self.driver = webdriver.Firefox(options=options, service=Service(
-                    executable_path=str(GECKODRIVER), env=dict(os.environ, **self.audio.env),
-                    log_output=str(self.log_dir / "geckodriver.log")))
+                service = Service(executable_path=str(GECKODRIVER), env=dict(os.environ, **self.audio.env),
+                                  log_output=str(self.log_dir / "geckodriver.log"),
+                                  popen_kw={"start_new_session": True})
+                self.driver = webdriver.Firefox(options=options, service=service)
+                self._group = service.process.pid
             except BaseException:
                 self.audio.close()
                 raise
         else:
             self.driver = self._start_in_namespace(netns, options)
-        self.driver.set_script_timeout(600)
+        # a page call that never answers fails the test after these, instead of hanging it
+        self.driver.set_script_timeout(SCRIPT_TIMEOUT_S)
+        self.driver.command_executor.client_config.timeout = SCRIPT_TIMEOUT_S + 30
         self.driver.script.add_console_message_handler(lambda e: self._route("console", e))
         self.driver.script.add_javascript_error_handler(lambda e: self._route("pageerror", e))
         self.driver.network.add_event_handler("before_request_sent", lambda e: self._route("request", e))
@@ -185,7 +192,9 @@ class FirefoxBrowser:
             self._geckodriver = subprocess.Popen(
                 netns.wrap([str(GECKODRIVER), "--host", "127.0.0.1", "--port", str(port), "--websocket-port",
                             str(bidi_port)]),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ, **self.audio.env))
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ, **self.audio.env),
+                start_new_session=True)
+        self._group = self._geckodriver.pid
         self._forwards = [_PortForward(netns, port), _PortForward(netns, bidi_port)]
         deadline = time.monotonic() + 30
         while True:
@@ -220,8 +229,10 @@ class FirefoxBrowser:
             with contextlib.suppress(Exception):
                 driver.quit()
             self.driver = None
+        if self._group is not None:  # whatever quit() left: Firefox outlives a killed geckodriver
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._group, signal.SIGKILL)
         if self._geckodriver is not None:
-            self._geckodriver.kill()
             self._geckodriver.wait(timeout=10)
         for forward in self._forwards:
             forward.close()
