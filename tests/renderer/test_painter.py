@@ -5,7 +5,9 @@ import math
 import pytest
 
 from avatarplayer.face.model import FacePose
-from avatarplayer.face.painter import LIP_LOWER, LIP_UPPER, MOUTH_INSIDE, NOSE_SHINE, SCLERA, TEETH, FacePainter
+from avatarplayer.face.painter import MOUTH_INSIDE, NOSE_SHINE, SCLERA, TEETH, FacePainter
+
+from .lips import lip_box
 
 
 def paint(pose, width=480, height=480, background=True):
@@ -39,21 +41,6 @@ def test_every_call_is_well_formed_finite_and_balanced(pose):
 def test_an_open_mouth_shows_its_inside_and_a_closed_one_does_not():
     assert MOUTH_INSIDE in fills(paint(FacePose(jaw=0.6)))
     assert MOUTH_INSIDE not in fills(paint(FacePose(jaw=0.0)))
-
-
-def lip_box(calls):
-    """Width and height of the two lips' paths."""
-    xs, ys = [], []
-    for i, (name, args) in enumerate(calls):
-        if name == "fillStyle" and args[0] in (LIP_UPPER, LIP_LOWER):
-            j = i
-            while calls[j][0] != "beginPath":
-                j -= 1
-            for name2, args2 in calls[j:i]:
-                if name2 in ("moveTo", "quadraticCurveTo"):
-                    xs += args2[0::2]
-                    ys += args2[1::2]
-    return max(xs) - min(xs), max(ys) - min(ys)
 
 
 def test_mouth_shapes_rounded_narrow_spread_wide_pressed_thin_tucked_shows_teeth():

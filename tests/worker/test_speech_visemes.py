@@ -19,8 +19,10 @@ from avatar_worker.motion_gen import (
 from avatar_worker.tts import Phoneme, TtsError, synthesize_timed
 from avatar_worker.visemes import SHAPES, MouthShape, Viseme, viseme_frames, viseme_of
 from avatarplayer.face.model import FacePose, pose_from_message
-from avatarplayer.face.painter import LIP_LOWER, LIP_UPPER, FacePainter
+from avatarplayer.face.painter import FacePainter
 from avatarplayer.wire.motion import decode_packet
+
+from tests.renderer.lips import lip_box
 
 
 def frame_poses(turn) -> list[FacePose]:
@@ -33,19 +35,7 @@ def lips(pose: FacePose) -> tuple[float, float]:
     """Width and height of the lips as drawn (the bounding box of the two lip paths' points)."""
     painter = FacePainter(400, 400, background=False)
     painter.paint(pose)
-    calls = painter.rec.calls()
-    xs: list[float] = []
-    ys: list[float] = []
-    for i, (name, args) in enumerate(calls):
-        if name == "fillStyle" and args[0] in (LIP_UPPER, LIP_LOWER):
-            j = i
-            while calls[j][0] != "beginPath":
-                j -= 1
-            for name2, args2 in calls[j:i]:
-                if name2 in ("moveTo", "quadraticCurveTo"):
-                    xs += args2[0::2]
-                    ys += args2[1::2]
-    return max(xs) - min(xs), max(ys) - min(ys)
+    return lip_box(painter.rec.calls())
 
 
 # ------------------------------------------------------------------------------ synthesis
