@@ -58,6 +58,7 @@ LEAD_FRAMES = 12
 until that frame renders, and a data message may take longer than the frame's packet."""
 
 _WORD = re.compile(r"\S+\s*")
+_TOKEN_TAIL = re.compile(r"\S*\Z")
 
 
 def agent_status(status: str) -> dict[str, Any]:
@@ -106,10 +107,14 @@ def chunk_due(frames: int, parts: int) -> list[int]:
 def split_words(text: str, words: Sequence[tuple[int, int]]) -> tuple[list[str], list[int]]:
     """``text`` cut where each timed word starts (``(first character, 0-based frame)`` pairs, as
     :attr:`avatar_worker.turns.Turn.words`): the pieces (joined they give ``text``; the first one
-    also holds what comes before the first word) and the 1-based frame each is due at. Words out
-    of order or out of the text are skipped."""
+    also holds what comes before the first word) and the 1-based frame each is due at. A cut is
+    made only after a space: a word that starts inside another (espeak-ng speaks "10:31" as
+    three words) stays with it, and one after an opening bracket or quote takes it along. Words
+    out of order or out of the text are skipped."""
     cuts: list[tuple[int, int]] = []
     for start, frame in words:
+        if 0 < start < len(text):
+            start -= len(_TOKEN_TAIL.search(text, 0, start).group())  # back to the start of its token
         if 0 < start < len(text) and (not cuts or start > cuts[-1][0]) and frame >= 0:
             cuts.append((start, frame))
         elif start == 0 and not cuts and frame >= 0:

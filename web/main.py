@@ -173,10 +173,12 @@ def on_transcript(chunk) -> None:
     role = chunk.role or "agent"
     last = transcript_lines[-1] if transcript_lines else None
     if last is not None and last["role"] == role and not last["final"]:
-        last["text"] = chunk.text.strip() if role == "user" else (last["text"] + " " + chunk.text.strip()).strip()
+        # the agent's pieces joined as they are give its sentence back (spaces included)
+        last["text"] = chunk.text.strip() if role == "user" else (last["text"] + chunk.text).lstrip()
         last["final"] = chunk.final
     else:
-        last = {"role": role, "text": chunk.text.strip(), "final": chunk.final}
+        text = chunk.text.strip() if role == "user" else chunk.text.lstrip()
+        last = {"role": role, "text": text, "final": chunk.final}
         transcript_lines.append(last)
     del transcript_lines[:-12]
     items = element("transcript")

@@ -2,8 +2,8 @@
 """Demo mode (``--mode demo``): a tiny voice agent that needs no cloud service.
 
 - **Greeting.** When someone joins (any participant that is not an agent), the avatar greets
-  them: ``--text`` (espeak-ng) or ``--wav``, by default :data:`GREETING`, synthesised in
-  :meth:`DemoAgent.prepare`. The greeting waits until a viewer subscribed to the motion track (up
+  them: ``--text`` (espeak-ng, with its words and phonemes: mouth shapes and word-by-word
+  captions) or ``--wav``, by default :data:`GREETING`, synthesised in :meth:`DemoAgent.prepare`. The greeting waits until a viewer subscribed to the motion track (up
   to 10 s), and no longer: the player attaches its frame transform when the receiver is created,
   before the subscription completes, so there is no lead-in. Only a visitor who finds others in
   the room (``--rooms shared``) waits ``--lead-in-ms``: the SDK reports a track's first
@@ -76,7 +76,7 @@ from ..config import WorkerConfig
 from ..transport.messaging import MessageSender
 from ..motion_gen import MotionGenerator
 from .demo_replies import LEAD_INS, SPEAK_REPLIES, ReplyMode, compose_reply, normalize, policy_reply, spoken_for
-from .speech import Speech, load_speech, plan_speech_turn
+from .speech import Speech, load_speech, plan_speech_turn, speak
 from ..audio.vad import Utterance, VadSettings, VoiceActivityDetector
 
 if TYPE_CHECKING:
@@ -101,11 +101,11 @@ SPECULATE_AFTER_MS = 150
 
 
 @functools.lru_cache(maxsize=64)
-def synthesized(text: str, voice: str | None) -> bytes:
-    """espeak-ng's 48 kHz PCM for ``text``, once per process: the greeting and the policy's fixed
-    replies are ready before anyone joins (a dispatched worker makes them in its idle processes,
-    :func:`prewarm`). Blocking."""
-    return pcm_audio.synthesize(text, voice=voice)
+def synthesized(text: str, voice: str | None) -> Speech:
+    """``text`` spoken by espeak-ng, with its words and phonemes, once per process: the greeting
+    and the policy's fixed replies are ready before anyone joins (a dispatched worker makes them
+    in its idle processes, :func:`prewarm`). Blocking."""
+    return speak(text, voice=voice)
 
 
 def greeting_speech(config: WorkerConfig) -> Speech:
@@ -113,9 +113,7 @@ def greeting_speech(config: WorkerConfig) -> Speech:
     :data:`GREETING` (synthesised once per process). Blocking."""
     if config.wav is not None:
         return load_speech(wav=config.wav)
-    text = config.text or GREETING
-    frames = pcm_audio.split_frames(synthesized(text, config.voice))
-    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), f"espeak-ng: {text[:40]!r}", text)
+    return synthesized(config.text or GREETING, config.voice)
 
 
 def prewarm(config: WorkerConfig) -> None:
@@ -190,7 +188,7 @@ class DemoAgent:
         """Utterances are recognised (the recogniser may still be loading: recognitions queue
         behind the load in the recogniser's thread)."""
         self.policy = DialoguePolicy(clock=wall_clock)
-        self._speech_cache: dict[str, bytes] = {}
+        self._speech_cache: dict[str, Speech] = {}
         """The policy's fixed replies, synthesised in :meth:`prepare`."""
         self._asr_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="demo-asr")
         self._transcripts = 0

@@ -5,19 +5,22 @@
 - ``echo``, ``speak``, ``both`` (:func:`compose_reply`): the user's own utterance played back
   (level-normalized), a sentence about how long they spoke, or a spoken lead-in then the echo.
 
-Blocking (synthesis, envelopes): the agent runs these in a thread.
+Synthesised sentences carry when their words and phonemes are heard (:func:`avatar_worker.modes.speech.speak`):
+the mouth takes their shapes and the captions go word by word. The echo, a recording, moves the
+jaw with its loudness. Blocking (synthesis, envelopes): the agent runs these in a thread.
 """
 
 from __future__ import annotations
 
 import array
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from ..audio import pcm as pcm_audio
 from ..audio.vad import Utterance
 from ..dialogue import DialoguePolicy
-from .speech import Speech
+from .speech import Speech, join_speech, recorded, speak
 
 __all__ = ["ECHO_GAP_S", "LEAD_INS", "SPEAK_REPLIES", "ReplyMode", "compose_reply", "normalize", "policy_reply",
            "spoken_for"]
@@ -61,39 +64,31 @@ def spoken_for(utterance: Utterance) -> str:
 
 
 def policy_reply(text: str, policy: DialoguePolicy, *, voice: str | None = None,
-                 cache: dict[str, bytes] | None = None,
-                 synthesize: Callable[..., bytes] = pcm_audio.synthesize) -> Speech:
-    """The dialogue policy's answer to the recognised ``text`` as speech (synthesised, or from
-    ``cache``: text → 48 kHz PCM). Blocking: run it in a thread."""
+                 cache: Mapping[str, Speech] | None = None,
+                 synthesize: Callable[..., Speech] = speak) -> Speech:
+    """The dialogue policy's answer to the recognised ``text`` as speech, with its words and
+    phonemes (synthesised, or from ``cache``: text → speech). Blocking: run it in a thread."""
     reply = policy.reply(text)
-    pcm = cache.get(reply.text) if cache is not None else None
-    if pcm is None:
-        pcm = synthesize(reply.text, voice=voice)
-    frames = pcm_audio.split_frames(pcm)
-    if not frames:
-        raise pcm_audio.AudioError("an empty reply")
-    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), f"reply ({reply.intent})", reply.text)
+    speech = cache.get(reply.text) if cache is not None else None
+    if speech is None:
+        speech = synthesize(reply.text, voice=voice)
+    return dataclasses.replace(speech, source=f"reply ({reply.intent})")
 
 
 def compose_reply(utterance: Utterance, mode: ReplyMode, index: int, *, voice: str | None = None,
-                  synthesize: Callable[..., bytes] = pcm_audio.synthesize) -> Speech:
+                  synthesize: Callable[..., Speech] = speak) -> Speech:
     """The reply to ``utterance`` (48 kHz PCM) as speech; ``index`` picks the sentence (0, 1, ...).
-    Blocking (synthesis, envelope): run it in a thread."""
+    What is synthesised carries its words and phonemes; the echo, a recording, moves the jaw with
+    its loudness and is captioned as one piece when it starts. Blocking (synthesis, envelope):
+    run it in a thread."""
     seconds = spoken_for(utterance)
-    echo_text = f"(your {seconds} seconds, played back)"
-    pieces: list[bytes] = []
     if mode == "speak":
-        text = SPEAK_REPLIES[index % len(SPEAK_REPLIES)].format(seconds=seconds)
-        pieces.append(synthesize(text, voice=voice))
-    else:
-        if mode == "both":
-            lead = LEAD_INS[index % len(LEAD_INS)].format(seconds=seconds)
-            pieces += [synthesize(lead, voice=voice), bytes(2 * round(ECHO_GAP_S * pcm_audio.SAMPLE_RATE))]
-            text = f"{lead} {echo_text}"
-        else:
-            text = echo_text
-        pieces.append(normalize(utterance.pcm))
-    frames = pcm_audio.split_frames(b"".join(pieces))
-    if not frames:
-        raise pcm_audio.AudioError("an empty reply")
-    return Speech(tuple(frames), tuple(pcm_audio.envelope(frames)), f"reply ({mode})", text)
+        return dataclasses.replace(synthesize(SPEAK_REPLIES[index % len(SPEAK_REPLIES)].format(seconds=seconds),
+                                              voice=voice), source=f"reply ({mode})")
+    parts: list[Speech] = []
+    if mode == "both":
+        lead = LEAD_INS[index % len(LEAD_INS)].format(seconds=seconds)
+        parts += [synthesize(lead, voice=voice),
+                  recorded(bytes(2 * round(ECHO_GAP_S * pcm_audio.SAMPLE_RATE)), "gap")]
+    parts.append(recorded(normalize(utterance.pcm), "echo", f"(your {seconds} seconds, played back)"))
+    return join_speech(parts, f"reply ({mode})")

@@ -35,6 +35,7 @@ from .model import (
     FacePose,
     FaceStats,
     IdleAnimator,
+    load_decoder,
     pose_from_message,
 )
 from .painter import STAGE, FacePainter
@@ -127,6 +128,7 @@ class FaceRenderer:
         self._timer_id: Any = None
         self._ticks = 0
         self.closed = False
+        load_decoder()  # now, not on the first frame of the first turn (see load_decoder)
         self.draw()
         if autostart:
             self.start()

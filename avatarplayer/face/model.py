@@ -30,6 +30,7 @@ __all__ = [
     "FaceDirector",
     "FaceStats",
     "IdleAnimator",
+    "load_decoder",
     "Mode",
     "JAW_FULL_OPEN",
     "GAZE_FULL",
@@ -174,15 +175,24 @@ def pose_from_flame(flame: Mapping[str, Sequence[float]], *, jaw_full_open: floa
 _parse_message: Callable[[bytes], dict[str, Any]] | None = None
 
 
-def pose_from_message(data: bytes | bytearray | memoryview, *, jaw_full_open: float = JAW_FULL_OPEN) -> FacePose | None:
-    """Decode a serialized ``Message`` and return the pose of its last keyframe, or None when it
-    carries no keyframe. Raises ``ValueError`` for bytes that are not a ``Message``."""
+def load_decoder() -> Callable[[bytes], dict[str, Any]]:
+    """Import the ``Message`` decoder (:func:`avatarplayer.wire.messages.parse_message`: protobuf,
+    and the schema built at import), once. It is imported on first use, so this module imports
+    without protobuf; a renderer calls this when it is made, because in Pyodide the import blocks
+    the page for about 0.3 s, and on the first frame of the first turn that stall made the player
+    drop the frames that arrived meanwhile."""
     global _parse_message
     if _parse_message is None:
         from ..wire.messages import parse_message
 
         _parse_message = parse_message
-    keyframes = _parse_message(data)["keyframes"]
+    return _parse_message
+
+
+def pose_from_message(data: bytes | bytearray | memoryview, *, jaw_full_open: float = JAW_FULL_OPEN) -> FacePose | None:
+    """Decode a serialized ``Message`` and return the pose of its last keyframe, or None when it
+    carries no keyframe. Raises ``ValueError`` for bytes that are not a ``Message``."""
+    keyframes = load_decoder()(data)["keyframes"]
     if not keyframes:
         return None
     return pose_from_flame(keyframes[-1], jaw_full_open=jaw_full_open)

@@ -420,3 +420,26 @@ def test_the_page_explains_blocked_sound_and_a_denied_microphone(demo: Demo, pla
     assert "blocked" in text and "Microphone" in text, text
     assert state["state"] == "connected", state  # a denied microphone does not end the session
     assert not page.off_loopback, page.off_loopback
+
+
+def test_the_greeting_renders_from_its_first_frame(demo: Demo, browser_page):
+    """The greeting starts as soon as the visitor subscribed, before the page's audio clock has
+    locked: its first frames must still be rendered (in sync once the clock locks), not dropped
+    as jitter-buffer overflow."""
+    page = browser_page
+    page.goto(demo.url, wait_until="domcontentloaded")
+    wait_demo(page, demo, "window.demo && window.demo.phase === 'ready'", PYTHON_READY_TIMEOUT_S, "Python ready")
+    page.click("#connect")
+    wait_demo(page, demo, "window.demo.agentStatus === 'listening' && window.demo.transcript.length >= 1", 60,
+              "the greeting, then listening")
+    page.wait_for_timeout(700)  # the panel's summary is refreshed at 2 Hz
+    state = read_demo(page)
+    summary = state["summary"]
+    events = page.locator("#events li").all_inner_texts()
+    print(f"\ngreeting: {summary['framesRendered']} frames rendered, {summary['framesDropped']} dropped "
+          f"({summary['framesDroppedOverflow']} overflow), {summary['framesHeldForSync']} held for sync; "
+          f"events {events[::-1]}")
+    assert summary["turns"] == 1 and summary["framesRendered"] > 50, summary
+    assert summary["framesDroppedOverflow"] == 0 and summary["framesDropped"] == 0, (summary, events)
+    assert summary["framesRendered"] + summary["framesBuffered"] == summary["framesReceived"], summary
+    assert summary["syncMode"] == "audio" and summary["framesHeldForSync"] > 0, summary

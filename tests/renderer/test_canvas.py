@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -250,6 +251,25 @@ def test_import_avatarplayer_stays_light_and_exports_face_renderer_lazily():
         "assert 'js' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.processes  # a fresh interpreter in a subprocess
+def test_a_new_renderer_loads_the_frame_decoder_before_the_first_frame():
+    """Importing protobuf and building the schema blocks Pyodide for about 0.3 s: done on the first
+    frame of the first turn, it stalled the page while that turn's frames arrived, and the player
+    dropped them (the demo's greeting lost its first 4 to 11 frames)."""
+    code = (
+        "import sys, pytest\n"
+        "from avatarplayer import FaceRenderer\n"
+        "from tests.renderer.fakes import Browser, FakeCanvas, FakeClock\n"
+        "assert not any(m.startswith('google') for m in sys.modules)\n"
+        "clock = FakeClock()\n"
+        "Browser(pytest.MonkeyPatch(), clock)\n"
+        "renderer = FaceRenderer(FakeCanvas(), clock=clock, seed=1)\n"
+        "assert renderer.stats.frames_received == 0\n"
+        "assert 'avatarplayer.wire.messages' in sys.modules, 'the decoder waits for the first frame'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_a_canvas_without_a_2d_context_is_refused(browser, clock):

@@ -236,10 +236,12 @@ def test_the_player_drops_the_words_of_an_interrupted_turn():
             sink.on_packet(encode_packet(MotionPacket(Flags.START if seq == 0 else Flags(0), seq, b"f")),
                            player._clock())
             await asyncio.sleep(0.04)
-        for _ in range(100):  # the worker's closing chunk comes after frame 3 rendered (the jitter
-            if sum(1 for entry in log.timeline if entry[0] == "frame") == 4:  # buffer may still hold it)
+        # the worker closes the transcript once the last frame went out: here, once it rendered
+        # (not a race with the ticker, which Pyodide's timers lost now and then)
+        for _ in range(200):
+            if sum(entry[0] == "frame" for entry in log.timeline) == 4:
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
         sink.on_data(transcript("", 3, 0, final=True), "a", "avatar")
         sink.on_packet(encode_packet(MotionPacket(Flags.TRANSITION_END, None, b"")), player._clock())
         await asyncio.sleep(0.3)

@@ -57,6 +57,12 @@ class TestTranscript:
         assert pieces == ["  one ", "two ", "three"] and due == [4, 9, 9]
         assert split_words("just text", []) == (["just text"], [1])
 
+    def test_split_words_cuts_only_between_tokens(self) -> None:
+        # espeak-ng speaks "10:31" as three words, timed inside the token: one piece, at its first
+        text = "It is 10:31 (now)."
+        pieces, due = split_words(text, [(0, 0), (3, 4), (6, 8), (9, 11), (10, 12), (13, 15)])
+        assert pieces == ["It ", "is ", "10:31 ", "(now)."] and due == [1, 5, 9, 16]
+
 
 class TestAgentMessages:
     def run_turns(self, *turns, stop_after: float | None = None) -> list[dict]:

@@ -17,8 +17,10 @@ from avatar_worker.asr import Recognition
 from avatar_worker.dialogue import DialoguePolicy
 from avatar_worker.modes.demo import LEAD_INS, SPEAK_REPLIES, DemoAgent, compose_reply, normalize
 from avatar_worker.transport.messaging import MessageSender
-from avatar_worker.modes.speech import Speech
+from avatar_worker.modes.speech import Speech, recorded
 from avatar_worker.audio.vad import Utterance
+
+from avatarplayer.face.model import pose_from_message
 
 from .helpers import FakeTransport, RecordingSink, fast_streamer
 from .test_vad import pcm
@@ -29,9 +31,9 @@ def _utterance(seconds: float = 1.0, amplitude: int = 3000) -> Utterance:
     return Utterance(samples.tobytes(), 1.0, 1.0 + seconds, 1.6 + seconds, "silence")
 
 
-def fake_synth(text: str, *, voice: str | None = None) -> bytes:
+def fake_synth(text: str, *, voice: str | None = None) -> Speech:
     fake_synth.calls.append(text)  # type: ignore[attr-defined]
-    return pcm_audio.tone(400.0, 0.3) * 10  # 0.4 s
+    return recorded(pcm_audio.tone(400.0, 0.3) * 10, "fake", text)  # 0.4 s
 
 
 fake_synth.calls = []  # type: ignore[attr-defined]
@@ -67,6 +69,23 @@ def test_compose_echo_speak_both() -> None:
     assert both.text == f"{LEAD_INS[1]} (your 1.0 seconds, played back)"
     assert len(both.frames) == 10 + 5 + 26  # lead-in, 200 ms gap, echo
     assert both.frames[11] == pcm_audio.SILENCE and both.frames[-2] != pcm_audio.SILENCE
+
+
+def test_synthesised_replies_carry_their_words_and_phonemes() -> None:
+    utt = _utterance(1.04)
+    both = compose_reply(utt, "both", 2)  # real espeak-ng
+    lead = LEAD_INS[2]
+    assert both.text == f"{lead} (your 1.0 seconds, played back)"
+    assert [both.text[w.start:w.start + w.length] for w in both.words] == lead.rstrip(".").split() + [
+        "(your 1.0 seconds, played back)"]
+    assert both.phonemes and both.phonemes[-1].end_ms <= both.words[-1].start_ms  # none in the echo
+    # the echo's caption goes up as the echo starts, after the lead-in and the 200 ms gap
+    lead_frames = len(both.frames) - 5 - 26
+    assert both.words[-1].start_ms == (lead_frames + 5) * 40
+    said = compose_reply(utt, "speak", 0)
+    assert said.text == "You spoke for 1.0 seconds." and len(said.words) >= 5 and said.phonemes  # "1.0": "one point zero"
+    echo = compose_reply(utt, "echo", 0)
+    assert echo.words == () and echo.phonemes == ()  # a recording: the loudness jaw
 
 
 # ------------------------------------------------------------------------------ the agent
@@ -337,6 +356,33 @@ def test_policy_reply_to_recognised_words_with_partials() -> None:
     assert statuses(transport) == ["thinking", "speaking", "listening"]
 
 
+def test_a_policy_reply_shapes_the_mouth_and_is_captioned_word_by_word() -> None:
+    agent, transport, sink, streamer = make_agent(ScriptedRecognizer("your name"), reply="policy",
+                                                  asr="whisper")
+
+    async def script() -> None:
+        agent.hear(agent.listen("user", "TR_mic"), SPEECH)
+        await until(lambda: statuses(transport)[-1:] == ["listening"])
+
+    run_agent(agent, streamer, script)
+    said = DialoguePolicy().reply("your name").text
+    assert said.startswith("My name is")
+    chunks = [m["data"] for m in agent_messages(transport)
+              if m["type"] == "transcript_chunk" and m["data"]["role"] == "agent"]
+    assert "".join(c["text"] for c in chunks) == said
+    # a piece per word espeak-ng reports (it runs "I am" together), not three pieces
+    assert len(chunks) >= len(said.split()) - 1 and all(len(c["text"].split()) <= 2 for c in chunks)
+    seqs = [c["seq"] for c in chunks]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # each word at the frame it is heard
+    assert {c["turn_seq"] for c in chunks} == {chunks[0]["turn_seq"]} and chunks[0]["turn_seq"] <= seqs[0]
+    # the frames sent carry the phonemes' mouth shapes, as the player decodes them
+    poses = [pose_from_message(p.message) for p in sink.packets() if p is not None and p.seq is not None]
+    assert len(poses) == streamer.stats.frames_sent and None not in poses
+    assert max(p.spread for p in poses) > 0.5  # "name", "Ava"
+    assert max(p.press for p in poses) > 0.9  # the closures of "My", "am"
+    assert max(p.pucker for p in poses) > 0.3  # "you", "your"
+
+
 def test_policy_says_when_it_did_not_understand() -> None:
     agent, transport, sink, streamer = make_agent(ScriptedRecognizer(""), reply="policy", asr="whisper")
 
@@ -372,7 +418,7 @@ def test_a_visitor_alone_is_greeted_at_once_one_in_company_after_the_lead_in() -
 
 
 def test_the_greeting_and_fixed_replies_are_synthesised_once_per_process() -> None:
-    from avatar_worker.modes.demo import GREETING, greeting_speech, prewarm, synthesized
+    from avatar_worker.modes.demo import GREETING, greeting_speech, policy_reply, prewarm, synthesized
 
     config = WorkerConfig(LiveKitSettings("ws://x", "k", "s", "r"), mode="demo", asr="none", reply="both")
     synthesized.cache_clear()
@@ -381,4 +427,17 @@ def test_the_greeting_and_fixed_replies_are_synthesised_once_per_process() -> No
     assert misses == 1  # the greeting only: --reply both has no fixed replies
     speech = greeting_speech(config)
     assert speech.text == GREETING and len(speech.frames) > 50
+    assert len(speech.words) == len(GREETING.split()) and speech.phonemes  # mouth shapes, word captions
     assert synthesized.cache_info().misses == misses  # a session's prepare() finds it ready
+
+    policy = WorkerConfig(LiveKitSettings("ws://x", "k", "s", "r"), mode="demo", asr="sphinx", reply="policy")
+    prewarm(policy)  # loads the (small) recogniser too
+    assert synthesized.cache_info().misses == misses + len(DialoguePolicy.fixed_replies())
+    cache = {text: synthesized(text, None) for text in DialoguePolicy.fixed_replies()}
+    assert synthesized.cache_info().misses == misses + len(DialoguePolicy.fixed_replies())
+
+    def no_synthesis(text: str, *, voice: str | None = None) -> Speech:
+        raise AssertionError(f"synthesised {text!r} again")
+
+    cached = policy_reply("what is your name", DialoguePolicy(), cache=cache, synthesize=no_synthesis)
+    assert cached.source == "reply (name)" and cached.words and cached.phonemes

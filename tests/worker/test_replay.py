@@ -251,7 +251,7 @@ class TestOptions:
     def test_demo_options(self) -> None:
         config = _config(mode="demo")
         assert (config.reply, config.vad_start_ms, config.vad_end_ms, config.max_utterance_s,
-                config.barge_in_ms) == ("both", 150, 600, 10.0, 500)
+                config.barge_in_ms) == ("policy", 150, 600, 10.0, 500)
         for bad in ({"reply": "sing"}, {"repeat_every_s": 5.0}, {"barge_in_ms": -1}, {"max_replies": 0},
                     {"max_utterance_s": 0.01}, {"vad_end_ms": 0}):
             with pytest.raises(ValueError):
