@@ -379,7 +379,9 @@ def test_talking_to_the_avatar_through_the_microphone(demo: Demo, playwright_ins
     greeting_s = (timings["firstFrameMs"] - timings["connectedMs"]) / 1000
     print(f"greeting: the first frame (released as its audio plays) {greeting_s:.2f} s after 'connected'; "
           f"greeting summary {greeted['summary']}")
-    assert greeting_s <= 1.0, timings
+    # generous, as timed tests are here: the 1 s target is bench/conversation.py's to measure
+    # (greeting median 0.18 s); a fixed lead-in before the greeting (the issue saw 4.7 s) fails this
+    assert greeting_s <= 2.5, timings
     first_user = next(i for i, line in enumerate(lines) if line["role"] == "user")
     said = ["what", "time", "is", "it"]
     heard = re.findall(r"[a-z']+", lines[first_user]["text"].lower())

