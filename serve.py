@@ -6,7 +6,7 @@
 
 What it does, in order:
 
-1. the set-up (``tools/bootstrap.py browser``: venv, npm packages, Debian chromium/ffmpeg/espeak-ng/sox,
+1. the set-up (``tools/bootstrap.py demo``: venv, npm packages, Debian chromium/ffmpeg/espeak-ng/sox,
    the LiveKit server binary, the wheels the page loads into Pyodide); idempotent, about a second
    when nothing changed;
 2. re-executes itself with ``.venv/bin/python`` (the venv has livekit-api and the worker's SDK);
@@ -221,7 +221,7 @@ def setup_and_reexec(args: argparse.Namespace) -> None:
     from tools import bootstrap
 
     try:
-        python = bootstrap.browser()
+        python = bootstrap.demo()
     except subprocess.CalledProcessError as exc:
         sys.exit(f"serve.py: the set-up failed ({exc}); see the output above")
     os.environ[SETUP_DONE_ENV] = "1"

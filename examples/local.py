@@ -25,13 +25,13 @@ TOKEN_TTL_S = 3600
 
 
 def setup_and_reexec(script: str, *, skip_setup: bool) -> None:
-    """The set-up once (tools/bootstrap.py browser, cached), then ``script`` again in .venv's
+    """The set-up once (tools/bootstrap.py demo, cached), then ``script`` again in .venv's
     interpreter (it has livekit-api and the examples' packages)."""
     venv_python = ROOT / ".venv" / "bin" / "python"
     if os.environ.get(SETUP_DONE_ENV) != "1" and not skip_setup:
         from tools import bootstrap
 
-        bootstrap.browser()
+        bootstrap.demo()
         os.environ[SETUP_DONE_ENV] = "1"
     if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
         os.execv(str(venv_python), [str(venv_python), script, *sys.argv[1:]])

@@ -6,7 +6,8 @@ node_modules), and records a stamp holding a hash of its inputs, so a second run
 changed costs well under a second.
 
     python3 tools/bootstrap.py core      # venv + test deps + npm packages + Pyodide wheels
-    python3 tools/bootstrap.py browser   # core + Debian chromium and firefox-esr + geckodriver + LiveKit server
+    python3 tools/bootstrap.py demo      # core + Debian chromium + LiveKit server (what serve.py runs)
+    python3 tools/bootstrap.py browser   # demo + firefox-esr, pulseaudio and geckodriver (the tests)
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ LIVEKIT_SERVER_VERSION = "v1.13.5"
 LIVEKIT_SERVER_MODULE = "github.com/livekit/livekit-server/cmd/server"
 GECKODRIVER_VERSION = "0.37.1"  # WebDriver for Firefox ESR (tools/firefox.py); crates.io ships its source
 APT_PACKAGES = ("chromium", "chromium-driver", "ffmpeg", "espeak-ng", "sox", "iproute2",
-                "redis-server",  # the multi-node LiveKit cluster (tools/devstack.py)
-                "firefox-esr",  # the second browser engine (tools/firefox.py, `--browser firefox`)
-                "pulseaudio")  # a null sink: Firefox's audio output on a machine without a sound card
+                "redis-server")  # redis-server: the multi-node LiveKit cluster (tools/devstack.py)
+FIREFOX_APT_PACKAGES = ("firefox-esr",  # the tests' second browser engine (tools/firefox.py, `--browser firefox`)
+                        "pulseaudio")  # a null sink: Firefox's audio output on a machine without a sound card
 MIN_PYTHON = (3, 11)
 
 
@@ -207,16 +208,24 @@ def core() -> Path:
     return python
 
 
-def browser() -> Path:
+def demo() -> Path:
+    """What ``serve.py`` needs: core + Debian's Chromium and tools + the LiveKit server + the page's wheels."""
     python = core()
     ensure_apt()
     ensure_livekit_server()
-    ensure_geckodriver()
     ensure_web_wheels()
     return python
 
 
-STEPS = {"core": core, "browser": browser}
+def browser() -> Path:
+    """What the browser tests need: the demo's set-up + Firefox ESR, PulseAudio and geckodriver."""
+    python = demo()
+    ensure_apt(FIREFOX_APT_PACKAGES)
+    ensure_geckodriver()
+    return python
+
+
+STEPS = {"core": core, "demo": demo, "browser": browser}
 
 if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else "core"

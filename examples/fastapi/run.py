@@ -4,7 +4,7 @@
     python3 examples/fastapi/run.py              # a local LiveKit server and the avatar worker too
     python3 examples/fastapi/run.py --external   # LIVEKIT_URL/KEY/SECRET's server; run the worker yourself
 
-1. the set-up (tools/bootstrap.py browser; cached), then it continues in .venv's interpreter;
+1. the set-up (tools/bootstrap.py demo; cached), then it continues in .venv's interpreter;
 2. ``python -m avatarplayer.bundle examples/fastapi/site --token-endpoint api/token`` (git-ignored):
    the page asks the app's endpoint, relative to itself, for a token;
 3. local (the default): a loopback LiveKit server (tools/devstack.py) and the avatar worker in the

@@ -3,7 +3,7 @@
 
     python3 examples/js-room/run.py          # prints the page's URL; Ctrl-C stops everything
 
-1. the set-up (tools/bootstrap.py browser; cached), then it continues in .venv's interpreter;
+1. the set-up (tools/bootstrap.py demo; cached), then it continues in .venv's interpreter;
 2. ``python -m avatarplayer.bundle examples/js-room/site`` (git-ignored), then this folder's
    ``index.html``, ``app.js`` and ``main.py`` over the bundle's page (OVERLAY);
 3. a loopback LiveKit server (tools/devstack.py) and the avatar worker in room ``avatar-js-room``;

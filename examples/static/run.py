@@ -3,7 +3,7 @@
 
     python3 examples/static/run.py          # prints the page's URL; Ctrl-C stops everything
 
-1. the set-up (tools/bootstrap.py browser; cached, about a second when nothing changed), then it
+1. the set-up (tools/bootstrap.py demo; cached, about a second when nothing changed), then it
    continues in .venv's interpreter;
 2. ``python -m avatarplayer.bundle examples/static/site`` (git-ignored);
 3. a loopback LiveKit server (tools/devstack.py) and the avatar worker in room ``avatar-static``;
