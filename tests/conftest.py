@@ -27,6 +27,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "Firefox ESR (the tests marked `firefox`, and nothing else)")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    engine = config.getoption("--browser")
+    if engine == "firefox":
+        from tools import bootstrap, firefox
+
+        if firefox.FIREFOX.exists():
+            return (f"browser: {firefox.version()}, geckodriver {bootstrap.GECKODRIVER_VERSION} "
+                    "(Selenium, WebDriver BiDi)")
+    return f"browser: {engine}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--browser") == "firefox":
         chosen = [item for item in items if item.get_closest_marker("firefox")]

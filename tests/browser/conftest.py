@@ -37,13 +37,6 @@ from tools import firefox
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    engine = config.getoption("--browser")
-    if engine == "firefox" and firefox.FIREFOX.exists():
-        return f"browser: {firefox.version()}, geckodriver {bootstrap.GECKODRIVER_VERSION} (Selenium, WebDriver BiDi)"
-    return f"browser: {engine}"
-
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test under tests/browser is a `browser` test."""
