@@ -289,6 +289,9 @@ class FirefoxPage:
         else:
             driver.switch_to.new_window("tab")
             self.handle = driver.current_window_handle
+        # the page's tab in front: Firefox paces the timers of a background tab more coarsely
+        with contextlib.suppress(Exception):
+            driver.browsing_context.activate(context=self.handle)
         self.off_loopback: list[str] = []
         self.crashed = False
         self.closed = False
