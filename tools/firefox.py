@@ -349,8 +349,14 @@ class FirefoxPage:
 
     # ----------------------------------------------------------------------------- driving
     def _driver(self):
+        from selenium.common.exceptions import NoSuchWindowException
+
         driver = self._browser.driver
-        if driver.current_window_handle != self.handle:
+        try:
+            current = driver.current_window_handle
+        except NoSuchWindowException:  # the last page's tab is gone
+            current = None
+        if current != self.handle:
             driver.switch_to.window(self.handle)
         return driver
 
@@ -411,16 +417,16 @@ class FirefoxPage:
         with browser._lock:
             browser._handlers.pop(self.handle, None)
         with contextlib.suppress(Exception):
+            # through BiDi, whose commands time out (WebDriver's classic "switch to window" once
+            # waited forever on a tab being left), and without switching to the closing tab
             driver = browser.driver
             for script in self._preload_scripts:
                 driver.script.remove_preload_script(script=script)
-            driver.switch_to.window(self.handle)
             if len(driver.window_handles) == 1:
-                driver.switch_to.new_window("tab")
-                browser._spare_tab = driver.current_window_handle
-                driver.switch_to.window(self.handle)
-            driver.close()
-            driver.switch_to.window(driver.window_handles[0])
+                browser._spare_tab = driver.browsing_context.create(type="tab")
+            driver.browsing_context.close(context=self.handle)
+            remaining = browser._spare_tab or driver.window_handles[0]
+            driver.switch_to.window(remaining)
         if self in self.context.pages:
             self.context.pages.remove(self)
 
