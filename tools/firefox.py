@@ -369,7 +369,7 @@ class FirefoxPage:
         """Like Playwright's: a function is called with ``arg``, anything else is an expression;
         a promise is awaited."""
         script = f"const __value = ({expression});\nreturn typeof __value === 'function' ? __value(arguments[0]) : __value;"
-        return _plain(self._driver().execute_script(script, arg))
+        return self._driver().execute_script(script, arg)
 
     def wait_for_function(self, expression: str, arg: Any = None, timeout: float = 30_000,
                           polling: float | str = 100) -> Any:
@@ -513,14 +513,6 @@ def _console_type(level: str) -> str:
     return {"warn": "warning"}.get(str(level), str(level))
 
 
-def _plain(value: Any) -> Any:
-    """WebDriver gives back elements as objects; the tests only ever read JSON-like values."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
 
 class NullAudio:
     """A PulseAudio daemon of its own, with a null sink as the default output: where a headless
@@ -617,8 +609,6 @@ def _pump(source: socket.socket, target: socket.socket) -> None:
 class FirefoxEngine:
     """What the browser fixtures hold instead of Playwright on the Firefox lane: it launches
     Firefox for a browser described by Chromium's flags (:func:`prefs_for_chromium_args`)."""
-
-    name = "firefox"
 
     def launch(self, args: Sequence[str] = (), *, netns: Any = None, log_dir: Path | None = None) -> FirefoxBrowser:
         """``log_dir``: where geckodriver's log (Firefox's own output included) is kept."""

@@ -185,6 +185,7 @@ def impaired_browser(playwright, server, app, workdir: Path, *, profile: str | d
     whose only way to the LiveKit server and the web app is the impairment relay
     (tools/netimpair.py): ``yield (browser, link)``; ``link.outage(s)`` cuts it. The page uses the usual URLs: inside the namespace the relay answers on the same
     loopback ports (signalling, the web app, the SFU's UDP port) as the servers outside."""
+    from .firefox import FirefoxEngine
     from .netimpair import ImpairedLink, NetNamespace, chromium_wrapper
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,7 @@ def impaired_browser(playwright, server, app, workdir: Path, *, profile: str | d
             profile=profile, seed=seed, max_duration_s=max_duration_s,
             stats_file=workdir / "relay-stats.json") as link:
         args = list(CHROMIUM_ARGS if args is None else args)
-        if getattr(playwright, "name", None) == "firefox":  # tools.firefox.FirefoxEngine: the Firefox lane
+        if isinstance(playwright, FirefoxEngine):  # the Firefox lane
             browser = playwright.launch(args, netns=ns, log_dir=workdir)
         else:
             browser = playwright.chromium.launch(executable_path=str(chromium_wrapper(ns, workdir)), headless=True,
